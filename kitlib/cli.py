@@ -1,0 +1,56 @@
+"""Command line: ``python -m kitlib <command> [options]``.
+
+Each command lives in its own module, which defines ``add_arguments(parser)`` and ``run(args)``
+(returning an exit code or None). Modules are imported only when their command runs, so
+``python -m kitlib --help`` is instant and one command's dependencies never slow another.
+"""
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help). A module missing here is simply not offered.
+COMMANDS = {
+    "make-sample": ("kitlib.sample", "write the small synthetic Cassava-layout sample (data/sample)"),
+    "pretrain": ("kitlib.pretrain", "SwAV self-supervised pretraining on train_tfrecords/"),
+    "finetune": ("kitlib.finetune", "fine-tune a BiT / SwAV backbone with the BiT-HyperRule"),
+    "predict": ("kitlib.submission", "predict test images with TTA and write submission.csv"),
+    "demo": ("kitlib.demo", "the whole kit on the sample: pretrain -> fine-tune -> submission"),
+}
+
+
+def _available():
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def build_parser(commands=None):
+    """The top-level parser with one sub-parser per available command."""
+    commands = _available() if commands is None else commands
+    parser = argparse.ArgumentParser(prog="python -m kitlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        # Sub-parsers are filled lazily in main(): importing every module here would pull in TF.
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = _available()
+    parser = build_parser(commands)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(commands)}")
+        parser.print_help()
+        return 0 if argv else 2
+    module = importlib.import_module(commands[argv[0]][0])
+    sub = argparse.ArgumentParser(prog=f"python -m kitlib {argv[0]}", description=commands[argv[0]][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    code = module.run(args)
+    return 0 if code is None else int(code)

@@ -1,0 +1,542 @@
+"""The Cassava data layer: TFRecord shards, JPEG folders and tfds, read and written the same way.
+
+Every loader returns a ``tf.data.Dataset`` of dicts with the same keys:
+    "image":      uint8 [H, W, 3] (RGB; grayscale and PNG are made RGB), or the raw encoded bytes
+                  (a scalar tf.string) with ``decode=False`` so a later stage decodes once at the
+                  scale it needs (see ``kitlib.augment``);
+    "image_name": tf.string, e.g. b"1000015157.jpg";
+    "label":      int32 in [0, num_classes), for labelled data.
+
+Competition layout (Kaggle "cassava-leaf-disease-classification"):
+    train_tfrecords/ld_train{NN}-{count}.tfrec   features image (JPEG), image_name, target (int64)
+    test_tfrecords/ld_test{NN}-{count}.tfrec     features image, image_name (no target)
+    train_images/*.jpg, test_images/*.jpg, train.csv (image_id,label),
+    label_num_to_disease_map.json, sample_submission.csv
+
+Bad input raises ``DataError`` naming the file (and record) and what to do. Problems that can only
+be seen while the pipeline runs (a record without a target, bytes that are not an image) fail with
+a message that starts ``kitlib:`` and names file and record; wrap the loop in ``explain_errors()``
+to get them as a ``DataError`` without TensorFlow's stack trace.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import re
+import struct
+
+import tensorflow as tf
+
+CLASS_NAMES = (
+    "Cassava Bacterial Blight (CBB)",
+    "Cassava Brown Streak Disease (CBSD)",
+    "Cassava Green Mottle (CGM)",
+    "Cassava Mosaic Disease (CMD)",
+    "Healthy",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_SHARD_COUNT = re.compile(r"-(\d+)\.tfrec(?:ord)?$")
+_DEFAULT_SHARD_SIZE = 1_000  # images per shard when writing; the competition used ~1,300
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DataError(ValueError):
+    """Input data that kitlib cannot use; the message names the file/record and the fix."""
+
+
+# ============ label maps ============
+
+
+def read_label_map(path):
+    """Class names in label order from ``label_num_to_disease_map.json``.
+
+    Args:
+        path: JSON file mapping "0".."n-1" to names, e.g. {"0": "Cassava Bacterial Blight (CBB)"}.
+    Returns:
+        A tuple of n names, index = label.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: label map not found; pass the path to label_num_to_disease_map.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err}); re-download label_num_to_disease_map.json") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: expected a JSON object like {{\"0\": \"name\", ...}}, got {type(raw).__name__}")
+    try:
+        labels = sorted(int(k) for k in raw)
+    except ValueError:
+        raise DataError(f"{path}: keys must be label numbers \"0\"..\"n-1\", got {sorted(raw)}") from None
+    if labels != list(range(len(labels))):
+        raise DataError(f"{path}: labels must be 0..{len(labels) - 1} without gaps, got {labels}")
+    return tuple(str(raw[str(i)]) for i in labels)
+
+
+# ============ file lists ============
+
+
+def resolve_files(filenames, what="TFRecord files"):
+    """A sorted list of existing files from a list of paths or a glob pattern (local or gs://)."""
+    if isinstance(filenames, (str, os.PathLike)):
+        pattern = os.fspath(filenames)
+        files = sorted(tf.io.gfile.glob(pattern))
+        if not files:
+            raise DataError(f"no {what} match {pattern!r}; check the path (is the dataset attached?)")
+        return files
+    files = [os.fspath(f) for f in filenames]
+    if not files:
+        raise DataError(f"the list of {what} is empty; pass at least one file or a glob pattern")
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(files)} {what} do not exist, e.g. {missing[0]}")
+    return files
+
+
+def list_tfrecords(data_dir, split="train"):
+    """The shards ``DATA_DIR/{split}_tfrecords/*.tfrec`` in name order."""
+    return resolve_files(os.path.join(os.fspath(data_dir), f"{split}_tfrecords", "*.tfrec"),
+                         what=f"{split} shards")
+
+
+def count_data_items(filenames):
+    """Total number of records, read from the ``…-{count}.tfrec`` shard names (no file is opened)."""
+    total = 0
+    for name in filenames:
+        match = _SHARD_COUNT.search(os.path.basename(os.fspath(name)))
+        if match is None:
+            raise DataError(
+                f"{name}: shard name has no record count; expected '<prefix><NN>-<count>.tfrec' "
+                "(e.g. ld_train00-1338.tfrec). Rename it, or write shards with kitlib.data.write_tfrecords")
+        total += int(match.group(1))
+    return total
+
+
+def split_files(filenames, val_fraction, seed=0):
+    """Split shards into (train, val) at file level, so no image is in both.
+
+    Args:
+        filenames: shard paths.
+        val_fraction: in [0, 1); 0 gives all files to train.
+        seed: shuffling seed (scikit-learn ``train_test_split``).
+    Returns:
+        (train_files, val_files), each sorted.
+    """
+    from sklearn.model_selection import train_test_split
+
+    files = sorted(os.fspath(f) for f in filenames)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return files, []
+    if len(files) < 2:
+        raise DataError(f"cannot split {len(files)} shard(s) at file level; write more, smaller shards "
+                        "(write_tfrecords(..., shard_size=...)) or use val_fraction=0")
+    n_val = min(len(files) - 1, max(1, round(len(files) * val_fraction)))
+    train, val = train_test_split(files, test_size=n_val, random_state=seed)
+    return sorted(train), sorted(val)
+
+
+def check_tfrecord_framing(path):
+    """Walk a local shard's record headers; returns the record count or raises on a truncated file.
+
+    TFRecord framing: uint64 length, uint32 crc, ``length`` bytes, uint32 crc. Only headers are
+    read (a seek per record), so this is cheap even for the full competition data.
+    """
+    size = os.path.getsize(path)
+    pos, count = 0, 0
+    with open(path, "rb") as f:
+        while pos < size:
+            header = f.read(12)
+            if len(header) < 12:
+                break
+            (length,) = struct.unpack("<Q", header[:8])
+            if pos + 12 + length + 4 > size:
+                break
+            pos += 12 + length + 4
+            count += 1
+            f.seek(pos)
+        else:
+            return count
+    raise DataError(f"{path}: truncated shard, record {count} is cut off at byte {pos} of {size}; "
+                    "the file is incomplete: download or copy it again")
+
+
+# ============ parsing ============
+
+
+def _has_image_magic(data):
+    """True when the bytes start like a JPEG, PNG, GIF or BMP file."""
+    head = tf.strings.substr(data, 0, 4)
+    return tf.reduce_any(tf.stack([
+        tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
+        head == b"\x89PNG",
+        tf.strings.substr(head, 0, 3) == b"GIF",
+        tf.strings.substr(head, 0, 2) == b"BM",
+    ]))
+
+
+def decode_image(data):
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] RGB (grayscale is repeated to 3 channels)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _features(labeled, with_name):
+    spec = {"image": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    if with_name:
+        spec["image_name"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    if labeled:
+        spec["target"] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+    return spec
+
+
+def _problem(example, labeled, num_classes):
+    """'' when the parsed record is usable, else a short description of what is wrong (tf.string)."""
+    problem = tf.constant("")
+    if labeled:
+        target = example["target"]
+        problem = tf.where(target < 0, "has no 'target' feature", problem)
+        problem = tf.where(target >= num_classes,
+                           tf.strings.format("has target {} outside the classes 0..{}",
+                                             (target, num_classes - 1)), problem)
+    problem = tf.where(tf.logical_not(_has_image_magic(example["image"])),
+                       "has an 'image' that is not JPEG/PNG/GIF/BMP bytes", problem)
+    problem = tf.where(tf.strings.length(example["image"]) == 0, "has no 'image' feature", problem)
+    return problem
+
+
+def _to_output(example, labeled, decode, with_name):
+    out = {"image": decode_image(example["image"]) if decode else example["image"]}
+    if with_name:
+        out["image_name"] = example["image_name"]
+    if labeled:
+        out["label"] = tf.cast(example["target"], tf.int32)
+    return out
+
+
+def parse_example(serialized, labeled=True, decode=True, num_classes=NUM_CLASSES, with_name=True,
+                  source="<record>"):
+    """One serialized ``tf.train.Example`` -> the kit's dict (see module docstring).
+
+    Args:
+        serialized: scalar tf.string.
+        labeled: read "target" (int64) as "label"; a record without it, or with a target outside
+            [0, num_classes), fails with a message naming ``source``.
+        decode: decode the image to uint8 [H, W, 3]; False keeps the encoded bytes.
+        num_classes: number of classes (5 for Cassava).
+        with_name: read "image_name" (tf.string; "" when absent).
+        source: scalar tf.string naming the record in error messages, e.g. "record 3 of FILE".
+    """
+    example = tf.io.parse_single_example(serialized, _features(labeled, with_name))
+    problem = _problem(example, labeled, num_classes)
+    with tf.control_dependencies([tf.debugging.Assert(
+            tf.strings.length(problem) == 0,
+            [tf.strings.join(["kitlib: ", source, " ", problem,
+                              ". Fix or drop that record (or pass skip_corrupt=True to skip it and count it)."])],
+    )]):
+        example = {k: tf.identity(v) for k, v in example.items()}
+    return _to_output(example, labeled, decode, with_name)
+
+
+def _first_record_keys(path):
+    """Feature names of a shard's first record (to know whether records carry "image_name")."""
+    for raw in tf.data.TFRecordDataset(path).take(1):
+        return set(tf.train.Example.FromString(raw.numpy()).features.feature)
+    raise DataError(f"{path}: shard holds no records; remove it or write it again")
+
+
+def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classes=NUM_CLASSES,
+                 skip_corrupt=False):
+    """Read Cassava-format TFRecord shards in parallel.
+
+    Args:
+        filenames: list of shard paths, or a glob pattern (local or gs://).
+        labeled: read "target" as "label" (train shards); False for test shards.
+        ordered: keep file order and record order (deterministic); False reads shards
+            interleaved as they stream in (faster).
+        decode: decode images to uint8 [H, W, 3]; False keeps JPEG bytes for a later stage.
+        num_classes: valid targets are 0..num_classes-1.
+        skip_corrupt: drop records that have no image, non-image bytes, or a bad target, print
+            each one skipped (file and record) and count them in ``dataset.skipped`` (a tf.Variable).
+            Default False: such a record stops the run with a message naming it.
+    Returns:
+        ``tf.data.Dataset`` of dicts (see module docstring).
+    """
+    files = resolve_files(filenames)
+    for path in files:  # a truncated shard is caught here with its name, not deep inside a fit()
+        if "://" not in path:
+            check_tfrecord_framing(path)
+    with_name = "image_name" in _first_record_keys(files[0])
+    features = _features(labeled, with_name)
+
+    def records_of(path):
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (path, i, rec))
+
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if ordered:
+        records = names.flat_map(records_of)
+    else:
+        records = names.interleave(records_of, cycle_length=min(len(files), 16),
+                                   num_parallel_calls=AUTOTUNE, deterministic=False)
+
+    def describe(path, index):
+        return tf.strings.format("record {} of {}", (index, path))
+
+    def parse(path, index, serialized):
+        return parse_example(serialized, labeled, decode, num_classes, with_name, describe(path, index))
+
+    if not skip_corrupt:
+        return records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+
+    skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
+
+    def check(path, index, serialized):
+        example = tf.io.parse_single_example(serialized, features)
+        return path, index, example, _problem(example, labeled, num_classes)
+
+    def keep(path, index, example, problem):
+        ok = tf.strings.length(problem) == 0
+        if not ok:
+            tf.print("kitlib: skipping", describe(path, index), problem, output_stream="file://stderr")
+            skipped.assign_add(1)
+        return ok
+
+    dataset = (records.map(check, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+               .filter(keep)
+               .map(lambda p, i, ex, _: _to_output(ex, labeled, decode, with_name),
+                    num_parallel_calls=AUTOTUNE, deterministic=ordered))
+    dataset.skipped = skipped
+    return dataset
+
+
+@contextlib.contextmanager
+def explain_errors():
+    """Turn pipeline failures into ``DataError`` with kitlib's message and no TF stack trace.
+
+    Use around a loop or ``fit()`` over a kitlib dataset::
+
+        with explain_errors():
+            for batch in dataset: ...
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as err:
+        raise DataError(f"corrupt or truncated TFRecord data ({err.message.splitlines()[0]}); "
+                        "check the shards with kitlib.data.check_tfrecord_framing and copy them again") from None
+    except tf.errors.InvalidArgumentError as err:
+        found = re.search(r"kitlib: ([^\n\]]*)", err.message)
+        if found:
+            raise DataError(found.group(1).strip().rstrip("'\"")) from None
+        if "image" in err.message.lower() and ("decode" in err.message.lower() or "jpeg" in err.message.lower()):
+            raise DataError(f"an image could not be decoded ({err.message.splitlines()[0]}); the file is "
+                            "corrupt or truncated: replace it, or use skip_corrupt=True") from None
+        raise
+
+
+# ============ other sources: JPEG folder + CSV, one folder per class, tfds ============
+
+
+def _read_image_file(path, source):
+    data = tf.io.read_file(path)
+    tf.debugging.Assert(_has_image_magic(data),
+                        [tf.strings.join(["kitlib: ", source, " is not a JPEG/PNG/GIF/BMP image; "
+                                          "remove or replace it."])])
+    return data
+
+
+def _files_dataset(paths, names, labels, decode):
+    columns = {"path": list(paths), "image_name": list(names)}
+    if labels is not None:
+        columns["label"] = tf.constant(labels, tf.int32)
+
+    def load(row):
+        data = _read_image_file(row["path"], tf.strings.join(["file ", row["path"]]))
+        out = {"image": decode_image(data) if decode else data, "image_name": row["image_name"]}
+        if "label" in row:
+            out["label"] = row["label"]
+        return out
+
+    return tf.data.Dataset.from_tensor_slices(columns).map(load, num_parallel_calls=AUTOTUNE)
+
+
+def load_jpeg_csv(images_dir, csv_path=None, num_classes=NUM_CLASSES, decode=True):
+    """``train_images/`` + ``train.csv`` (image_id,label), or a test folder without CSV.
+
+    Args:
+        images_dir: folder of images named by ``image_id``.
+        csv_path: CSV with header ``image_id,label``; None lists every image in the folder
+            (unlabelled, for ``test_images/``).
+        num_classes: valid labels are 0..num_classes-1.
+        decode: as in ``load_dataset``.
+    Returns:
+        ``tf.data.Dataset`` of dicts, in CSV (or file-name) order.
+    """
+    images_dir = os.fspath(images_dir)
+    if not os.path.isdir(images_dir):
+        raise DataError(f"{images_dir}: image folder not found")
+    if csv_path is None:
+        names = sorted(n for n in os.listdir(images_dir) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
+        return _files_dataset([os.path.join(images_dir, n) for n in names], names, None, decode)
+    names, labels = [], []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{csv_path}: expected a header 'image_id,label', got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise DataError(f"{csv_path}, line {line}: label {row['label']!r} is not an integer") from None
+            if not 0 <= label < num_classes:
+                raise DataError(f"{csv_path}, line {line}: label {label} outside the classes 0..{num_classes - 1}")
+            path = os.path.join(images_dir, row["image_id"])
+            if not os.path.isfile(path):
+                raise DataError(f"{csv_path}, line {line}: image {path} does not exist")
+            names.append(row["image_id"])
+            labels.append(label)
+    if not names:
+        raise DataError(f"{csv_path}: no rows after the header")
+    return _files_dataset([os.path.join(images_dir, n) for n in names], names, labels, decode)
+
+
+def load_image_folder(root, decode=True):
+    """One sub-folder per class (``root/<class name>/*.jpg``), classes in sorted folder order.
+
+    Returns:
+        (dataset, class_names): the dataset of dicts (labelled) and the folder names in label order.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: folder not found")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders; expected root/<class name>/<image>.jpg")
+    paths, names, labels = [], [], []
+    for label, cls in enumerate(classes):
+        files = sorted(n for n in os.listdir(os.path.join(root, cls)) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(f"{os.path.join(root, cls)}: class folder holds no images")
+        paths += [os.path.join(root, cls, n) for n in files]
+        names += [f"{cls}/{n}" for n in files]
+        labels += [label] * len(files)
+    return _files_dataset(paths, names, labels, decode), tuple(classes)
+
+
+@contextlib.contextmanager
+def _tfds_gcs_disabled():
+    """Stop tfds from asking GCS for metadata (it retries for minutes offline); restores the flag."""
+    from tensorflow_datasets.core.utils import gcs_utils
+
+    before = gcs_utils._is_gcs_disabled
+    gcs_utils._is_gcs_disabled = True
+    try:
+        yield
+    finally:
+        gcs_utils._is_gcs_disabled = before
+
+
+def load_tfds(name, data_dir=None, download=False, split="train"):
+    """A tfds dataset with (image, label) supervised keys as the kit's dicts.
+
+    Offline (``download=False``, the default) it only reads a dataset already prepared in
+    ``data_dir`` and fails at once otherwise, instead of retrying the network for minutes.
+
+    Returns:
+        (dataset, class_names).
+    """
+    import tensorflow_datasets as tfds
+
+    if not download:
+        with _tfds_gcs_disabled():
+            try:
+                builder = tfds.builder(name, data_dir=data_dir)
+            except Exception as err:  # unknown name, or a builder that needs the network
+                raise DataError(f"tfds dataset {name!r} cannot be opened offline ({err}); "
+                                "check the name or pass download=True with internet") from None
+            if not builder.is_prepared():
+                raise DataError(
+                    f"tfds dataset {name!r} is not prepared in {builder.data_dir}; with the internet off "
+                    "nothing can be downloaded. Prepare it where there is internet (download=True), "
+                    "attach that folder (e.g. as a Kaggle dataset) and pass data_dir=...")
+            dataset = builder.as_dataset(split=split, as_supervised=True)
+    else:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+        dataset = builder.as_dataset(split=split, as_supervised=True)
+    label_feature = builder.info.features[builder.info.supervised_keys[1]]
+    class_names = tuple(getattr(label_feature, "names", ()) or ())
+
+    def to_dict(image, label):
+        if image.shape.rank == 3 and image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        return {"image": image, "label": tf.cast(label, tf.int32)}
+
+    return dataset.map(to_dict, num_parallel_calls=AUTOTUNE), class_names
+
+
+# ============ writing ============
+
+
+def _bytes_feature(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _as_jpeg(image, quality=90):
+    if isinstance(image, bytes):
+        return image
+    return tf.io.encode_jpeg(tf.convert_to_tensor(image, tf.uint8), quality=quality).numpy()
+
+
+def serialize_example(image, image_name=None, target=None):
+    """A ``tf.train.Example`` in the competition's format, serialized to bytes."""
+    feature = {"image": _bytes_feature(_as_jpeg(image))}
+    if image_name is not None:
+        feature["image_name"] = _bytes_feature(image_name.encode() if isinstance(image_name, str) else image_name)
+    if target is not None:
+        feature["target"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(target)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def write_tfrecords(examples, out_dir, prefix="ld_train", shard_size=_DEFAULT_SHARD_SIZE):
+    """Write examples as shards named like the competition's: ``{prefix}{NN}-{count}.tfrec``.
+
+    Args:
+        examples: iterable of dicts with "image" (JPEG bytes, or a uint8 [H, W, 3] array that is
+            JPEG-encoded), "image_name" (str/bytes, optional) and "target" or "label" (int;
+            ignored for test shards, i.e. a prefix starting "ld_test").
+        out_dir: created if missing.
+        prefix: "ld_train" or "ld_test" (test shards carry no target).
+        shard_size: records per shard.
+    Returns:
+        The shard paths, in order.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    labeled = not prefix.startswith("ld_test")
+    paths, buffer = [], []
+
+    def flush():
+        path = os.path.join(out_dir, f"{prefix}{len(paths):02d}-{len(buffer)}.tfrec")
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in buffer:
+                writer.write(record)
+        paths.append(path)
+        buffer.clear()
+
+    for i, ex in enumerate(examples):
+        target = ex.get("target", ex.get("label")) if labeled else None
+        if labeled and target is None:
+            raise DataError(f"example {i} has no 'target'/'label'; train shards need one (or use prefix='ld_test')")
+        buffer.append(serialize_example(ex["image"], ex.get("image_name"), target))
+        if len(buffer) == shard_size:
+            flush()
+    if buffer:
+        flush()
+    if not paths:
+        raise DataError("write_tfrecords got no examples; nothing written")
+    return paths
