@@ -25,6 +25,7 @@ import json
 import os
 import re
 import struct
+import sys
 
 import tensorflow as tf
 
@@ -201,8 +202,8 @@ def _problem(example, labeled, num_classes):
         target = example["target"]
         problem = tf.where(target < 0, "has no 'target' feature", problem)
         problem = tf.where(target >= num_classes,
-                           tf.strings.format("has target {} outside the classes 0..{}",
-                                             (target, num_classes - 1)), problem)
+                           tf.strings.join(["has target ", tf.strings.as_string(target),
+                                            f" outside the classes 0..{num_classes - 1}"]), problem)
     problem = tf.where(tf.logical_not(_has_image_magic(example["image"])),
                        "has an 'image' that is not JPEG/PNG/GIF/BMP bytes", problem)
     problem = tf.where(tf.strings.length(example["image"]) == 0, "has no 'image' feature", problem)
@@ -284,7 +285,7 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
                                    num_parallel_calls=AUTOTUNE, deterministic=False)
 
     def describe(path, index):
-        return tf.strings.format("record {} of {}", (index, path))
+        return tf.strings.join(["record ", tf.strings.as_string(index), " of ", path])
 
     def parse(path, index, serialized):
         return parse_example(serialized, labeled, decode, num_classes, with_name, describe(path, index))
@@ -301,7 +302,8 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
     def keep(path, index, example, problem):
         ok = tf.strings.length(problem) == 0
         if not ok:
-            tf.print("kitlib: skipping", describe(path, index), problem, output_stream="file://stderr")
+            tf.print(tf.strings.join(["kitlib: skipping ", describe(path, index), " (", problem, ")"]),
+                     output_stream=sys.stderr)
             skipped.assign_add(1)
         return ok
 
@@ -330,7 +332,8 @@ def explain_errors():
     except tf.errors.InvalidArgumentError as err:
         found = re.search(r"kitlib: ([^\n\]]*)", err.message)
         if found:
-            raise DataError(found.group(1).strip().rstrip("'\"")) from None
+            message = re.sub(r"\\+(['\"])", r"\1", found.group(1)).strip().rstrip("'\"")
+            raise DataError(message) from None
         if "image" in err.message.lower() and ("decode" in err.message.lower() or "jpeg" in err.message.lower()):
             raise DataError(f"an image could not be decoded ({err.message.splitlines()[0]}); the file is "
                             "corrupt or truncated: replace it, or use skip_corrupt=True") from None
@@ -342,10 +345,11 @@ def explain_errors():
 
 def _read_image_file(path, source):
     data = tf.io.read_file(path)
-    tf.debugging.Assert(_has_image_magic(data),
-                        [tf.strings.join(["kitlib: ", source, " is not a JPEG/PNG/GIF/BMP image; "
-                                          "remove or replace it."])])
-    return data
+    check = tf.debugging.Assert(_has_image_magic(data),
+                                [tf.strings.join(["kitlib: ", source, " is not a JPEG/PNG/GIF/BMP image; "
+                                                  "remove or replace it."])])
+    with tf.control_dependencies([check]):
+        return tf.identity(data)
 
 
 def _files_dataset(paths, names, labels, decode):

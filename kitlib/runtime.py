@@ -65,7 +65,10 @@ def device_kind(strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "TPU"
-    devices = getattr(strategy.extended, "worker_devices", ()) or ()
+    try:
+        devices = tuple(strategy.extended.worker_devices)
+    except (RuntimeError, AttributeError):  # the default strategy has no device list
+        devices = ()
     if any("GPU" in d.upper() for d in devices) or (
         not devices and tf.config.list_logical_devices("GPU")
     ):
