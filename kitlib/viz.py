@@ -173,4 +173,210 @@ def plot_tta_views(views, names, columns=4):
     return fig
 
 
+# ============ SwAV pretraining (kitlib.swav / kitlib.pretrain / kitlib.evaluate) ============
+
+
+def _history_columns(history):
+    """{metric: list} from a list of per-epoch dicts (history.csv rows) or a Keras History.history dict."""
+    if isinstance(history, dict):
+        return {k: list(v) for k, v in history.items()}
+    keys = {k for row in history for k in row}
+    return {k: [row.get(k, np.nan) for row in history] for k in keys}
+
+
+def plot_swav_crops(crops, examples=4):
+    """One row per training example, one column per crop: every row must show one source image.
+
+    Args:
+        crops: tuple of V arrays/tensors [B, S_v, S_v, 3] in [0, 1] (a multi-crop batch).
+        examples: rows to show (<= B).
+    Returns:
+        Figure.
+    """
+    plt = _plt()
+    crops = [np.asarray(c) for c in crops]
+    rows = min(examples, len(crops[0]))
+    fig, axes = plt.subplots(rows, len(crops), figsize=(1.6 * len(crops), 1.6 * rows), squeeze=False)
+    for v, crop in enumerate(crops):
+        axes[0, v].set_title(f"crop {v}\n{crop.shape[1]} px", fontsize=8)
+        for r in range(rows):
+            axes[r, v].imshow(np.clip(crop[r], 0, 1))
+            axes[r, v].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_swav_history(history, ln_k):
+    """SwAV loss per epoch against the collapse floor ln K, and prototype-usage entropy.
+
+    Args:
+        history: history.csv rows (``kitlib.pretrain.read_history``) or ``History.history``.
+        ln_k: ln of the number of prototypes (``SwAVModel.ln_k``).
+    Returns:
+        Figure with two axes: loss vs ln K; usage entropy vs its maximum ln K.
+    """
+    plt = _plt()
+    cols = _history_columns(history)
+    loss = cols.get("loss", [])
+    epochs = cols.get("epoch", list(range(1, len(loss) + 1)))
+    fig, (ax_loss, ax_use) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax_loss.plot(epochs, loss, "-o", ms=3, label="SwAV loss")
+    ax_loss.axhline(ln_k, color="crimson", ls="--", label=f"ln K = {ln_k:.2f} (collapse)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss must fall clearly below ln K")
+    if "usage_entropy" in cols:
+        ax_use.plot(epochs, cols["usage_entropy"], "-o", ms=3, color="seagreen", label="usage entropy")
+    ax_use.axhline(ln_k, color="gray", ls=":", label="ln K: every prototype used equally")
+    ax_use.set(xlabel="epoch", ylabel="nats", title="prototype-usage entropy")
+    for ax in (ax_loss, ax_use):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prototype_usage(fractions):
+    """Share of crops whose best prototype is k, sorted, against the uniform share 1/K.
+
+    Args:
+        fractions: [K] non-negative, summing to 1 (``kitlib.swav.prototype_usage``).
+    Returns:
+        Figure: a few tall bars and many empty ones mean a near-collapse onto few prototypes.
+    """
+    plt = _plt()
+    share = np.sort(np.asarray(fractions, float))[::-1]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(np.arange(len(share)), share, width=1.0, color="steelblue")
+    ax.axhline(1.0 / len(share), color="crimson", ls="--", label="uniform 1/K")
+    used = int(np.sum(share > 0))
+    ax.set(xlabel="prototypes, most used first", ylabel="share of crops",
+           title=f"prototype usage: {used} of {len(share)} prototypes used")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_quality(results):
+    """Bars of kNN (and linear-probe) accuracy per backbone, e.g. random init vs SwAV.
+
+    Args:
+        results: {backbone name: {"knn": acc, "linear": acc}} (``kitlib.evaluate.compare_backbones``).
+    Returns:
+        Figure.
+    """
+    plt = _plt()
+    names = list(results)
+    metrics = sorted({m for r in results.values() for m in r})
+    width = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(names), 3.2))
+    for i, metric in enumerate(metrics):
+        values = [results[n].get(metric, np.nan) for n in names]
+        bars = ax.bar(np.arange(len(names)) + i * width, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(np.arange(len(names)) + width * (len(metrics) - 1) / 2, names)
+    ax.set(ylim=(0, 1.05), ylabel="accuracy", title="frozen features on the labelled split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ============ multi-crop augmentation (kitlib.augment) ============
+
+
+def _as_display(image):
+    """uint8 or float [0, 1] image -> float [0, 1] array for imshow."""
+    image = np.asarray(image)
+    return image / 255.0 if image.dtype == np.uint8 else np.clip(image, 0.0, 1.0)
+
+
+def show_crops(sources, crops, max_rows=6, title=None):
+    """Each row: one source image, then ALL of its crops (so one sees they share the image).
+
+    Args:
+        sources: n images [H, W, 3] (uint8 or float [0, 1]), e.g. from augment.multicrop_preview.
+        crops: tuple of V arrays [n, S, S, 3] float [0, 1], big crops first.
+        max_rows: rows drawn at most.
+    Returns:
+        Figure with min(n, max_rows) rows and 1 + V columns; crop axes are drawn to scale (a 96 px
+        crop is drawn smaller than a 224 px one).
+    """
+    plt = _plt()
+    rows, sizes = min(len(sources), max_rows), [c.shape[1] for c in crops]
+    widths = [max(sizes) * 1.4] + sizes
+    fig, axes = plt.subplots(rows, 1 + len(crops), figsize=(1.6 + 1.25 * len(crops), 1.6 * rows),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(_as_display(sources[r]))
+        axes[r, 0].set_ylabel(f"image {r}", fontsize=8)
+        for v, crop in enumerate(crops):
+            axes[r, 1 + v].imshow(_as_display(crop[r]))
+            axes[r, 1 + v].set_box_aspect(1)
+            axes[r, 1 + v].set_anchor("N")
+            if r == 0:
+                axes[0, 1 + v].set_title(f"crop {v}\n{sizes[v]} px", fontsize=8)
+    axes[0, 0].set_title("source", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_augmentations(gallery, max_columns=6):
+    """One row per augmentation, a few independent draws per row.
+
+    Args:
+        gallery: dict name -> [draws, S, S, 3] float [0, 1] (augment.augmentation_gallery).
+    Returns:
+        Figure with len(gallery) rows.
+    """
+    plt = _plt()
+    draws = min(max_columns, min(len(v) for v in gallery.values()))
+    fig, axes = plt.subplots(len(gallery), draws, figsize=(1.5 * draws + 1.2, 1.5 * len(gallery)),
+                             squeeze=False)
+    for r, (name, images) in enumerate(gallery.items()):
+        for c in range(draws):
+            axes[r, c].imshow(_as_display(images[c]))
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_crop_distributions(stats, ratio=(3 / 4, 4 / 3), bins=30):
+    """Histograms of the crop windows actually drawn: area fraction and aspect ratio, per group.
+
+    Args:
+        stats: dict label -> {"area": [n], "aspect": [n], "scale": (lo, hi)} (augment.window_stats).
+        ratio: allowed aspect range (dashed lines).
+    Returns:
+        Figure with two axes: area fraction of the image (dashed: each group's scale range) and
+        aspect ratio w/h on a log axis (dashed: ``ratio``).
+    """
+    plt = _plt()
+    fig, (ax_area, ax_aspect) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, s) in enumerate(stats.items()):
+        color = f"C{i}"
+        ax_area.hist(s["area"], bins=bins, alpha=0.6, color=color, label=label)
+        for bound in s["scale"]:
+            ax_area.axvline(bound, color=color, linestyle="--", linewidth=1)
+        ax_aspect.hist(s["aspect"], bins=np.geomspace(ratio[0], ratio[1], bins + 1), alpha=0.6,
+                       color=color, label=label)
+    for bound in ratio:
+        ax_aspect.axvline(bound, color="k", linestyle="--", linewidth=1)
+    ax_area.set(xlabel="area of the crop window / area of the image", ylabel="crops",
+                title="area: uniform in each group's range")
+    ax_aspect.set(xlabel="aspect ratio w / h of the window", xlim=(ratio[0] * 0.9, ratio[1] / 0.9),
+                  xticks=[ratio[0], 1.0, ratio[1]], xticklabels=[f"{ratio[0]:.2f}", "1", f"{ratio[1]:.2f}"],
+                  title=f"aspect: within [{ratio[0]:.2f}, {ratio[1]:.2f}]")
+    for ax in (ax_area, ax_aspect):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # ---- end of viz (keep this line last) ----

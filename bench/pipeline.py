@@ -1,0 +1,194 @@
+"""Input-pipeline throughput: kitlib multi-crop vs the seed notebook's zipped loaders vs decoding alone.
+
+    .venv/bin/python bench/pipeline.py [--images 256] [--passes 2]
+
+Writes 800x600 JPEG shards (the competition's size; synthetic leaves from ``kitlib.sample`` with
+sensor noise, ~115 KB each like the real files) to a temporary folder with
+``kitlib.data.write_tfrecords``, then times one full pass per pipeline over the same shards and
+prints source images per second (best of ``--passes``). Machine load from other processes moves
+every figure; the ratios within one run are what to compare. Takes about two minutes on 2 cores.
+
+Pipelines:
+    decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
+    seed (zipped)       a re-implementation of the seed: five loaders, each load -> decode ->
+                        shuffle(1024) -> squash to 260²/160² -> square crop by side -> resize ->
+                        flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images).
+    kitlib host         multicrop(decode=False records, augment=True): decode once, full SwAV
+                        augmentation on the host.
+    kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
+                        the train step; "+ColorAugment here" runs that layer on this CPU too.
+
+When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image): the host needs
+about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~10 ms (2x224+3x96) to ~15 ms (2x224+6x96),
+device mode ~4-5.5 ms on the host, plus elementwise colour passes on the accelerator that are small
+next to a ResNet-50 step over 8 crops.
+    * Kaggle GPU (4 vCPUs) or a remote TPU fed by a small host: device mode. Host mode tops out near
+      4 x 1000 / 15 ~ 270 images/s with SwAV's crops, device mode near 750.
+    * TPU VM (~96 vCPUs): host mode feeds several thousand images/s, so keep the accelerator's time
+      for the model and augment on the host.
+    * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,
+      without skipping the crops whose coin says "no", and is slower ("+ColorAugment here").
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from kitlib import augment, data  # noqa: E402
+from kitlib.sample import draw_leaf  # noqa: E402
+
+HEIGHT, WIDTH = 600, 800     # Cassava's image size
+JPEG_QUALITY = 92            # with the noise below: ~115 KB per image, like the competition's files
+NOISE_STD = 3.0              # extra sensor noise (grey levels): real photos are not smooth
+NUM_LEAVES = 8               # distinct drawings; every image is a shifted/flipped/noised copy
+BATCH = 32                   # the seed's batch size
+AUTO = tf.data.AUTOTUNE
+
+
+def write_shards(out_dir, n, seed=0):
+    """n 800x600 JPEGs in 4 shards; returns the shard paths."""
+    rng = np.random.default_rng(seed)
+    leaves = [draw_leaf(i % 5, np.random.default_rng([seed, i]), HEIGHT, WIDTH) for i in range(NUM_LEAVES)]
+
+    def examples():
+        for i in range(n):
+            image = np.roll(leaves[i % NUM_LEAVES], (rng.integers(HEIGHT), rng.integers(WIDTH)), axis=(0, 1))
+            image = image[:, ::-1] if rng.random() < 0.5 else image
+            noisy = np.clip(image + rng.normal(0, NOISE_STD, image.shape), 0, 255).astype(np.uint8)
+            jpeg = tf.io.encode_jpeg(noisy, quality=JPEG_QUALITY).numpy()
+            yield {"image": jpeg, "image_name": f"{i}.jpg", "target": i % 5}
+
+    return data.write_tfrecords(examples(), out_dir, shard_size=-(-n // 4))
+
+
+# ============ the seed's pipeline, re-implemented from its description ============
+
+SEED_RESIZE = {224: 260, 96: 160}   # the seed squashes the whole image to this square first
+SEED_BLUR_KERNEL = 23               # for every crop size
+SEED_JITTER_STRENGTH = 0.5
+
+
+def _seed_apply(fn, x, p):
+    return tf.cond(tf.random.uniform([]) < p, lambda: fn(x), lambda: x)
+
+
+def _seed_blur(x):
+    sigma = tf.random.uniform([], 0.1, 2.0)
+    r = SEED_BLUR_KERNEL // 2
+    taps = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2 * sigma**2))
+    taps = tf.tile((taps / tf.reduce_sum(taps))[:, None, None, None], [1, 1, 3, 1])
+    y = tf.nn.depthwise_conv2d(x[None], taps, [1, 1, 1, 1], "SAME")                       # zero padding
+    y = tf.nn.depthwise_conv2d(y, tf.transpose(taps, [1, 0, 2, 3]), [1, 1, 1, 1], "SAME")
+    return y[0]
+
+
+def _seed_jitter(x, s=SEED_JITTER_STRENGTH):
+    x = tf.image.random_brightness(x, 0.8 * s)                     # fixed order, additive brightness
+    x = tf.image.random_contrast(x, 1 - 0.8 * s, 1 + 0.8 * s)
+    x = tf.image.random_saturation(x, 1 - 0.8 * s, 1 + 0.8 * s)
+    x = tf.image.random_hue(x, 0.2 * s)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _seed_crop(example, size, min_scale, max_scale):
+    side = SEED_RESIZE[size]
+    image = tf.image.resize(tf.image.convert_image_dtype(example["image"], tf.float32), [side, side])
+    edge = tf.cast(tf.random.uniform([], min_scale * side, max_scale * side), tf.int32)  # side, not area
+    crop = tf.image.resize(tf.image.random_crop(image, [edge, edge, 3]), [size, size])
+    crop = _seed_apply(tf.image.flip_left_right, crop, 0.5)
+    crop = _seed_apply(_seed_blur, crop, 0.5)
+    crop = _seed_apply(_seed_jitter, crop, 0.8)
+    return _seed_apply(lambda c: tf.tile(tf.image.rgb_to_grayscale(c), [1, 1, 3]), crop, 0.2)
+
+
+def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
+    options = tf.data.Options()
+    options.deterministic = False
+    options.threading.max_intra_op_parallelism = 1
+    source = data.load_dataset(files, decode=True)   # iterated once per loader: five reads, five decodes
+    loaders = []
+    for size, count, lo, hi in zip(config.size_crops, config.num_crops, config.min_scale, config.max_scale):
+        for _ in range(count):
+            loader = source.shuffle(1024).map(lambda ex, s=size, a=lo, b=hi: _seed_crop(ex, s, a, b),
+                                              num_parallel_calls=AUTO)
+            loaders.append(loader.with_options(options))
+    return tf.data.Dataset.zip(tuple(loaders)).batch(BATCH).prefetch(AUTO)
+
+
+# ============ timing ============
+
+def images_per_second(dataset, n_images, passes, per_batch=None):
+    """(source images/s, CPU ms per image): best of ``passes`` full passes after a warm-up.
+
+    CPU time is this process's user + system time over the pass (all threads): unlike wall time it
+    barely moves when other processes share the machine.
+    """
+    step = per_batch or (lambda element: element)
+    for element in dataset.take(2):
+        step(element)
+    best, cpu = 0.0, float("inf")
+    for _ in range(passes):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for element in dataset:
+            step(element)
+        best = max(best, n_images / (time.perf_counter() - start))
+        cpu = min(cpu, (time.process_time() - start_cpu) * 1000 / n_images)
+    return best, cpu
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256, help="800x600 images to write (default 256)")
+    parser.add_argument("--passes", type=int, default=2, help="timed passes per pipeline (best is kept)")
+    args = parser.parse_args(argv)
+    n = args.images - args.images % BATCH
+    print(f"machine: {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f} at start")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        files = write_shards(tmp, n)
+        size_kb = sum(os.path.getsize(f) for f in files) / n / 1024
+        print(f"wrote {n} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s\n")
+        records = data.load_dataset(files, decode=False)
+        layer = augment.ColorAugment()
+        color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
+        rows = [
+            ("decode floor (full res, default IDCT)", data.load_dataset(files, decode=True), None),
+            ("decode floor (full res, INTEGER_FAST)",
+             records.map(lambda ex: tf.io.decode_jpeg(ex["image"], 3, dct_method="INTEGER_FAST"),
+                         num_parallel_calls=AUTO), None),
+            ("seed: zipped 2x224+3x96 loaders", seed_pipeline(files), None),
+        ]
+        for name, config in (("SEED_NOTEBOOK 2x224+3x96", augment.SEED_NOTEBOOK),
+                             ("SWAV_PAPER 2x224+6x96", augment.SWAV_PAPER)):
+            host = augment.batch_crops(augment.multicrop(records, config, augment=True), BATCH)
+            device = augment.batch_crops(augment.multicrop(records, config, augment="device"), BATCH)
+            rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None),
+                     (f"kitlib device (host part), {name}", device.prefetch(AUTO), None),
+                     (f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
+        results = {}
+        print(f"{'pipeline':56s} {'images/s':>9s} {'CPU ms/image':>13s}")
+        for name, dataset, step in rows:
+            results[name] = images_per_second(dataset, n, args.passes, step)
+            print(f"{name:56s} {results[name][0]:9.0f} {results[name][1]:13.2f}", flush=True)
+    (floor, floor_cpu), (seed, seed_cpu) = results[rows[0][0]], results[rows[2][0]]
+    print(f"\nspeed-up vs the seed and fraction of the full-resolution decode floor, by wall time "
+          f"(by CPU time in brackets):")
+    for name, (value, cpu) in results.items():
+        if name.startswith("kitlib"):
+            print(f"{name:56s} {value / seed:5.1f}x ({seed_cpu / cpu:4.1f}x) seed  "
+                  f"{value / floor:5.2f} ({floor_cpu / cpu:4.2f}) floor")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,625 @@
+"""Multi-crop augmentation for SwAV: every crop of one training example comes from ONE source image.
+
+Follows SwAV (Caron et al. 2020, arXiv 2006.09882; facebookresearch/swav ``src/multicropdataset.py``):
+per crop a random resized crop by *area* and aspect ratio of the original image, horizontal flip,
+colour jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) with p 0.8 in random order, grayscale with p 0.2 and a
+Gaussian blur (sigma in [0.1, 2]) with p 0.5. The transforms are small graph-safe functions in the
+style of google-research/simclr ``data_util.py``; each works on one image [H, W, 3] or a batch
+[N, H, W, 3] (independent draws per image) of float32 in [0, 1].
+
+Randomness is stateless: every function takes ``seed`` (an int, or a [2] int tensor; None draws one),
+and the pipeline derives a seed per example from ``tf.data.Dataset.random`` so the same seed gives
+the same crops however many threads run the map.
+
+Speed (bench/pipeline.py): each JPEG is decoded once, only the window that holds all its crops and
+at the coarsest libjpeg scale (1/2, 1/4, 1/8) that still leaves every crop window at least its
+output size; records are shuffled encoded. Colour work runs on the host (``augment=True``) or, with
+``augment="device"``, in the train step through the `ColorAugment` layer so the host only crops.
+"""
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+from kitlib.compat import keras, tf
+
+JITTER_STRENGTH = 1.0          # SwAV's colour-jitter strength s (the seed notebook used 0.5)
+JITTER_P, GRAY_P, BLUR_P, FLIP_P = 0.8, 0.2, 0.5, 0.5  # SwAV's probabilities per crop
+BLUR_SIGMA = (0.1, 2.0)        # SwAV/SimCLR Gaussian-blur sigma range, in pixels of the crop
+BLUR_FRACTION = 0.1            # SimCLR: blur kernel about 10 % of the crop side
+CROP_RATIO = (3 / 4, 4 / 3)    # aspect-ratio range of random resized crops (torchvision default)
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights (torchvision rgb_to_grayscale)
+_JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
+_INT32_MAX = 2**31 - 1
+_KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ============ seeds ============
+
+def _as_seed(seed):
+    """A [2] int64 seed for stateless ops: None draws one from the global generator."""
+    if seed is None:  # int32 draws work on every device (TPU included)
+        return tf.cast(tf.random.uniform([2], 0, _INT32_MAX, dtype=tf.int32), tf.int64)
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
+def _split(seed, n):
+    """n independent [2] seeds from one: [n, 2] int64."""
+    return tf.random.experimental.stateless_split(_as_seed(seed), n)
+
+
+def _uniform(shape, seed, lo=0.0, hi=1.0):
+    return tf.random.stateless_uniform(shape, seed, lo, hi)
+
+
+def _leading(x):
+    """[N] for a batch [N, H, W, C], [] for one image; raises on other ranks."""
+    if x.shape.rank not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3] or a batch [N, H, W, 3], got shape {x.shape}")
+    return tf.shape(x)[:1] if x.shape.rank == 4 else tf.zeros([0], tf.int32)
+
+
+# ============ colour and blur: float [.., H, W, 3] in [0, 1] ============
+
+# Each jitter op is an affine colour map per image, x -> clip(x M^T + t, 0, 1). With the gray
+# projection G = 1 w^T (w: luma weights): brightness b I; contrast c I with t = (1 - c) mean gray;
+# saturation G + s (I - G) (a blend with the gray image); hue G + cos(2 pi d) (I - G) + sin(2 pi d) H:
+# a rotation of YIQ's chroma plane by d turns, as NVIDIA DALI does. torchvision rotates HSV hue
+# instead: the same intent; here luma is kept exactly and it costs a 3x3 product, not an HSV trip.
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_GRAY = np.outer(np.ones(3), _LUMA)
+_HUE_SIN = np.linalg.inv(_YIQ) @ np.array([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]]) @ _YIQ
+
+
+def _as_batch(x):
+    """(x as [N, H, W, C], a function giving a result back the caller's rank)."""
+    _leading(x)
+    return (x, lambda y: y) if x.shape.rank == 4 else (x[None], lambda y: y[0])
+
+
+def random_apply(fn, x, p, seed=None):
+    """fn(x) with probability p, else x: one coin for an image, one coin per image of a batch.
+
+    Args:
+        fn: callable on x (on a batch it must treat images independently).
+        x: [H, W, C] or [N, H, W, C].
+        p: probability in [0, 1].
+    """
+    coin = _uniform(_leading(x), _as_seed(seed)) < p
+    if x.shape.rank == 3:
+        return tf.cond(coin, lambda: fn(x), lambda: x)  # one image: skip the work on "no"
+    # a full-shape condition: a broadcast select is several times slower on a CPU
+    return tf.where(tf.broadcast_to(tf.reshape(coin, [-1, 1, 1, 1]), tf.shape(x)), fn(x), x)
+
+
+def color_jitter(x, strength=JITTER_STRENGTH, seed=None):
+    """Brightness, contrast, saturation (factors ~ U[1 - 0.8 s, 1 + 0.8 s]) and hue (shift ~
+    U[-0.2 s, 0.2 s] turns) in a random order per image, clipped to [0, 1] after each op.
+
+    torchvision ``ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s)`` as in SwAV (hue: see the note above).
+
+    Args:
+        x: [H, W, 3] or [N, H, W, 3] float32 in [0, 1].
+        strength: s (SwAV 1.0; the seed notebook used 0.5).
+    Returns:
+        Same shape, float32 in [0, 1].
+    """
+    a = 0.8 * strength
+    seeds = _split(seed, 5)
+    n = _leading(x)
+    b, c, s = [tf.maximum(_uniform(n, seeds[i], 1.0 - a, 1.0 + a), 0.0) for i in range(3)]
+    turn = 2.0 * math.pi * _uniform(n, seeds[3], -0.2 * strength, 0.2 * strength)
+    eye, gray, hue_sin = [tf.constant(m, tf.float32) for m in (np.eye(3), _GRAY, _HUE_SIN)]
+    expand = (lambda v: v) if x.shape.rank == 3 else (lambda v: v[:, None, None])  # [N] -> [N, 1, 1]
+    b, c, s, turn = map(expand, (b, c, s, turn))
+    maps = [b * eye, c * eye, gray + s * (eye - gray),
+            gray + tf.cos(turn) * (eye - gray) + tf.sin(turn) * hue_sin]
+    order = tf.argsort(_uniform(tf.concat([n, [4]], 0), seeds[4]), axis=-1)  # a random permutation
+    if x.shape.rank == 3:  # one image: run only the op each slot draws, in its cheapest form
+        ops = [lambda y: tf.minimum(y * b, 1.0),
+               lambda y: tf.clip_by_value(c * y + (1.0 - c) * _mean_gray(y), 0.0, 1.0),
+               lambda y: _apply_colour_map(y, maps[2]), lambda y: _apply_colour_map(y, maps[3])]
+        for slot in range(4):
+            x = tf.switch_case(order[slot], [lambda op=op, y=x: op(y) for op in ops])
+        return x
+    # a batch (static shapes for XLA/TPU): gather each image's map for this slot, one product each
+    maps = tf.stack(maps, axis=1)                                                       # [N, 4, 3, 3]
+    for slot in range(4):
+        op = order[:, slot]
+        shift = tf.where(op == 1, (1.0 - c[:, 0, 0]) * _mean_gray(x)[:, 0, 0, 0], 0.0)  # contrast only
+        x = _apply_colour_map(x, tf.gather(maps, op, batch_dims=1), shift[:, None, None, None])
+    return x
+
+
+def _mean_gray(x):
+    """Mean luma of each image: [H, W, 3] -> [1, 1, 1]; [N, H, W, 3] -> [N, 1, 1, 1]."""
+    return tf.reduce_mean(tf.tensordot(x, tf.constant(_LUMA, tf.float32), axes=1)[..., None],
+                          axis=[-3, -2, -1], keepdims=True)
+
+
+def _apply_colour_map(x, m, shift=0.0):
+    """clip(x M^T + shift, 0, 1) per pixel; m [3, 3] for an image, [N, 3, 3] for a batch."""
+    y = tf.tensordot(x, tf.transpose(m), axes=1) if x.shape.rank == 3 else tf.einsum("nhwc,ndc->nhwd", x, m)
+    return tf.clip_by_value(y + shift, 0.0, 1.0)
+
+
+def color_drop(x):
+    """Grayscale (ITU-R 601 luma) repeated to 3 channels: [.., H, W, 3] -> same shape."""
+    return tf.tensordot(x, tf.constant(_GRAY.T, tf.float32), axes=1)
+
+
+def blur_kernel_size(side, fraction=BLUR_FRACTION):
+    """Odd Gaussian kernel size for a crop side: 2 * floor(fraction * side / 2) + 1 (224 -> 23, 96 -> 9)."""
+    return 2 * int(fraction * side / 2) + 1
+
+
+def _blur_along_1(x, taps):
+    """x [N, L + k - 1, M] -> [N, L, M]: 'valid' blur along axis 1 with per-image taps [N, k].
+
+    The M values of a row (and, for a batch, all images) are laid out as the channels of one 1-D
+    signal, so one depthwise conv serves every image with its own sigma; it runs vectorised over
+    those thousands of channels (a 3-channel depthwise conv is several times slower on a CPU).
+    """
+    single, length, m = x.shape[0] == 1, x.shape[1], x.shape[2]
+    y = x if single else tf.transpose(x, [1, 0, 2])                       # [L', N, M]
+    y = tf.reshape(y, [1, 1, length, -1])
+    kernel = tf.repeat(tf.transpose(taps), m, axis=1)[None, :, :, None]    # [1, k, N*M, 1]
+    y = tf.nn.depthwise_conv2d(y, kernel, [1, 1, 1, 1], "VALID")
+    out = length - taps.shape[1] + 1
+    return tf.reshape(y, [1, out, m]) if single else tf.transpose(tf.reshape(y, [out, -1, m]), [1, 0, 2])
+
+
+def gaussian_blur(x, sigma=BLUR_SIGMA, seed=None, kernel_size=None):
+    """Separable Gaussian blur, sigma ~ U(sigma) per image, kernel about 10 % of the crop side.
+
+    Args:
+        x: [H, W, C] or [N, H, W, C] float32 with static H, W, C (borders are reflected).
+        sigma: (lo, hi) in pixels.
+        kernel_size: odd int; default `blur_kernel_size(min(H, W))`.
+    Returns:
+        Same shape.
+    """
+    x, restore = _as_batch(x)
+    _, height, width, ch = x.shape
+    k = kernel_size or blur_kernel_size(min(height, width))
+    if k < 3:
+        return restore(x)
+    r = k // 2
+    s = _uniform([x.shape[0] or tf.shape(x)[0], 1], _as_seed(seed), *sigma)
+    taps = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2.0 * tf.square(s)))
+    taps = tf.ensure_shape(taps / tf.reduce_sum(taps, axis=1, keepdims=True), [None, k])
+    y = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    y = _blur_along_1(tf.reshape(y, [-1, height + 2 * r, (width + 2 * r) * ch]), taps)    # vertical
+    y = tf.transpose(tf.reshape(y, [-1, height, width + 2 * r, ch]), [0, 2, 1, 3])
+    y = _blur_along_1(tf.reshape(y, [-1, width + 2 * r, height * ch]), taps)              # horizontal
+    return restore(tf.transpose(tf.reshape(y, [-1, width, height, ch]), [0, 2, 1, 3]))
+
+
+def random_flip(x, seed=None):
+    """Left-right flip with probability 1/2 (per image of a batch)."""
+    return tf.image.stateless_random_flip_left_right(x, _as_seed(seed))
+
+
+def color_augment(x, seed=None, strength=JITTER_STRENGTH, jitter_p=JITTER_P, gray_p=GRAY_P,
+                  blur_p=BLUR_P, sigma=BLUR_SIGMA):
+    """SwAV's per-crop colour distortion, then blur: jitter (p 0.8), grayscale (p 0.2), blur (p 0.5).
+
+    Args:
+        x: [S, S, 3] or [N, S, S, 3] float32 in [0, 1] (a crop, or a batch of same-size crops).
+    Returns:
+        Same shape, float32 in [0, 1].
+    """
+    seeds = _split(seed, 5)
+    x = random_apply(lambda y: color_jitter(y, strength, seeds[0]), x, jitter_p, seeds[1])
+    x = random_apply(color_drop, x, gray_p, seeds[2])
+    return random_apply(lambda y: gaussian_blur(y, sigma, seeds[3]), x, blur_p, seeds[4])
+
+
+# ============ geometry: windows by area and aspect ratio of the original image ============
+
+def _max_area(height, width, ratio):
+    """Largest w * h with w / h within ``ratio`` that fits in height x width."""
+    aspect = width / height
+    return tf.where(aspect > ratio[1], height * height * ratio[1],
+                    tf.where(aspect < ratio[0], width * width / ratio[0], height * width))
+
+
+def sample_crop_boxes(image_size, num, scale, ratio=CROP_RATIO, seed=None):
+    """Random crop windows: area fraction ~ U(scale), then log aspect (w/h) uniform within ``ratio``.
+
+    The aspect is drawn from the part of ``ratio`` at which the drawn area fits, so each window lies
+    in the image with exactly its drawn area (an area that fits no allowed aspect is reduced to the
+    largest that does). The image is never resized or squashed first.
+
+    Args:
+        image_size: (height, width) of the original image.
+        num: number of windows (python int).
+        scale: (lo, hi) fraction of the image area, 0 < lo <= hi <= 1.
+        ratio: (lo, hi) aspect ratio width / height.
+    Returns:
+        [num, 4] float32 (y0, x0, h, w) in pixels: the window [y0, y0 + h) x [x0, x0 + w).
+    """
+    height = tf.cast(image_size[0], tf.float32)
+    width = tf.cast(image_size[1], tf.float32)
+    u = _uniform([num, 4], _as_seed(seed))
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * height * width
+    area = tf.minimum(area, _max_area(height, width, ratio))
+    # w = sqrt(area r) <= width and h = sqrt(area / r) <= height bound the aspect r
+    log_lo = tf.maximum(math.log(ratio[0]), tf.math.log(area / height**2))
+    log_hi = tf.maximum(tf.minimum(math.log(ratio[1]), tf.math.log(width**2 / area)), log_lo)
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    w = tf.minimum(tf.sqrt(area * aspect), width)
+    h = tf.minimum(tf.sqrt(area / aspect), height)
+    return tf.stack([(height - h) * u[:, 2], (width - w) * u[:, 3], h, w], axis=1)
+
+
+def _crop(image, box, size):
+    """Window ``box`` (y0, x0, h, w; pixels, rounded to whole pixels) resized to [size, size, 3]
+    float32 in [0, 1] (bilinear, half-pixel centres)."""
+    shape = tf.shape(image)[:2]
+    start = tf.minimum(tf.cast(tf.floor(box[:2]), tf.int32), shape - 1)
+    extent = tf.clip_by_value(tf.cast(tf.round(box[2:]), tf.int32), 1, shape - start)
+    window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [-1]], 0))
+    crop = tf.ensure_shape(tf.image.resize(window, [size, size]), [size, size, 3])
+    return crop / 255.0 if image.dtype == tf.uint8 else tf.cast(crop, tf.float32)
+
+
+def random_resized_crop(image, size, scale=(0.14, 1.0), ratio=CROP_RATIO, seed=None):
+    """One random resized crop: a window by area and aspect of the original image, resized to size².
+
+    Args:
+        image: [H, W, 3] uint8 (0..255) or float (0..1).
+        size: output side in pixels.
+        scale: (lo, hi) area fraction (SwAV's big crops (0.14, 1)).
+    Returns:
+        [size, size, 3] float32 in [0, 1].
+    """
+    return _crop(image, sample_crop_boxes(tf.shape(image)[:2], 1, scale, ratio, seed)[0], size)
+
+
+# ============ multi-crop configuration ============
+
+_SPEC_PART = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*@\s*(\d*\.?\d+)\s*-\s*(\d*\.?\d+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiCropConfig:
+    """Crops per example, by resolution group (swav ``--size_crops --nmb_crops --min/max_scale_crops``).
+
+    Args:
+        size_crops: output side per group, big first, e.g. (224, 96).
+        num_crops: crops per group, e.g. (2, 6).
+        min_scale, max_scale: area fraction range per group, 0 < min <= max <= 1.
+    """
+
+    size_crops: tuple
+    num_crops: tuple
+    min_scale: tuple
+    max_scale: tuple
+
+    def __post_init__(self):
+        fields = {f.name: tuple(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        if len({len(v) for v in fields.values()}) != 1 or not self.size_crops:
+            raise ValueError(f"MultiCropConfig needs one entry per resolution group in each field, got {fields}")
+        if any(int(n) != n or n < 1 for n in self.num_crops + self.size_crops):
+            raise ValueError(f"num_crops and size_crops must be positive integers, got {self.num_crops}, "
+                             f"{self.size_crops}")
+        for lo, hi in zip(self.min_scale, self.max_scale):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"crop scales are area fractions with 0 < min <= max <= 1, got ({lo}, {hi})")
+        if list(self.size_crops) != sorted(self.size_crops, reverse=True):
+            raise ValueError(f"size_crops must go from big to small (SwAV assigns codes on the first crops), "
+                             f"got {self.size_crops}; reorder the groups")
+
+    @classmethod
+    def from_spec(cls, spec):
+        """Parse ``"2x224@0.14-1,6x96@0.05-0.14"``: COUNTxSIZE@MIN-MAX groups, comma separated."""
+        parts = str(spec).split(",")
+        groups = []
+        for i, part in enumerate(parts):
+            match = _SPEC_PART.match(part)
+            if match is None:
+                raise ValueError(f"malformed multi-crop spec {spec!r}: group {i + 1} ({part.strip()!r}) is not "
+                                 "COUNTxSIZE@MIN-MAX; write e.g. '2x224@0.14-1,6x96@0.05-0.14'")
+            count, size, lo, hi = match.groups()
+            groups.append((int(size), int(count), float(lo), float(hi)))
+        return cls(*zip(*groups))
+
+    @property
+    def spec(self):
+        """The spec string (inverse of `from_spec`)."""
+        return ",".join(f"{n}x{s}@{lo:g}-{hi:g}" for s, n, lo, hi in
+                        zip(self.size_crops, self.num_crops, self.min_scale, self.max_scale))
+
+    @property
+    def total_crops(self):
+        return sum(self.num_crops)
+
+    @property
+    def crop_sizes(self):
+        """Side of every crop in output order, e.g. (224, 224, 96, 96, 96)."""
+        return tuple(s for s, n in zip(self.size_crops, self.num_crops) for _ in range(n))
+
+
+SWAV_PAPER = MultiCropConfig((224, 96), (2, 6), (0.14, 0.05), (1.0, 0.14))     # SwAV's best ImageNet run
+SEED_NOTEBOOK = MultiCropConfig((224, 96), (2, 3), (0.14, 0.05), (1.0, 0.14))  # the seed's 2x224 + 3x96
+
+
+def parse_multicrop_spec(spec):
+    """`MultiCropConfig` from a spec string such as ``"2x224@0.14-1,6x96@0.05-0.14"`` (CLI flag)."""
+    return MultiCropConfig.from_spec(spec)
+
+
+# ============ one example -> its crops ============
+
+def _jpeg_scale_index(boxes, sizes, shape):
+    """Index into _JPEG_SCALES of the coarsest scale that leaves each window >= its crop side."""
+    fit = tf.reduce_min(tf.minimum(boxes[:, 2], boxes[:, 3]) / sizes)
+    small = tf.reduce_min(tf.cast(shape, tf.float32))  # keep at least one pixel per side
+    index = tf.constant(0)
+    for i, scale in enumerate(_JPEG_SCALES[1:], start=1):
+        index = tf.where((fit >= scale) & (small >= scale), i, index)
+    return index
+
+
+def _decode_window(contents, boxes_for, sizes, dct_method):
+    """Decode once: only the union of the crop windows and, for a JPEG, at the coarsest libjpeg scale
+    that leaves every window at least its crop's size (PNG/GIF/BMP: decoded in full).
+
+    Args:
+        contents: scalar tf.string, encoded image.
+        boxes_for: function (height, width) -> windows [V, 4] in pixels of the full image.
+        sizes: [V] float32 crop sides.
+    Returns:
+        (image uint8 [h, w, 3], windows in the decoded image's pixels).
+    """
+    is_jpeg = tf.io.is_jpeg(contents)
+
+    def decode_other():
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+    # no nesting: control flow inside a tf.cond branch runs several times slower in tf.data
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(contents)[:2],
+                    lambda: tf.shape(decode_other())[:2])
+    boxes = boxes_for(shape)
+    index = tf.where(is_jpeg, _jpeg_scale_index(boxes, sizes, shape), len(_JPEG_SCALES))
+    scale = tf.gather(tf.constant(_JPEG_SCALES + (1,), tf.float32), index)
+    scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
+    top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
+    bottom_right = tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, :2] + boxes[:, 2:], 0) / scale), tf.int32)
+    top_left = tf.clip_by_value(top_left, 0, scaled_shape - 1)
+    extent = tf.clip_by_value(bottom_right, top_left + 1, scaled_shape) - top_left
+    window = tf.concat([top_left, extent], 0)
+    branches = [lambda r=r: tf.image.decode_and_crop_jpeg(contents, window, channels=3, ratio=r,
+                                                          dct_method=dct_method) for r in _JPEG_SCALES]
+    branches.append(lambda: tf.slice(decode_other(), tf.concat([top_left, [0]], 0), tf.concat([extent, [3]], 0)))
+    image = tf.switch_case(index, branches)
+    return image, boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
+
+
+def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST"):
+    """All crops of one source image.
+
+    Args:
+        image: uint8 [H, W, 3], float [H, W, 3] in [0, 1], or encoded bytes (scalar tf.string; JPEG
+            is decoded once, only the needed window and scale; PNG/GIF/BMP decoded in full).
+        config: `MultiCropConfig`.
+        augment: False: crops only; "device": crops + flips (colour on the accelerator with
+            `ColorAugment`); True or "host": the full SwAV augmentation here.
+        seed: [2] int seed (None: random).
+        dct_method: libjpeg IDCT ("INTEGER_FAST": ~20 % faster, +-1 grey level; "" for the default).
+    Returns:
+        A tuple of config.total_crops float32 [S, S, 3] in [0, 1], big crops first.
+    """
+    mode = _check_mode(augment)
+    groups = len(config.size_crops)
+    seeds = _split(seed, groups + 2)  # one per group's windows, the flips, the colours
+    sizes = tf.constant(config.crop_sizes, tf.float32)
+
+    def boxes_for(shape):
+        return tf.concat([sample_crop_boxes(shape, n, (lo, hi), ratio, seeds[g]) for g, (n, lo, hi)
+                          in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
+
+    def crops_from(pixels, boxes):
+        flips = _uniform([config.total_crops], seeds[groups]) < FLIP_P
+        color_seeds = _split(seeds[groups + 1], config.total_crops)
+        crops = []
+        for i, size in enumerate(config.crop_sizes):
+            crop = _crop(pixels, boxes[i], size)
+            if mode:
+                crop = tf.cond(flips[i], lambda c=crop: tf.reverse(c, [1]), lambda c=crop: c)
+            if mode == "host":
+                crop = color_augment(crop, color_seeds[i])
+            crops.append(crop)
+        return tuple(crops)
+
+    if image.dtype == tf.string:
+        return crops_from(*_decode_window(image, boxes_for, sizes, dct_method))
+    return crops_from(image, boxes_for(tf.shape(image)[:2]))
+
+
+def _check_mode(augment):
+    modes = {False: None, None: None, True: "host", "host": "host", "device": "device"}
+    if augment not in modes:
+        raise ValueError(f"augment must be True/'host', 'device' or False, got {augment!r}")
+    return modes[augment]
+
+
+# ============ datasets ============
+
+def _images_of(dataset):
+    """The image component of kitlib.data dicts (or the elements themselves when they are images)."""
+    spec = dataset.element_spec
+    if isinstance(spec, dict):
+        if "image" not in spec:
+            raise ValueError(f"dataset dicts have no 'image' key (keys: {sorted(spec)}); pass "
+                             "kitlib.data.load_dataset(...) output or a dataset of images")
+        return dataset.map(lambda el: el["image"])
+    if (not isinstance(spec, tf.TensorSpec) or spec.shape.rank not in (0, 3)
+            or (spec.shape.rank == 3 and spec.shape[-1] not in (None, 3))):
+        raise ValueError(f"multicrop needs RGB images [H, W, 3], encoded bytes or kitlib.data dicts, "
+                         f"got elements {spec}; convert grayscale with tf.image.grayscale_to_rgb")
+    return dataset
+
+
+def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST"):
+    """Dataset of tuples of crops, every crop of an element cut from that element's one image.
+
+    Args:
+        dataset: ``kitlib.data.load_dataset`` dicts (decoded, or ``decode=False`` bytes: preferred,
+            decoded once here), or a dataset of images / encoded bytes.
+        config: `MultiCropConfig` (default SWAV_PAPER: 2 x 224 + 6 x 96).
+        augment: True/"host", "device" or False (see `multicrop_example`).
+        seed: int for reproducible crops (same seed, same input order -> same crops; each new
+            iteration draws new crops); None: random.
+    Returns:
+        tf.data.Dataset of tuples of config.total_crops float32 [S, S, 3] in [0, 1], big first.
+    """
+    _check_mode(augment)
+    images = _images_of(dataset)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)  # one key per element
+
+    @tf.autograph.experimental.do_not_convert  # plain graph code: skipping AutoGraph halves tracing
+    def crops(image, key):
+        return multicrop_example(image, config, augment, tf.stack([key, tf.constant(_KEY_SALT, tf.int64)]),
+                                 ratio, dct_method)
+
+    return tf.data.Dataset.zip((images, keys)).map(crops, num_parallel_calls=AUTOTUNE,
+                                                   deterministic=seed is not None)
+
+
+def batch_crops(dataset, batch_size):
+    """Batch a multicrop dataset with static shapes: tuples of [batch_size, S, S, 3] (drop_remainder)."""
+    return dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+
+def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, shuffle_buffer=1024,
+                      seed=None, ratio=CROP_RATIO):
+    """Training input for SwAV: shuffle encoded records, crop (and augment), batch, prefetch.
+
+    Args:
+        dataset: ``kitlib.data.load_dataset(files, decode=False)`` (bytes are cheap to shuffle; a
+            shuffle buffer of decoded 800x600 images holds 1.4 MB each) or any `multicrop` input.
+        config: `MultiCropConfig`.
+        batch_size: images per batch (per replica batch x replicas for a distribution strategy).
+        augment: True/"host": full SwAV augmentation on the host; "device": geometry and flips on the
+            host, then call `ColorAugment` on each batch inside the train step; False: crops only.
+        shuffle_buffer: records in the shuffle buffer (0: no shuffle).
+        seed: int for a reproducible order and crops.
+    Returns:
+        tf.data.Dataset of tuples of config.total_crops float32 [batch_size, S, S, 3] in [0, 1].
+    """
+    images = _images_of(dataset)
+    if shuffle_buffer:
+        images = images.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    crops = multicrop(images, config, augment, seed, ratio)
+    return batch_crops(crops, batch_size).prefetch(AUTOTUNE)
+
+
+# ============ for pictures (notebook 03) ============
+
+def multicrop_preview(dataset, config=SWAV_PAPER, n=4, augment=False, seed=0):
+    """The first n source images and their crops, as numpy, for `kitlib.viz.show_crops`.
+
+    Args:
+        dataset, config, augment, seed: as `multicrop` (use an ordered dataset to see the same images).
+        n: number of source images.
+    Returns:
+        (sources: list of n uint8 [H, W, 3], crops: tuple of config.total_crops float32 [n, S, S, 3]).
+    """
+    images = _images_of(dataset).take(n)
+    sources = [_as_uint8(x).numpy() for x in images]
+    crops = next(iter(batch_crops(multicrop(images, config, augment, seed), len(sources))))
+    return sources, tuple(c.numpy() for c in crops)
+
+
+def _as_uint8(image):
+    if image.dtype == tf.string:
+        return tf.io.decode_image(image, channels=3, expand_animations=False)
+    if image.dtype == tf.uint8:
+        return image
+    return tf.cast(tf.round(255.0 * tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0)), tf.uint8)
+
+
+def augmentation_gallery(crop, draws=4, seed=0, strength=JITTER_STRENGTH):
+    """Each SwAV augmentation alone (always applied), on ``draws`` copies of one crop.
+
+    Returns:
+        dict name -> float32 [draws, S, S, 3]; the last entry is the full SwAV chain (with its
+        probabilities), which is what training sees.
+    """
+    x = tf.repeat(tf.convert_to_tensor(crop, tf.float32)[None], draws, axis=0)
+    seeds = _split(seed, 4)
+    return {"crop": x, "flip": tf.reverse(x, [2]),
+            f"colour jitter (s={strength:g})": color_jitter(x, strength, seeds[0]),
+            "grayscale": color_drop(x), "Gaussian blur": gaussian_blur(x, seed=seeds[1]),
+            "SwAV chain": color_augment(random_flip(x, seeds[2]), seeds[3], strength)}
+
+
+def window_stats(config, image_size, draws=2000, ratio=CROP_RATIO, seed=0):
+    """Area fractions and aspect ratios (w/h) of windows drawn as `multicrop` draws them, per group.
+
+    Returns:
+        dict "S px crops" -> {"area": [draws], "aspect": [draws], "scale": (min, max)} (numpy).
+    """
+    stats = {}
+    for g, (size, lo, hi) in enumerate(zip(config.size_crops, config.min_scale, config.max_scale)):
+        _, _, h, w = tf.unstack(sample_crop_boxes(image_size, draws, (lo, hi), ratio, [seed, g]), axis=1)
+        area = (h * w / float(image_size[0] * image_size[1])).numpy()
+        stats[f"{size} px crops"] = {"area": area, "aspect": (w / h).numpy(), "scale": (lo, hi)}
+    return stats
+
+
+# ============ colour augmentation on the accelerator ============
+
+class ColorAugment(keras.layers.Layer):
+    """SwAV colour jitter, grayscale and blur over batches of crops, inside the train step.
+
+    Use with ``multicrop_batches(..., augment="device")`` so the host only decodes and crops:
+    ``crops = ColorAugment()(crops, training=True)``. Every image draws its own parameters; shapes
+    are static (XLA/TPU friendly); computed in float32 whatever the mixed-precision policy. Worth it
+    when the host CPU is the bottleneck (Kaggle GPU: 4 vCPUs): it moves ~2/3 of the host's work per
+    image to the accelerator. On a CPU, or a TPU VM host with many cores, host mode is cheaper
+    (bench/pipeline.py).
+
+    Args:
+        strength, jitter_p, gray_p, blur_p, sigma: as `color_augment` (SwAV defaults).
+        seed: optional int for the op-level seed of the per-call draws.
+    Call args:
+        inputs: [B, S, S, 3] float in [0, 1], or a list/tuple of such (one per crop).
+        training: False returns the inputs unchanged.
+    """
+
+    def __init__(self, strength=JITTER_STRENGTH, jitter_p=JITTER_P, gray_p=GRAY_P, blur_p=BLUR_P,
+                 sigma=BLUR_SIGMA, seed=None, **kwargs):
+        kwargs["dtype"] = "float32"  # augmentation numerics stay float32 under mixed precision
+        super().__init__(**kwargs)
+        self.strength, self.jitter_p, self.gray_p, self.blur_p = strength, jitter_p, gray_p, blur_p
+        self.sigma, self.seed = tuple(sigma), seed
+
+    def call(self, inputs, training=True):
+        if training is False:
+            return inputs
+        many = isinstance(inputs, (list, tuple))
+        crops = [tf.cast(x, tf.float32) for x in (inputs if many else [inputs])]
+        draw = tf.random.uniform([2], 0, _INT32_MAX, tf.int32, seed=self.seed)  # fresh every call
+        seeds = _split(tf.cast(draw, tf.int64), len(crops))
+
+        def augmented():
+            return [color_augment(x, seeds[i], self.strength, self.jitter_p, self.gray_p, self.blur_p,
+                                  self.sigma) for i, x in enumerate(crops)]
+
+        out = augmented() if training is None or training is True else tf.cond(
+            tf.cast(training, tf.bool), augmented, lambda: crops)  # a symbolic learning phase
+        return type(inputs)(out) if many else out[0]
+
+    def get_config(self):
+        return {**super().get_config(), "strength": self.strength, "jitter_p": self.jitter_p,
+                "gray_p": self.gray_p, "blur_p": self.blur_p, "sigma": self.sigma, "seed": self.seed}

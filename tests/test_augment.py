@@ -1,0 +1,263 @@
+"""kitlib.augment: one source image per example, crop geometry, augmentation rates, determinism, specs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kitlib import augment, data
+from kitlib.augment import MultiCropConfig
+
+SMALL = MultiCropConfig.from_spec("2x32@0.14-1,3x16@0.05-0.14")  # SwAV's scales, tiny crops: fast
+N_DRAWS = 4000     # draws per probability estimate: the standard error of a rate is <= 0.008
+RATE_TOL = 0.03    # ~4 standard errors
+
+
+def _colour(i):
+    """A distinct RGB colour per example index, >= 40 levels apart from the others in some channel."""
+    return np.array([30 + 45 * (i % 5), 30 + 45 * ((i // 5) % 5), 200 - 40 * (i // 25)], np.uint8)
+
+
+def _solid(i, h=60, w=80):
+    """A solid image: every crop of it, resized and flipped, still shows its colour (the source's id)."""
+    return np.broadcast_to(_colour(i), (h, w, 3)).copy()
+
+
+def _source_of(crop):
+    """Index of the colour a crop shows, asserting the crop is uniform (came from one solid image)."""
+    crop = np.asarray(crop) * 255.0
+    assert crop.std(axis=(0, 1)).max() < 2.0, "a crop mixes several images"
+    colours = np.stack([_colour(i) for i in range(50)]).astype(np.float32)
+    distances = np.abs(colours - crop.mean(axis=(0, 1))).max(axis=1)
+    assert distances.min() < 4.0, f"crop colour {crop.mean(axis=(0, 1))} is no source's colour"
+    return int(distances.argmin())
+
+
+@pytest.fixture(scope="module")
+def solid_shards(tmp_path_factory):
+    """12 solid-colour JPEG records in 2 shards, label = colour index."""
+    out = tmp_path_factory.mktemp("solid")
+    return data.write_tfrecords(({"image": _solid(i), "image_name": f"{i}.jpg", "target": i % 5}
+                                 for i in range(12)), str(out), shard_size=6)
+
+
+# ============ one source image per example ============
+
+def test_crops_of_one_example_share_the_source_image(solid_shards):
+    records = data.load_dataset(solid_shards, decode=False, ordered=True)
+    batches = augment.multicrop_batches(records, SMALL, batch_size=4, augment="device", shuffle_buffer=12, seed=1)
+    seen = []
+    for crops in batches:
+        assert len(crops) == SMALL.total_crops
+        for row in range(4):
+            sources = {_source_of(crop[row]) for crop in crops}
+            assert len(sources) == 1, f"row {row} mixes images {sources}"
+            seen.extend(sources)
+    assert sorted(seen) == list(range(12)), "each record must appear exactly once per epoch"
+    assert seen != list(range(12)), "records should be shuffled"
+
+
+def test_crops_come_from_decoded_dicts_plain_images_and_png_bytes():
+    images = [_solid(i) for i in range(3)]
+    sources = {
+        "decoded dicts": tf.data.Dataset.from_tensor_slices({"image": np.stack(images), "label": [0, 1, 2]}),
+        "uint8 images": tf.data.Dataset.from_tensor_slices(np.stack(images)),
+        "float images": tf.data.Dataset.from_tensor_slices(np.stack(images).astype(np.float32) / 255.0),
+        "png bytes": tf.data.Dataset.from_tensor_slices([tf.io.encode_png(im).numpy() for im in images]),
+    }
+    for name, dataset in sources.items():
+        for i, crops in enumerate(augment.multicrop(dataset, SMALL, augment=False, seed=0)):
+            assert [c.shape[0] for c in crops] == list(SMALL.crop_sizes), name
+            assert {_source_of(c) for c in crops} == {i}, name
+
+
+# ============ sizes, dtype, range ============
+
+def test_augmented_crops_are_float32_in_unit_range_big_first(solid_shards):
+    records = data.load_dataset(solid_shards, decode=False, ordered=True)
+    batch = next(iter(augment.multicrop_batches(records, SMALL, batch_size=6, augment=True, seed=0)))
+    assert [tuple(c.shape) for c in batch] == [(6, s, s, 3) for s in SMALL.crop_sizes]
+    for crop in batch:
+        assert crop.dtype == tf.float32
+        assert 0.0 <= float(tf.reduce_min(crop)) and float(tf.reduce_max(crop)) <= 1.0
+
+
+def test_batches_have_static_shapes_and_drop_the_remainder(solid_shards):
+    records = data.load_dataset(solid_shards, decode=False)
+    batches = augment.multicrop_batches(records, SMALL, batch_size=5, augment=False, shuffle_buffer=0)
+    assert [tuple(spec.shape) for spec in batches.element_spec] == [(5, s, s, 3) for s in SMALL.crop_sizes]
+    assert sum(1 for _ in batches) == 12 // 5
+
+
+# ============ geometry ============
+
+@pytest.mark.parametrize("height, width", [(600, 800), (800, 600), (100, 1000)])
+@pytest.mark.parametrize("scale", [(0.14, 1.0), (0.05, 0.14)])
+def test_drawn_windows_keep_area_and_aspect_within_bounds(height, width, scale):
+    boxes = augment.sample_crop_boxes((height, width), 5000, scale, seed=3).numpy()
+    y0, x0, h, w = boxes.T
+    area = h * w / (height * width)
+    aspect = w / h
+    assert (y0 >= 0).all() and (x0 >= 0).all()
+    assert (y0 + h <= height + 1e-3).all() and (x0 + w <= width + 1e-3).all()
+    assert (area <= scale[1] + 1e-5).all() and (3 / 4 - 1e-5 <= aspect).all() and (aspect <= 4 / 3 + 1e-5).all()
+    fits = 4 / 3 * min(height, width) ** 2 / (height * width)  # largest area fraction with aspect <= 4/3
+    if fits >= scale[1]:  # every drawn area fits: the area fraction is uniform on the scale range
+        assert (area >= scale[0] - 1e-5).all()
+        assert abs(area.mean() - sum(scale) / 2) < 0.01 * (scale[1] - scale[0]) + 0.005
+
+
+def test_full_area_window_of_a_wide_image_is_not_squashed():
+    y0, x0, h, w = augment.sample_crop_boxes((400, 800), 200, (1.0, 1.0), seed=0).numpy().T
+    np.testing.assert_allclose(h, 400, rtol=1e-5)           # as tall as the image ...
+    np.testing.assert_allclose(w / h, 4 / 3, rtol=1e-5)      # ... and only as wide as the aspect allows
+
+
+def test_random_resized_crop_returns_the_requested_size():
+    crop = augment.random_resized_crop(tf.constant(_solid(7, 90, 120)), 24, seed=5)
+    assert crop.shape == (24, 24, 3) and crop.dtype == tf.float32
+    assert _source_of(crop) == 7
+
+
+@pytest.mark.parametrize("spec, scale, tolerance", [
+    ("1x300@0.3-1", 1, 1e-6),               # 300-px crops need full resolution: window decode, exact
+    ("2x32@0.3-1,2x16@0.05-0.1", 4, 0.05),  # windows >= 4x their crops: 1/4 or 1/8 scale decode
+])
+def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolerance):
+    yy, xx = np.mgrid[0:480, 0:640]
+    smooth = np.stack([128 + 100 * np.sin(xx / 47.0), 128 + 100 * np.cos(yy / 31.0), np.full_like(xx, 90)], -1)
+    jpeg = tf.io.encode_jpeg(smooth.astype(np.uint8), quality=95)
+    config = MultiCropConfig.from_spec(spec)
+    for i in range(3):
+        seed = tf.constant([4, i], tf.int64)
+        boxes = augment.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
+        index = int(augment._jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
+        assert (augment._JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
+        from_bytes = augment.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="")
+        from_pixels = augment.multicrop_example(tf.io.decode_jpeg(jpeg), config, augment=False, seed=seed)
+        for a, b in zip(from_bytes, from_pixels):  # same windows (whole pixels of the decoded scale)
+            assert float(tf.reduce_mean(tf.abs(a - b))) <= tolerance
+
+
+# ============ determinism ============
+
+def test_same_seed_same_crops_other_seed_other_crops():
+    texture = tf.data.Dataset.from_tensor_slices(tf.random.stateless_uniform([3, 40, 50, 3], [1, 2]))
+    config = MultiCropConfig.from_spec("1x16@0.14-1,1x8@0.05-0.14")
+
+    def crops(dataset):
+        return [c.numpy() for element in dataset for c in element]
+
+    seven = augment.multicrop(texture, config, augment=True, seed=7)
+    first, again = crops(seven), crops(augment.multicrop(texture, config, augment=True, seed=7))
+    other = crops(augment.multicrop(texture, config, augment=True, seed=8))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, crops(seven))), "each epoch draws new crops"
+
+
+# ============ augmentation rates and blocks ============
+
+def _rate(flags):
+    return float(np.mean(np.asarray(flags)))
+
+
+def test_random_apply_fires_with_probability_p_for_images_and_batches():
+    image = tf.zeros([2, 2, 3])
+    single = tf.function(lambda s: augment.random_apply(lambda x: x + 1.0, image, 0.3, s)[0, 0, 0])
+    seeds = tf.random.stateless_uniform([800, 2], [0, 1], maxval=2**30, dtype=tf.int64)
+    assert abs(_rate([single(s) for s in seeds]) - 0.3) < 0.05
+    batch = augment.random_apply(lambda x: x + 1.0, tf.zeros([N_DRAWS, 2, 2, 3]), 0.3, seed=5)
+    assert abs(_rate(batch[:, 0, 0, 0]) - 0.3) < RATE_TOL
+
+
+def test_each_swav_augmentation_fires_with_its_probability():
+    assert (augment.JITTER_P, augment.GRAY_P, augment.BLUR_P, augment.FLIP_P) == (0.8, 0.2, 0.5, 0.5)
+    pattern = np.zeros([32, 32, 3], np.float32)                      # 32 px: a 3-tap blur kernel
+    pattern[:, :16] = [0.9, 0.3, 0.1]
+    pattern[:, 16:] = [0.1, 0.5, 0.8]                                # colourful, asymmetric, with an edge
+    x = tf.constant(np.broadcast_to(pattern, [N_DRAWS, 32, 32, 3]))
+    changed = lambda y: tf.reduce_max(tf.abs(y - x), axis=[1, 2, 3]) > 1e-4  # noqa: E731
+    only = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    jittered = augment.color_augment(x, seed=1, **{**only, "jitter_p": augment.JITTER_P})
+    grayed = augment.color_augment(x, seed=2, **{**only, "gray_p": augment.GRAY_P})
+    blurred = augment.color_augment(x, seed=3, sigma=(1.0, 2.0), **{**only, "blur_p": augment.BLUR_P})
+    flipped = augment.random_flip(x, seed=4)
+    assert abs(_rate(changed(jittered)) - 0.8) < RATE_TOL
+    assert abs(_rate(changed(grayed)) - 0.2) < RATE_TOL
+    assert abs(_rate(changed(blurred)) - 0.5) < RATE_TOL
+    assert abs(_rate(changed(flipped)) - 0.5) < RATE_TOL
+    all_on = augment.color_augment(x, seed=5)                        # defaults: gray only via color_drop
+    is_gray = tf.reduce_max(tf.abs(all_on - tf.reduce_mean(all_on, -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5
+    assert abs(_rate(is_gray) - 0.2) < RATE_TOL
+
+
+def test_color_jitter_keeps_range_gray_stays_gray_and_strength_zero_is_identity():
+    x = tf.random.stateless_uniform([64, 12, 12, 3], [3, 4])
+    jittered = augment.color_jitter(x, seed=1)
+    assert float(tf.reduce_min(jittered)) >= 0.0 and float(tf.reduce_max(jittered)) <= 1.0
+    np.testing.assert_allclose(augment.color_jitter(x, strength=0.0, seed=1), x, atol=1e-5)
+    gray = tf.repeat(x[..., :1], 3, axis=-1)                        # saturation and hue act on chroma only
+    out = augment.color_jitter(gray, seed=2)
+    np.testing.assert_allclose(out, tf.repeat(out[..., :1], 3, axis=-1), atol=1e-5)
+    one = augment.color_jitter(x[0], seed=3)                         # the single-image path
+    assert one.shape == (12, 12, 3) and float(tf.reduce_max(tf.abs(one - x[0]))) > 1e-3
+
+
+@pytest.mark.parametrize("side, kernel", [(224, 23), (96, 9), (160, 17), (32, 3)])
+def test_blur_kernel_follows_the_crop_size(side, kernel):
+    assert augment.blur_kernel_size(side) == kernel
+    impulse = np.zeros([1, side, side, 3], np.float32)
+    impulse[0, side // 2, side // 2] = 1.0
+    blurred = augment.gaussian_blur(tf.constant(impulse), sigma=(2.0, 2.0), seed=0).numpy()
+    assert (blurred[0, side // 2, :, 0] > 0).sum() == kernel       # the impulse spreads over the kernel
+    np.testing.assert_allclose(blurred.sum(), 3.0, rtol=1e-4)       # normalised taps keep the mean
+    flat = augment.gaussian_blur(tf.fill([side, side, 3], 0.5), seed=1)  # reflected borders: no dark frame
+    np.testing.assert_allclose(flat, 0.5, atol=1e-5)
+
+
+def test_color_augment_layer_augments_batches_and_skips_when_not_training(mirrored_strategy):
+    layer = augment.ColorAugment(seed=3)
+    crops = [tf.random.stateless_uniform([N_DRAWS // 4, s, s, 3], [s, 1]) for s in (16, 8)]
+    out = layer(crops, training=True)
+    assert [o.shape for o in out] == [c.shape for c in crops] and all(o.dtype == tf.float32 for o in out)
+    gray = tf.reduce_max(tf.abs(out[1] - tf.reduce_mean(out[1], -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5
+    assert abs(_rate(gray) - 0.2) < 2 * RATE_TOL
+    assert layer(crops[0], training=False) is crops[0]
+    per_replica = mirrored_strategy.run(tf.function(lambda c: layer(c, training=True)), args=(crops[1][:8],))
+    assert all(t.shape == (8, 8, 8, 3) for t in mirrored_strategy.experimental_local_results(per_replica))
+
+
+# ============ configuration ============
+
+def test_spec_strings_round_trip_to_the_presets():
+    assert augment.parse_multicrop_spec("2x224@0.14-1,6x96@0.05-0.14") == augment.SWAV_PAPER
+    assert MultiCropConfig.from_spec(" 2 x 224 @ 0.14 - 1 , 3x96@0.05-0.14 ") == augment.SEED_NOTEBOOK
+    assert MultiCropConfig.from_spec(augment.SWAV_PAPER.spec) == augment.SWAV_PAPER
+    assert augment.SWAV_PAPER.total_crops == 8 and augment.SEED_NOTEBOOK.crop_sizes == (224, 224, 96, 96, 96)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "group 1 .* is not COUNTxSIZE@MIN-MAX"),
+    ("2x224", "group 1 .*'2x224'"),
+    ("2x224@0.14-1,6x96", "group 2 .*'6x96'"),
+    ("2x224@0.14-1;6x96@0.05-0.14", "group 1"),
+    ("x224@0.14-1", "is not COUNTxSIZE@MIN-MAX"),
+    ("2x224@1-0.14", r"0 < min <= max <= 1"),
+    ("2x224@0-1", r"0 < min <= max <= 1"),
+    ("0x224@0.14-1", "positive integers"),
+    ("6x96@0.05-0.14,2x224@0.14-1", "big to small"),
+])
+def test_malformed_specs_raise_a_clear_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        augment.parse_multicrop_spec(spec)
+
+
+def test_bad_inputs_raise_a_clear_error():
+    with pytest.raises(ValueError, match="no 'image' key"):
+        augment.multicrop(tf.data.Dataset.from_tensor_slices({"pixels": tf.zeros([2, 8, 8, 3])}), SMALL)
+    with pytest.raises(ValueError, match="RGB images"):
+        augment.multicrop(tf.data.Dataset.from_tensor_slices(tf.zeros([2, 8, 8, 1])), SMALL)
+    with pytest.raises(ValueError, match="augment must be"):
+        augment.multicrop(tf.data.Dataset.from_tensor_slices(tf.zeros([2, 8, 8, 3])), SMALL, augment="gpu")
+    with pytest.raises(ValueError, match="image .* or a batch"):
+        augment.color_jitter(tf.zeros([8, 8]))
