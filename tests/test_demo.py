@@ -1,0 +1,28 @@
+"""The README's main job: pretrain -> fine-tune -> submission on the bundled sample, end to end."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from kitlib import cli
+from kitlib.submission import validate_submission
+
+
+@pytest.mark.slow
+def test_demo_command_writes_a_valid_submission_and_the_plots(sample_dir, tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--data", sample_dir, "--out", str(out), "--pretrain-epochs", "2",
+                     "--finetune-steps", "10"]) == 0
+    sample = os.path.join(sample_dir, "sample_submission.csv")
+    ids, labels = validate_submission(str(out / "submission.csv"), sample)
+    with open(sample) as f:
+        assert ids == [row["image_id"] for row in csv.DictReader(f)]
+    assert all(0 <= int(label) < 5 for label in labels)
+    for name in ("swav_loss.png", "schedule.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 5_000, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted_images"] == 15
+    assert os.path.isfile(out / "pretrain" / "backbone" / "saved_model.pb")
+    assert os.path.isfile(out / "finetune" / "classifier.json")
