@@ -13,21 +13,24 @@ Pipelines:
     seed (zipped)       a re-implementation of the seed: five loaders, each load -> decode ->
                         shuffle(1024) -> squash to 260²/160² -> square crop by side -> resize ->
                         flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images).
-    kitlib host         multicrop(decode=False records, augment=True): decode once, full SwAV
-                        augmentation on the host.
+    kitlib host         multicrop(decode=False records, augment=True): decode once (at 1/2 scale
+                        for 800x600 with the default max_upscale=2), full SwAV augmentation on the
+                        host; "max_upscale=1" decodes every crop window at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
 
-When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image): the host needs
-about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~10 ms (2x224+3x96) to ~15 ms (2x224+6x96),
-device mode ~4-5.5 ms on the host, plus elementwise colour passes on the accelerator that are small
-next to a ResNet-50 step over 8 crops.
+When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image, load 2-4): the host
+needs about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~5-7 ms (2x224+3x96) to ~8-9 ms
+(2x224+6x96), device mode ~2.5-3.7 ms on the host, plus elementwise colour passes on the
+accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs ~19-21 ms, a
+full-resolution decode alone ~2.2-2.6 ms, a half-scale one ~1.7 ms (these noisy 115 KB JPEGs are
+bound by entropy decoding, which a reduced scale does not shrink).
     * Kaggle GPU (4 vCPUs) or a remote TPU fed by a small host: device mode. Host mode tops out near
-      4 x 1000 / 15 ~ 270 images/s with SwAV's crops, device mode near 750.
+      4 x 1000 / 8.5 ~ 470 images/s with SwAV's crops, device mode near 1100.
     * TPU VM (~96 vCPUs): host mode feeds several thousand images/s, so keep the accelerator's time
       for the model and augment on the host.
     * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,
-      without skipping the crops whose coin says "no", and is slower ("+ColorAugment here").
+      op by op, without skipping the crops whose coin says "no", and is slower ("+ColorAugment here").
 """
 
 import argparse
@@ -172,7 +175,11 @@ def main(argv=None):
                              ("SWAV_PAPER 2x224+6x96", augment.SWAV_PAPER)):
             host = augment.batch_crops(augment.multicrop(records, config, augment=True), BATCH)
             device = augment.batch_crops(augment.multicrop(records, config, augment="device"), BATCH)
-            rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None),
+            rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
+            if config is augment.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
+                full = augment.multicrop(records, config, augment=True, max_upscale=1.0)
+                rows += [(f"kitlib host max_upscale=1, {name}", augment.batch_crops(full, BATCH).prefetch(AUTO), None)]
+            rows += [
                      (f"kitlib device (host part), {name}", device.prefetch(AUTO), None),
                      (f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
         results = {}

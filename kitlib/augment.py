@@ -12,9 +12,12 @@ and the pipeline derives a seed per example from ``tf.data.Dataset.random`` so t
 the same crops however many threads run the map.
 
 Speed (bench/pipeline.py): each JPEG is decoded once, only the window that holds all its crops and
-at the coarsest libjpeg scale (1/2, 1/4, 1/8) that still leaves every crop window at least its
-output size; records are shuffled encoded. Colour work runs on the host (``augment=True``) or, with
-``augment="device"``, in the train step through the `ColorAugment` layer so the host only crops.
+at the coarsest libjpeg scale (1/2, 1/4, 1/8) that upsamples no crop more than ``max_upscale``
+(default 2: an 800x600 Cassava image decodes at 400x300, ImageNet's size; 1.0 keeps every window at
+least its crop's resolution); records are shuffled encoded. Colour work runs on the host
+(``augment=True``: `fused_color_augment`'s one colour pass per crop, clipped once, see there) or,
+with ``augment="device"``, in the train step through the `ColorAugment` layer (the exact
+op-by-op chain of `color_augment`) so the host only crops.
 """
 
 import dataclasses
@@ -31,6 +34,7 @@ BLUR_SIGMA = (0.1, 2.0)        # SwAV/SimCLR Gaussian-blur sigma range, in pixel
 BLUR_FRACTION = 0.1            # SimCLR: blur kernel about 10 % of the crop side
 CROP_RATIO = (3 / 4, 4 / 3)    # aspect-ratio range of random resized crops (torchvision default)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights (torchvision rgb_to_grayscale)
+MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 2x from decoded pixels
 _JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
 _INT32_MAX = 2**31 - 1
 _KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
@@ -189,15 +193,32 @@ def gaussian_blur(x, sigma=BLUR_SIGMA, seed=None, kernel_size=None):
     k = kernel_size or blur_kernel_size(min(height, width))
     if k < 3:
         return restore(x)
+    s = _uniform([x.shape[0] or tf.shape(x)[0]], _as_seed(seed), *sigma)
+    return restore(_separable_blur(x, _gaussian_taps(s, k)))
+
+
+def _gaussian_taps(sigma, k):
+    """Normalised Gaussian taps [N, k] for sigmas [N] (pixels), k odd."""
     r = k // 2
-    s = _uniform([x.shape[0] or tf.shape(x)[0], 1], _as_seed(seed), *sigma)
-    taps = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2.0 * tf.square(s)))
-    taps = tf.ensure_shape(taps / tf.reduce_sum(taps, axis=1, keepdims=True), [None, k])
-    y = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
-    y = _blur_along_1(tf.reshape(y, [-1, height + 2 * r, (width + 2 * r) * ch]), taps)    # vertical
-    y = tf.transpose(tf.reshape(y, [-1, height, width + 2 * r, ch]), [0, 2, 1, 3])
-    y = _blur_along_1(tf.reshape(y, [-1, width + 2 * r, height * ch]), taps)              # horizontal
-    return restore(tf.transpose(tf.reshape(y, [-1, width, height, ch]), [0, 2, 1, 3]))
+    taps = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2.0 * tf.square(sigma[:, None])))
+    return tf.ensure_shape(taps / tf.reduce_sum(taps, axis=1, keepdims=True), [None, k])
+
+
+def _separable_blur(x, taps):
+    """Blur x [N, H, W, C] (static H, W, C) with taps [N, k] per image, vertical then horizontal,
+    borders reflected."""
+    _, height, width, ch = x.shape
+    r = taps.shape[1] // 2
+    y = _blur_along_1(tf.reshape(_reflect_rows(x, r), [-1, height + 2 * r, width * ch]), taps)  # vertical
+    y = tf.transpose(tf.reshape(y, [-1, height, width, ch]), [0, 2, 1, 3])
+    y = _blur_along_1(tf.reshape(_reflect_rows(y, r), [-1, width + 2 * r, height * ch]), taps)  # horizontal
+    return tf.transpose(tf.reshape(y, [-1, width, height, ch]), [0, 2, 1, 3])
+
+
+def _reflect_rows(x, r):
+    """x [N, L, ...] -> [N, L + 2r, ...] mirrored at both ends without repeating the edge row (as
+    tf.pad REFLECT, which is several times slower on a CPU than this concat)."""
+    return tf.concat([tf.reverse(x[:, 1:r + 1], [1]), x, tf.reverse(x[:, -r - 1:-1], [1])], axis=1)
 
 
 def random_flip(x, seed=None):
@@ -218,6 +239,103 @@ def color_augment(x, seed=None, strength=JITTER_STRENGTH, jitter_p=JITTER_P, gra
     x = random_apply(lambda y: color_jitter(y, strength, seeds[0]), x, jitter_p, seeds[1])
     x = random_apply(color_drop, x, gray_p, seeds[2])
     return random_apply(lambda y: gaussian_blur(y, sigma, seeds[3]), x, blur_p, seeds[4])
+
+
+def _fused_jitter_maps(n, seed, strength=JITTER_STRENGTH, jitter_p=JITTER_P, gray_p=GRAY_P):
+    """Per image, SwAV's jitter (with prob. jitter_p) then grayscale (prob. gray_p) as one affine
+    colour map (see `fused_color_augment`); factors drawn as `color_jitter` draws them.
+
+    Returns:
+        (M [n, 3, 3], k [n]) of `_jitter_map`.
+    """
+    a = 0.8 * strength
+    u = _uniform(tf.stack([n, 6]), _as_seed(seed))
+    jitter = u[:, 0] < jitter_p
+    b, c, sat = [tf.where(jitter, tf.maximum(1.0 - a + 2.0 * a * u[:, i], 0.0), 1.0) for i in (2, 3, 4)]
+    turn = tf.where(jitter, 0.2 * strength * (2.0 * u[:, 5] - 1.0), 0.0)
+    return _jitter_map(b, c, sat, turn, u[:, 1] < gray_p)
+
+
+def _jitter_map(brightness, contrast, saturation, hue, gray):
+    """Brightness, contrast, saturation, hue (in turns) and grayscale as y = M x + k mean_luma(x) 1.
+
+    Args:
+        brightness, contrast, saturation, hue: [n] float factors; gray: [n] bool.
+    Returns:
+        (M [n, 3, 3]: G^gray b c (G + s cos(2 pi d) (I - G) + s sin(2 pi d) H), k [n]: (1 - c) b).
+    """
+    eye, gray_map, hue_sin = [tf.constant(m, tf.float32) for m in (np.eye(3), _GRAY, _HUE_SIN)]
+    expand = lambda v: v[:, None, None]  # noqa: E731  [n] -> [n, 1, 1]
+    angle = 2.0 * math.pi * hue
+    maps = expand(brightness * contrast) * (gray_map + expand(saturation * tf.cos(angle)) * (eye - gray_map)
+                                            + expand(saturation * tf.sin(angle)) * hue_sin)
+    maps = tf.where(expand(gray), tf.einsum("ij,njk->nik", gray_map, maps), maps)
+    return maps, (1.0 - contrast) * brightness
+
+
+def _apply_fused_map(x, maps, weight, value_scale):
+    """clip(M s x + k s mean_luma(x) 1, 0, 1) per pixel (s: value_scale).
+
+    Args:
+        x: [H, W, 3] with maps [3, 3] and weight k [], or [N, H, W, 3] with [N, 3, 3] and [N];
+            values in [0, 1 / value_scale]; static H, W.
+    Returns:
+        float32 in [0, 1], the shape of x.
+    """
+    height, width = x.shape[-3], x.shape[-2]
+    lead = tf.shape(x)[:-3]
+    # mean RGB by rows then columns: a CPU reduces [H, W*3] along H several times faster than [H*W, 3]
+    rows = tf.reduce_mean(tf.reshape(x, tf.concat([lead, [height, width * 3]], 0)), axis=-2)
+    mean = tf.reduce_mean(tf.reshape(rows, tf.concat([lead, [width, 3]], 0)), axis=-2)      # [.., 3]
+    shift = weight * value_scale * tf.reduce_sum(mean * tf.constant(_LUMA, tf.float32), -1)
+    pixels = tf.reshape(x, tf.concat([lead, [height * width, 3]], 0))
+    y = tf.matmul(pixels, maps * value_scale, transpose_b=True) + shift[..., None, None]
+    return tf.reshape(tf.clip_by_value(y, 0.0, 1.0), tf.shape(x))
+
+
+def _unit_blur(x, taps):
+    """One image [H, W, 3] in [0, 1] blurred with taps [1, k], still <= 1 (taps sum to 1 up to rounding)."""
+    return tf.minimum(_separable_blur(x[None], taps)[0], 1.0)
+
+
+def _blur_where(x, coins, sigma, seed):
+    """`gaussian_blur` of the images of a batch whose coin is True; the others are not touched
+    (a gather and a scatter: the blur costs only the images it applies to)."""
+    picked = tf.where(coins)[:, 0]
+
+    def blur():
+        blurred = tf.minimum(gaussian_blur(tf.gather(x, picked), sigma, seed), 1.0)  # float rounding
+        return tf.tensor_scatter_nd_update(x, picked[:, None], blurred)
+
+    return tf.cond(tf.size(picked) > 0, blur, lambda: x)
+
+
+def fused_color_augment(x, seed=None, strength=JITTER_STRENGTH, jitter_p=JITTER_P, gray_p=GRAY_P,
+                        blur_p=BLUR_P, sigma=BLUR_SIGMA, value_scale=1.0):
+    """`color_augment` at the cost of one colour pass: jitter and grayscale fused into one affine
+    colour map per image, clipped once; then the blur, only on the images whose coin says so.
+
+    Without clipping between them the jitter ops commute: brightness and contrast are scalar maps,
+    saturation scales and hue rotates the chroma plane; those two keep luma and the gray axis 1,
+    contrast keeps the mean luma and brightness scales it. So per image, whatever the order drawn,
+    y = clip(G^g b c K(s, d) x + (1 - c) b mean_luma(x) 1), with G the grayscale projection and g
+    its coin. The deviation from SwAV's torchvision/PIL chain: values are clipped once at the end,
+    not after each op (PIL clips each op's uint8 output), so e.g. a strong brightening followed by
+    a contrast drop keeps highlight detail that PIL flattens, and the random order has no effect.
+    Factors, probabilities and blur as `color_augment`; used by `multicrop(augment=True)`.
+
+    Args:
+        x: [S, S, 3] or [N, S, S, 3] float32 with values in [0, 1 / value_scale].
+        value_scale: factor that brings x to [0, 1] (1/255 for resized uint8; folded into the map).
+        strength, jitter_p, gray_p, blur_p, sigma: as `color_augment` (SwAV defaults).
+    Returns:
+        Same shape, float32 in [0, 1].
+    """
+    x, restore = _as_batch(x)
+    n, seeds = tf.shape(x)[0], _split(seed, 3)
+    maps, weight = _fused_jitter_maps(n, seeds[0], strength, jitter_p, gray_p)
+    y = _apply_fused_map(x, maps, weight, value_scale)
+    return restore(_blur_where(y, _uniform(tf.reshape(n, [1]), seeds[1]) < blur_p, sigma, seeds[2]))
 
 
 # ============ geometry: windows by area and aspect ratio of the original image ============
@@ -258,15 +376,30 @@ def sample_crop_boxes(image_size, num, scale, ratio=CROP_RATIO, seed=None):
     return tf.stack([(height - h) * u[:, 2], (width - w) * u[:, 3], h, w], axis=1)
 
 
-def _crop(image, box, size):
+def _resized_window(image, box, size, flip=None):
     """Window ``box`` (y0, x0, h, w; pixels, rounded to whole pixels) resized to [size, size, 3]
-    float32 in [0, 1] (bilinear, half-pixel centres)."""
+    float32 in the image's own range (0..255 for uint8; bilinear, half-pixel centres), mirrored
+    left-right where the bool ``flip`` is True."""
     shape = tf.shape(image)[:2]
     start = tf.minimum(tf.cast(tf.floor(box[:2]), tf.int32), shape - 1)
     extent = tf.clip_by_value(tf.cast(tf.round(box[2:]), tf.int32), 1, shape - start)
     window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [-1]], 0))
-    crop = tf.ensure_shape(tf.image.resize(window, [size, size]), [size, size, 3])
-    return crop / 255.0 if image.dtype == tf.uint8 else tf.cast(crop, tf.float32)
+    if flip is not None:  # on the window: uint8 and, from a reduced-scale decode, smaller than the crop
+        window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
+    # float first: a CPU resizes float32 about twice as fast as uint8
+    return tf.ensure_shape(tf.image.resize(tf.cast(window, tf.float32), [size, size]), [size, size, 3])
+
+
+def _unit(image):
+    """Factor that maps the image's values to [0, 1]: 1/255 for uint8, else 1."""
+    return 1.0 / 255.0 if image.dtype == tf.uint8 else 1.0
+
+
+def _crop(image, box, size):
+    """Window ``box`` (y0, x0, h, w; pixels, rounded to whole pixels) resized to [size, size, 3]
+    float32 in [0, 1] (bilinear, half-pixel centres)."""
+    crop = _resized_window(image, box, size)
+    return crop * _unit(image) if image.dtype == tf.uint8 else crop
 
 
 def random_resized_crop(image, size, scale=(0.14, 1.0), ratio=CROP_RATIO, seed=None):
@@ -359,9 +492,10 @@ def parse_multicrop_spec(spec):
 
 # ============ one example -> its crops ============
 
-def _jpeg_scale_index(boxes, sizes, shape):
-    """Index into _JPEG_SCALES of the coarsest scale that leaves each window >= its crop side."""
-    fit = tf.reduce_min(tf.minimum(boxes[:, 2], boxes[:, 3]) / sizes)
+def _jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
+    """Index into _JPEG_SCALES of the coarsest scale at which no crop is upsampled more than
+    ``max_upscale`` times from its window (1.0: every window keeps at least its crop's side)."""
+    fit = tf.reduce_min(max_upscale * tf.minimum(boxes[:, 2], boxes[:, 3]) / sizes)
     small = tf.reduce_min(tf.cast(shape, tf.float32))  # keep at least one pixel per side
     index = tf.constant(0)
     for i, scale in enumerate(_JPEG_SCALES[1:], start=1):
@@ -369,14 +503,15 @@ def _jpeg_scale_index(boxes, sizes, shape):
     return index
 
 
-def _decode_window(contents, boxes_for, sizes, dct_method):
+def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
     """Decode once: only the union of the crop windows and, for a JPEG, at the coarsest libjpeg scale
-    that leaves every window at least its crop's size (PNG/GIF/BMP: decoded in full).
+    that upsamples no crop more than ``max_upscale`` times (PNG/GIF/BMP: decoded in full).
 
     Args:
         contents: scalar tf.string, encoded image.
         boxes_for: function (height, width) -> windows [V, 4] in pixels of the full image.
         sizes: [V] float32 crop sides.
+        max_upscale: see `multicrop_example`.
     Returns:
         (image uint8 [h, w, 3], windows in the decoded image's pixels).
     """
@@ -389,7 +524,7 @@ def _decode_window(contents, boxes_for, sizes, dct_method):
     shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(contents)[:2],
                     lambda: tf.shape(decode_other())[:2])
     boxes = boxes_for(shape)
-    index = tf.where(is_jpeg, _jpeg_scale_index(boxes, sizes, shape), len(_JPEG_SCALES))
+    index = tf.where(is_jpeg, _jpeg_scale_index(boxes, sizes, shape, max_upscale), len(_JPEG_SCALES))
     scale = tf.gather(tf.constant(_JPEG_SCALES + (1,), tf.float32), index)
     scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
     top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
@@ -404,7 +539,8 @@ def _decode_window(contents, boxes_for, sizes, dct_method):
     return image, boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
 
 
-def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST"):
+def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+                      max_upscale=MAX_UPSCALE):
     """All crops of one source image.
 
     Args:
@@ -412,9 +548,15 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
             is decoded once, only the needed window and scale; PNG/GIF/BMP decoded in full).
         config: `MultiCropConfig`.
         augment: False: crops only; "device": crops + flips (colour on the accelerator with
-            `ColorAugment`); True or "host": the full SwAV augmentation here.
+            `ColorAugment`); True or "host": the full SwAV augmentation here (flip, then
+            `fused_color_augment`: one clipped colour map and the blur per crop).
         seed: [2] int seed (None: random).
         dct_method: libjpeg IDCT ("INTEGER_FAST": ~20 % faster, +-1 grey level; "" for the default).
+        max_upscale: JPEG bytes only: decode at the coarsest libjpeg scale (1/2, 1/4, 1/8) at which
+            no crop is upsampled more than this from its window's decoded pixels. 2.0 (default):
+            an 800x600 Cassava JPEG decodes at 1/2 (400x300, ImageNet's typical size) with SwAV's
+            crops, as SwAV's RandomResizedCrop upsamples a 0.14-area ImageNet window ~1.6x to 224;
+            1.0: every window keeps at least its crop's resolution (full quality, slower).
     Returns:
         A tuple of config.total_crops float32 [S, S, 3] in [0, 1], big crops first.
     """
@@ -428,20 +570,29 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
                           in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
 
     def crops_from(pixels, boxes):
-        flips = _uniform([config.total_crops], seeds[groups]) < FLIP_P
-        color_seeds = _split(seeds[groups + 1], config.total_crops)
+        total, unit = config.total_crops, _unit(pixels)
+        flips = _uniform([total], seeds[groups]) < FLIP_P if mode else [None] * total
+        if mode == "host":  # all crops' colour maps and blur taps at once (few ops), then a pass per crop
+            colour = _split(seeds[groups + 1], 3)
+            maps, weights = _fused_jitter_maps(total, colour[0])
+            blurs = _uniform([total], colour[1]) < BLUR_P
+            sigmas = _uniform([total], colour[2], *BLUR_SIGMA)
+            taps = {size: _gaussian_taps(sigmas, blur_kernel_size(size)) for size in config.size_crops}
         crops = []
         for i, size in enumerate(config.crop_sizes):
-            crop = _crop(pixels, boxes[i], size)
-            if mode:
-                crop = tf.cond(flips[i], lambda c=crop: tf.reverse(c, [1]), lambda c=crop: c)
+            crop = _resized_window(pixels, boxes[i], size, flips[i])
             if mode == "host":
-                crop = color_augment(crop, color_seeds[i])
+                crop = _apply_fused_map(crop, maps[i], weights[i], unit)
+                if blur_kernel_size(size) >= 3:
+                    crop = tf.cond(blurs[i], lambda c=crop, t=taps[size][i:i + 1]: _unit_blur(c, t),
+                                   lambda c=crop: c)
+            elif pixels.dtype == tf.uint8:
+                crop = crop * unit
             crops.append(crop)
         return tuple(crops)
 
     if image.dtype == tf.string:
-        return crops_from(*_decode_window(image, boxes_for, sizes, dct_method))
+        return crops_from(*_decode_window(image, boxes_for, sizes, dct_method, max_upscale))
     return crops_from(image, boxes_for(tf.shape(image)[:2]))
 
 
@@ -469,7 +620,8 @@ def _images_of(dataset):
     return dataset
 
 
-def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST"):
+def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+              max_upscale=MAX_UPSCALE):
     """Dataset of tuples of crops, every crop of an element cut from that element's one image.
 
     Args:
@@ -479,6 +631,7 @@ def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RA
         augment: True/"host", "device" or False (see `multicrop_example`).
         seed: int for reproducible crops (same seed, same input order -> same crops; each new
             iteration draws new crops); None: random.
+        ratio, dct_method, max_upscale: as `multicrop_example` (max_upscale=1.0: full-quality decode).
     Returns:
         tf.data.Dataset of tuples of config.total_crops float32 [S, S, 3] in [0, 1], big first.
     """
@@ -489,7 +642,7 @@ def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RA
     @tf.autograph.experimental.do_not_convert  # plain graph code: skipping AutoGraph halves tracing
     def crops(image, key):
         return multicrop_example(image, config, augment, tf.stack([key, tf.constant(_KEY_SALT, tf.int64)]),
-                                 ratio, dct_method)
+                                 ratio, dct_method, max_upscale)
 
     return tf.data.Dataset.zip((images, keys)).map(crops, num_parallel_calls=AUTOTUNE,
                                                    deterministic=seed is not None)
@@ -501,7 +654,7 @@ def batch_crops(dataset, batch_size):
 
 
 def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, shuffle_buffer=1024,
-                      seed=None, ratio=CROP_RATIO):
+                      seed=None, ratio=CROP_RATIO, max_upscale=MAX_UPSCALE):
     """Training input for SwAV: shuffle encoded records, crop (and augment), batch, prefetch.
 
     Args:
@@ -513,13 +666,14 @@ def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, s
             host, then call `ColorAugment` on each batch inside the train step; False: crops only.
         shuffle_buffer: records in the shuffle buffer (0: no shuffle).
         seed: int for a reproducible order and crops.
+        ratio, max_upscale: as `multicrop_example`.
     Returns:
         tf.data.Dataset of tuples of config.total_crops float32 [batch_size, S, S, 3] in [0, 1].
     """
     images = _images_of(dataset)
     if shuffle_buffer:
         images = images.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    crops = multicrop(images, config, augment, seed, ratio)
+    crops = multicrop(images, config, augment, seed, ratio, max_upscale=max_upscale)
     return batch_crops(crops, batch_size).prefetch(AUTOTUNE)
 
 
@@ -585,8 +739,8 @@ class ColorAugment(keras.layers.Layer):
     Use with ``multicrop_batches(..., augment="device")`` so the host only decodes and crops:
     ``crops = ColorAugment()(crops, training=True)``. Every image draws its own parameters; shapes
     are static (XLA/TPU friendly); computed in float32 whatever the mixed-precision policy. Worth it
-    when the host CPU is the bottleneck (Kaggle GPU: 4 vCPUs): it moves ~2/3 of the host's work per
-    image to the accelerator. On a CPU, or a TPU VM host with many cores, host mode is cheaper
+    when the host CPU is the bottleneck (Kaggle GPU: 4 vCPUs): it moves about half of the host's work per
+    image to the accelerator (and keeps torchvision's clip after each jitter op, in random order). On a CPU, or a TPU VM host with many cores, host mode is cheaper
     (bench/pipeline.py).
 
     Args:

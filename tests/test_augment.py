@@ -132,10 +132,36 @@ def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolera
         boxes = augment.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
         index = int(augment._jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
         assert (augment._JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
-        from_bytes = augment.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="")
+        from_bytes = augment.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="",
+                                               max_upscale=1.0)  # full quality: windows keep their crop's size
         from_pixels = augment.multicrop_example(tf.io.decode_jpeg(jpeg), config, augment=False, seed=seed)
         for a, b in zip(from_bytes, from_pixels):  # same windows (whole pixels of the decoded scale)
             assert float(tf.reduce_mean(tf.abs(a - b))) <= tolerance
+
+
+@pytest.mark.parametrize("max_upscale, usual_ratio", [(2.0, 2), (1.0, 1)])
+def test_decode_scale_of_an_800x600_jpeg_follows_max_upscale(max_upscale, usual_ratio):
+    config, shape = augment.SWAV_PAPER, (600, 800)
+    sizes = np.array(config.crop_sizes, np.float32)
+    ratios = []
+    for i in range(100):
+        boxes = tf.concat([augment.sample_crop_boxes(shape, n, (lo, hi), seed=[i, g]) for g, (n, lo, hi)
+                           in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
+        ratio = augment._JPEG_SCALES[int(augment._jpeg_scale_index(boxes, sizes, shape, max_upscale))]
+        sides = np.minimum(boxes[:, 2], boxes[:, 3]) / ratio                 # window sides, decoded pixels
+        assert (sizes / sides <= max_upscale + 1e-4).all(), "a crop is upsampled more than max_upscale"
+        ratios.append(ratio)
+    assert min(ratios) == usual_ratio and np.mean(np.equal(ratios, usual_ratio)) >= 0.9
+    assert augment.MAX_UPSCALE == 2.0  # the default: 800x600 decodes at 1/2 (400x300) with SwAV's crops
+
+
+def test_flipped_window_is_the_mirror_image_of_the_window():
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (40, 50, 3)), tf.uint8)
+    box = tf.constant([3.2, 0.0, 30.0, 21.7])  # touches the left edge
+    plain = augment._resized_window(image, box, 16, tf.constant(False))
+    flipped = augment._resized_window(image, box, 16, tf.constant(True))
+    np.testing.assert_allclose(flipped, tf.reverse(plain, [1]), atol=1e-4)
+    np.testing.assert_allclose(plain / 255.0, augment._crop(image, box, 16), atol=1e-6)
 
 
 # ============ determinism ============
@@ -201,6 +227,72 @@ def test_color_jitter_keeps_range_gray_stays_gray_and_strength_zero_is_identity(
     np.testing.assert_allclose(out, tf.repeat(out[..., :1], 3, axis=-1), atol=1e-5)
     one = augment.color_jitter(x[0], seed=3)                         # the single-image path
     assert one.shape == (12, 12, 3) and float(tf.reduce_max(tf.abs(one - x[0]))) > 1e-3
+
+
+def _jitter_ops_in_order(x, b, c, s, d, order):
+    """torchvision's four jitter ops as maps in RGB (hue: the YIQ rotation), in ``order``, no clipping."""
+    luma = np.array([0.299, 0.587, 0.114])
+    yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angle = 2 * np.pi * d
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    ops = {"brightness": lambda y: b * y,
+           "contrast": lambda y: c * y + (1 - c) * (y @ luma).mean(),
+           "saturation": lambda y: s * y + (1 - s) * (y @ luma)[..., None],
+           "hue": lambda y: y @ (np.linalg.inv(yiq) @ rotation @ yiq).T}
+    for name in order:
+        x = ops[name](x)
+    return x
+
+
+@pytest.mark.parametrize("order", [("brightness", "contrast", "saturation", "hue"),
+                                   ("hue", "saturation", "contrast", "brightness"),
+                                   ("contrast", "hue", "brightness", "saturation")])
+def test_fused_jitter_map_equals_the_four_ops_in_any_order_when_nothing_clips(order):
+    x = 0.4 + 0.2 * np.random.default_rng(1).random((12, 12, 3))       # mid-range: no op leaves [0, 1]
+    b, c, s, d = 1.15, 0.8, 1.2, 0.05
+    maps, weight = augment._jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([False]))
+    fused = augment._apply_fused_map(tf.constant(x * 255.0, tf.float32), maps[0], weight[0], 1 / 255)
+    np.testing.assert_allclose(fused, _jitter_ops_in_order(x, b, c, s, d, order), atol=1e-5)
+    maps, weight = augment._jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([True]))
+    gray = augment._apply_fused_map(tf.constant(x, tf.float32), maps[0], weight[0], 1.0)
+    expected = _jitter_ops_in_order(x, b, c, s, d, order) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(gray, np.repeat(expected[..., None], 3, -1), atol=1e-5)
+
+
+def test_fused_color_augment_fires_with_swav_probabilities_and_keeps_range():
+    pattern = np.zeros([32, 32, 3], np.float32)
+    pattern[:, :16], pattern[:, 16:] = [0.9, 0.3, 0.1], [0.1, 0.5, 0.8]
+    x = tf.constant(np.broadcast_to(pattern, [N_DRAWS, 32, 32, 3]))
+    changed = lambda y: tf.reduce_max(tf.abs(y - x), axis=[1, 2, 3]) > 1e-4  # noqa: E731
+    only = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    rates = {name: _rate(changed(augment.fused_color_augment(x, seed=i, sigma=(1.0, 2.0), **{**only, name: p})))
+             for i, (name, p) in enumerate([("jitter_p", 0.8), ("gray_p", 0.2), ("blur_p", 0.5)])}
+    assert abs(rates["jitter_p"] - 0.8) < RATE_TOL and abs(rates["gray_p"] - 0.2) < RATE_TOL
+    assert abs(rates["blur_p"] - 0.5) < RATE_TOL
+    full = augment.fused_color_augment(x * 255.0, seed=5, value_scale=1 / 255)   # 0..255 input
+    np.testing.assert_allclose(full, augment.fused_color_augment(x, seed=5), atol=1e-5)
+    assert float(tf.reduce_min(full)) >= 0.0 and float(tf.reduce_max(full)) <= 1.0
+    is_gray = tf.reduce_max(tf.abs(full - tf.reduce_mean(full, -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5
+    assert abs(_rate(is_gray) - 0.2) < RATE_TOL
+    assert augment.fused_color_augment(x[0], seed=1).shape == (32, 32, 3)      # one image
+
+
+def test_host_multicrop_grays_about_a_fifth_of_the_crops():
+    images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i % 50) for i in range(200)]))
+    crops = next(iter(augment.multicrop(images, SMALL, augment=True, seed=3).batch(200)))
+    gray = [tf.reduce_max(tf.abs(c - tf.reduce_mean(c, -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5 for c in crops]
+    assert abs(_rate(tf.concat(gray, 0)) - 0.2) < 0.05   # 1000 crops: standard error 0.013
+
+
+def test_gaussian_blur_equals_a_reflect_padded_2d_convolution():
+    x = tf.random.stateless_uniform([3, 30, 40, 3], [5, 6])
+    out = augment.gaussian_blur(x, sigma=(1.5, 1.5), seed=0, kernel_size=7)
+    taps = np.exp(-np.arange(-3, 4) ** 2 / (2 * 1.5 ** 2))
+    kernel = np.outer(taps, taps) / taps.sum() ** 2
+    padded = tf.pad(x, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    expected = tf.nn.depthwise_conv2d(padded, np.tile(kernel[:, :, None, None], [1, 1, 3, 1]).astype(np.float32),
+                                      [1, 1, 1, 1], "VALID")
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("side, kernel", [(224, 23), (96, 9), (160, 17), (32, 3)])
