@@ -2,7 +2,7 @@
 
 import os
 
-import nbformat
+from notebook_writer import BOOTSTRAP, write_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "notebooks", "01_pretrain_swav_tpu.ipynb")
@@ -23,11 +23,7 @@ resume) → loss against its collapse floor ln K → prototype usage → kNN acc
 against the same backbone at random initialisation → export of the backbone for fine-tuning (notebook 02).
 Everything with a loop in it lives in `kitlib` (`swav.py`, `optim.py`, `pretrain.py`, `evaluate.py`);
 the same run is one command: `python -m kitlib pretrain --data DIR --out DIR`."""),
-    ("code", """\
-import os, sys
-for _root in ("..", "/kaggle/input/kitlib", "/kaggle/working/kit"):  # a clone, or an attached Kaggle dataset
-    if os.path.isdir(os.path.join(_root, "kitlib")):
-        sys.path.insert(0, os.path.abspath(_root)); break"""),
+    ("code", BOOTSTRAP),
     ("md", """\
 ## Setup
 
@@ -161,15 +157,5 @@ print(f"{result.backbone_dir}: {len(loaded.trainable_weights)} trainable variabl
 ]
 
 
-def build():
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                for kind, src in CELLS]
-    return nb
-
-
 if __name__ == "__main__":
-    nbformat.write(build(), OUT)
-    print("wrote", os.path.normpath(OUT))
+    write_notebook(CELLS, OUT)

@@ -2,7 +2,7 @@
 
 import os
 
-import nbformat
+from notebook_writer import BOOTSTRAP, write_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "notebooks", "02_finetune_bit.ipynb")
@@ -22,11 +22,7 @@ save the classifier that notebook 04 (submission) loads.
 Everything with a loop or a rule in it lives in `kitlib` (`kitlib/bit.py`, `kitlib/finetune.py`,
 `kitlib/losses.py`) and is tested there; the same run is one command:
 `python -m kitlib finetune --data DIR --backbone HANDLE_OR_DIR --out DIR`."""),
-    ("code", """\
-import os, sys
-for _root in ("..", "/kaggle/input/kitlib", "/kaggle/working/kit"):  # a clone, or an attached Kaggle dataset
-    if os.path.isdir(os.path.join(_root, "kitlib")):
-        sys.path.insert(0, os.path.abspath(_root)); break"""),
+    ("code", BOOTSTRAP),
     ("md", """\
 ## BiT in one page
 
@@ -214,15 +210,5 @@ print(f"{classifier.class_names}, {classifier.image_size}px; max difference to t
 ]
 
 
-def build():
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                for kind, src in CELLS]
-    return nb
-
-
 if __name__ == "__main__":
-    nbformat.write(build(), OUT)
-    print("wrote", os.path.normpath(OUT))
+    write_notebook(CELLS, OUT)

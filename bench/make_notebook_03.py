@@ -2,8 +2,7 @@
 
 import os
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook_writer import BOOTSTRAP, write_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "notebooks", "03_visualize_crops.ipynb")
@@ -24,12 +23,8 @@ tests check by number:
 3. crop windows have the areas and aspect ratios SwAV asks for, taken from the original image
    (never a squashed square)."""),
     ("md", "## Setup"),
-    ("code", """import os, sys
-for _root in ("..", "/kaggle/input/kitlib", "/kaggle/working/kit"):  # a clone, or an attached Kaggle dataset
-    if os.path.isdir(os.path.join(_root, "kitlib")):
-        sys.path.insert(0, os.path.abspath(_root)); break
-
-from kitlib import augment, data, runtime, viz"""),
+    ("code", BOOTSTRAP),
+    ("code", "from kitlib import augment, data, runtime, viz"),
     ("code", """SMOKE = os.environ.get("SMOKE") == "1"       # CI: fewer images and draws
 DATA_DIR = runtime.find_data_dir()              # the competition on Kaggle, else data/sample
 CROPS = "2x224@0.14-1,6x96@0.05-0.14"           # SwAV's best ImageNet setting (augment.SWAV_PAPER)
@@ -97,16 +92,5 @@ print([tuple(c.shape) for c in colored])"""),
 ]
 
 
-def main():
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
-    nbformat.validate(nb)
-    with open(OUT, "w", encoding="utf-8") as f:
-        nbformat.write(nb, f)
-    print(f"wrote {os.path.normpath(OUT)}")
-
-
 if __name__ == "__main__":
-    main()
+    write_notebook(CELLS, OUT)

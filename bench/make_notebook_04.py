@@ -2,7 +2,7 @@
 
 import os
 
-import nbformat
+from notebook_writer import BOOTSTRAP, write_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "notebooks", "04_submit.ipynb")
@@ -23,11 +23,7 @@ be attached as inputs:
 
 Steps: find the data and the model → look at the views test-time augmentation (TTA) averages over →
 predict → write and validate the file → look at some predictions."""),
-    ("code", """\
-import os, sys
-for _root in ("..", "/kaggle/input/kitlib", "/kaggle/working/kit"):  # a clone, or an attached Kaggle dataset
-    if os.path.isdir(os.path.join(_root, "kitlib")):
-        sys.path.insert(0, os.path.abspath(_root)); break"""),
+    ("code", BOOTSTRAP),
     ("md", """\
 ## Setup
 
@@ -128,20 +124,5 @@ viz.plot_predictions(images, image_ids, result.probs_for(image_ids), classifier.
 ]
 
 
-def build():
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                   "language_info": {"name": "python"}}
-    make = {"md": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    nb.cells = [make[kind](source) for kind, source in CELLS]
-    for number, cell in enumerate(nb.cells):
-        cell.id = f"cell-{number:02d}"  # stable ids: regenerating gives the same file
-    return nb
-
-
 if __name__ == "__main__":
-    notebook = build()
-    nbformat.validate(notebook)
-    with open(OUT, "w", encoding="utf-8") as f:
-        nbformat.write(notebook, f)
-    print(f"wrote {os.path.normpath(OUT)} ({len(notebook.cells)} cells)")
+    write_notebook(CELLS, OUT)

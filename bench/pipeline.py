@@ -188,8 +188,8 @@ def main(argv=None):
             results[name] = images_per_second(dataset, n, args.passes, step)
             print(f"{name:56s} {results[name][0]:9.0f} {results[name][1]:13.2f}", flush=True)
     (floor, floor_cpu), (seed, seed_cpu) = results[rows[0][0]], results[rows[2][0]]
-    print(f"\nspeed-up vs the seed and fraction of the full-resolution decode floor, by wall time "
-          f"(by CPU time in brackets):")
+    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, by wall time "
+          "(by CPU time in brackets):")
     for name, (value, cpu) in results.items():
         if name.startswith("kitlib"):
             print(f"{name:56s} {value / seed:5.1f}x ({seed_cpu / cpu:4.1f}x) seed  "
