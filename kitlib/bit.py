@@ -22,6 +22,7 @@ import urllib.parse
 import numpy as np
 import tensorflow as tf
 
+from kitlib import export
 from kitlib.compat import keras
 
 # ============ BiT-HyperRule (bit_hyperrule.py) ============
@@ -479,14 +480,4 @@ def make_tiny_backbone(path, width=8, seed=0, calibration_images=None, feature_s
         del training  # no batch-norm or dropout: same function in both modes
         return net.features(images)
 
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    for training in (True, False):
-        call.get_concrete_function(spec, training=training)
-    root = tf.train.Checkpoint()
-    root.net = net
-    root.__call__ = call
-    root.variables = list(net.variables)
-    root.trainable_variables = list(net.trainable_variables)
-    root.regularization_losses = []
-    tf.saved_model.save(root, os.fspath(path))
-    return os.fspath(path)
+    return export.save_reusable(path, call, net, net.variables, net.trainable_variables)

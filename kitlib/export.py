@@ -1,4 +1,5 @@
-"""The fine-tuned classifier on disk: what ``finetune`` writes and ``predict`` reads, offline.
+"""Models on disk: the fine-tuned classifier (``finetune`` writes it, ``predict`` reads it offline)
+and the reusable-SavedModel format of backbones (``save_reusable``: the SwAV export, the tiny test net).
 
 Layout of ``out_dir``:
     saved_model/      a TF2 SavedModel with a ``serve`` signature:
@@ -17,6 +18,36 @@ import tensorflow as tf
 
 META_FILE = "classifier.json"
 MODEL_DIR = "saved_model"
+_LOCAL_IO = "/job:localhost"  # write SavedModels from this host (needed with a remote TPU)
+
+
+def save_reusable(path, call, owner, variables, trainable_variables):
+    """Write a backbone as a reusable TF2 SavedModel that ``hub.KerasLayer(path, trainable=True)`` fine-tunes.
+
+    The root carries ``__call__(images, training)``, ``variables``, ``trainable_variables`` and
+    ``regularization_losses``: what TF Hub needs to see the variables as trainable (REFERENCE.md).
+
+    Args:
+        path: output directory.
+        call: ``tf.function(images, training=False)``: float32 [N, H, W, 3] in [0, 1] -> [N, F];
+            traced here for any image size and both values of ``training``.
+        owner: the trackable object that holds the variables (a tf.Module or Keras model).
+        variables, trainable_variables: lists of the owner's variables.
+    Returns:
+        path.
+    """
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for training in (False, True):
+        call.get_concrete_function(spec, training)
+    root = tf.train.Checkpoint()
+    root.model = owner
+    root.__call__ = call
+    root.variables = list(variables)
+    root.trainable_variables = list(trainable_variables)
+    root.regularization_losses = []
+    tf.saved_model.save(root, os.fspath(path),
+                        options=tf.saved_model.SaveOptions(experimental_io_device=_LOCAL_IO))
+    return os.fspath(path)
 
 
 class _Serving(tf.Module):

@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from kitlib import augment, data, runtime
+from kitlib import augment, bit, data, export, runtime
 from kitlib.compat import keras, tf
 from kitlib.optim import WarmupCosine, build_optimizer, swav_learning_rate
 from kitlib.swav import SwAVModel, suggest_num_prototypes
@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_CNN_WIDTHS = (32, 64, 128)       # CPU tests and demos: three stride-2 conv blocks
 SMALL_CNN_BN_MOMENTUM = 0.9            # PyTorch's 0.1: moving statistics settle within a short run
 _CACHE_LIMIT = 5_000                   # cache encoded records in memory below this many images
-_LOCAL_IO = "/job:localhost"  # write checkpoints/SavedModels from this host (needed with a remote TPU)
+_LOCAL_IO = "/job:localhost"  # write checkpoints from this host (needed with a remote TPU)
 # settings that fix variable shapes: a checkpoint cannot be resumed if one of them changed
 _SHAPE_KEYS = ("backbone", "prototypes", "hidden_dim", "output_dim", "queue_length", "optimizer")
 
@@ -93,14 +93,11 @@ def float32_copy(model):
 
 
 class _Reusable(tf.Module):
-    """Reusable-SavedModel root: __call__(images, training), variables, trainable_variables."""
+    """Holds the backbone and its float32 ``__call__(images, training)`` for ``export.save_reusable``."""
 
     def __init__(self, backbone):
         super().__init__(name="backbone")
         self._backbone = backbone
-        # hub.KerasLayer reads these attributes on the loaded object (tf.Module's own are properties)
-        self._vars = list(backbone.variables)
-        self._trainable = list(backbone.trainable_variables)
 
     @tf.function(autograph=False)  # straight-line code: nothing to convert
     def __call__(self, images, training=False):
@@ -120,26 +117,15 @@ def export_backbone(backbone, path):
     Returns:
         path.
     """
-    module = _Reusable(float32_copy(backbone))
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    for training in (False, True):
-        module.__call__.get_concrete_function(spec, training)
-    root = tf.train.Checkpoint()
-    root.model = module
-    root.__call__ = module.__call__
-    root.variables = module._vars
-    root.trainable_variables = module._trainable
-    root.regularization_losses = []
-    tf.saved_model.save(root, path, options=tf.saved_model.SaveOptions(experimental_io_device=_LOCAL_IO))
-    return path
+    net = float32_copy(backbone)
+    module = _Reusable(net)
+    return export.save_reusable(path, module.__call__, module, net.variables, net.trainable_variables)
 
 
 def load_backbone(path, trainable=False):
-    """An exported backbone as a Keras model (``hub.KerasLayer``): [N, H, W, 3] in [0, 1] -> [N, F]."""
-    import tensorflow_hub as hub  # noqa: PLC0415 - optional until a SavedModel is loaded
-
+    """An exported backbone as a Keras model (``bit.load_backbone``'s layer): [N, H, W, 3] in [0, 1] -> [N, F]."""
     inputs = keras.Input((None, None, 3))
-    return keras.Model(inputs, hub.KerasLayer(path, trainable=trainable)(inputs))
+    return keras.Model(inputs, bit.load_backbone(path, trainable=trainable)(inputs))
 
 
 # ============ callbacks: is it learning? ============

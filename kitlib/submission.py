@@ -29,7 +29,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from kitlib import data, export
+from kitlib import bit, data, export
 
 KAGGLE_INPUT = "/kaggle/input"
 HEADER = ("image_id", "label")
@@ -82,8 +82,8 @@ def _resize(image, views, image_size, resize_per_crop):
     image = tf.image.convert_image_dtype(image, tf.float32)
     empty = tf.zeros([0, 0, 3])  # a resize no view needs is skipped
 
-    def resized(side):
-        return tf.clip_by_value(tf.image.resize(image, [side, side]), 0.0, 1.0)
+    def resized(side):  # the fine-tuning evaluation resize, so "identity" is exactly what validation saw
+        return bit.preprocess_eval(image, side)
 
     full = resized(image_size) if any(v in _FULL_VIEWS for v in views) else empty
     zoomed = resized(zoomed_size(image_size, resize_per_crop)) if any(v in _CROP_VIEWS for v in views) else empty
