@@ -1,5 +1,7 @@
 """kitlib.augment: one source image per example, crop geometry, augmentation rates, determinism, specs."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -293,6 +295,34 @@ def test_gaussian_blur_equals_a_reflect_padded_2d_convolution():
     expected = tf.nn.depthwise_conv2d(padded, np.tile(kernel[:, :, None, None], [1, 1, 3, 1]).astype(np.float32),
                                       [1, 1, 1, 1], "VALID")
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(96, 96), (40, 72), (160, 160)])
+def test_host_blur_by_matrices_or_convolution_equals_the_2d_convolution(height, width):
+    # _unit_blur takes the matrix route up to MATRIX_BLUR_MAX_SIDE and the depthwise one above it
+    x = tf.random.stateless_uniform([height, width, 3], [7, height])
+    taps = augment._gaussian_taps(tf.constant([1.3]), 9)
+    one_d = taps.numpy()[0]
+    padded = tf.pad(x[None], [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    kernel = np.tile(np.outer(one_d, one_d)[:, :, None, None], [1, 1, 3, 1]).astype(np.float32)
+    expected = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
+    np.testing.assert_allclose(augment._unit_blur(x, taps), expected, atol=1e-5)
+
+
+def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
+    images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i) for i in range(4)]))
+    crops = augment.batch_crops(augment.multicrop(images, SMALL, augment=False, seed=0), 2)
+    assert crops.options().threading.private_threadpool_size == max(4, os.cpu_count())
+    assert augment.pipeline_options(cores=96).threading.private_threadpool_size == 96
+    assert len(list(crops)) == 2                                   # and it runs
+
+
+def test_blur_matrix_is_the_reflected_banded_filter():
+    matrix = augment._blur_matrix(tf.constant([0.25, 0.5, 0.25]), 4).numpy()
+    np.testing.assert_allclose(matrix, [[0.5, 0.5, 0, 0],          # row 0 reads x1, x0, x1
+                                        [0.25, 0.5, 0.25, 0],
+                                        [0, 0.25, 0.5, 0.25],
+                                        [0, 0, 0.5, 0.5]])
 
 
 @pytest.mark.parametrize("side, kernel", [(224, 23), (96, 9), (160, 17), (32, 3)])
