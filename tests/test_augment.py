@@ -317,6 +317,12 @@ def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
     assert len(list(crops)) == 2                                   # and it runs
 
 
+@pytest.mark.parametrize("n", [1, 4, 5])
+def test_select_runs_the_indexed_branch_only(n):
+    pick = tf.function(lambda i: augment._select(i, [lambda k=k: tf.constant(k) for k in range(n)]))
+    assert [int(pick(tf.constant(i))) for i in range(n)] == list(range(n))
+
+
 def test_blur_matrix_is_the_reflected_banded_filter():
     matrix = augment._blur_matrix(tf.constant([0.25, 0.5, 0.25]), 4).numpy()
     np.testing.assert_allclose(matrix, [[0.5, 0.5, 0, 0],          # row 0 reads x1, x0, x1
