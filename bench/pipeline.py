@@ -10,30 +10,34 @@ shuffle buffers hold part of an epoch and each pipeline's start-up -- building i
 threads, ~0.3 s for the kit's -- is paid once per epoch). Each pass is a fresh iterator over one
 epoch, all costs included; the figure is images per second, best of ``--passes`` (median in
 brackets). Machine load from other processes moves every figure; the ratios within one run are
-what to compare. On this 2-core VM a pass of any of the kit's pipelines now and then runs at about
-one core's throughput (cause not found: it comes and goes between passes of one process, with or
-without autotuning); the best pass is the machine's capacity, the median shows the spread.
-Takes about four minutes on 2 cores.
+what to compare. On this 2-core VM a pass of a tf.data pipeline now and then runs at one core's
+throughput for the whole epoch, with or without autotuning: a tf.switch_case in the multi-crop map
+made that frequent (3 of 8 passes; augment._select replaced it with tf.cond, 0 of 8 since), and it
+still happens rarely with crops alone; the best pass is the machine's capacity, the median shows
+the spread. Takes about six minutes on 2 cores.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
     seed (zipped)       a re-implementation of the seed: five loaders, each load -> decode ->
                         shuffle(1024) -> squash to 260²/160² -> square crop by side -> resize ->
-                        flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images).
+                        flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images); its
+                        tf.data options (intra-op parallelism 1, non-deterministic). The seed's
+                        @tf.function decorations on its helpers are left out: with them the same
+                        epoch cost 15.9 CPU-ms per image against 15.4 without.
     kitlib host         multicrop(decode=False records, augment=True): decode once (at 1/2 scale
                         for 800x600 with the default max_upscale=2), full SwAV augmentation on the
                         host; "max_upscale=1" decodes every crop window at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
 
-When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image, load 2-4): the host
-needs about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~5-7 ms (2x224+3x96) to ~8-9 ms
-(2x224+6x96), device mode ~2.5-3.7 ms on the host, plus elementwise colour passes on the
-accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs ~19-21 ms, a
-full-resolution decode alone ~2.2-2.6 ms, a half-scale one ~1.7 ms (these noisy 115 KB JPEGs are
+When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image): the host needs
+about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~4.6 ms (2x224+3x96) to ~5.3 ms
+(2x224+6x96), device mode ~2.6-3.2 ms on the host, plus elementwise colour passes on the
+accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs ~16-18 ms, a
+full-resolution decode alone ~2.0 ms, a half-scale one ~1.7 ms (these noisy 115 KB JPEGs are
 bound by entropy decoding, which a reduced scale does not shrink).
     * Kaggle GPU (4 vCPUs) or a remote TPU fed by a small host: device mode. Host mode tops out near
-      4 x 1000 / 8.5 ~ 470 images/s with SwAV's crops, device mode near 1100.
+      4 x 1000 / 5.3 ~ 750 images/s with SwAV's crops, device mode near 1250.
     * TPU VM (~96 vCPUs): host mode feeds several thousand images/s, so keep the accelerator's time
       for the model and augment on the host.
     * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,
