@@ -576,8 +576,9 @@ def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
 
 def _select(index, branches):
     """branches[index]() by a binary tree of tf.cond, not tf.switch_case: inside tf.data on a 2-core
-    machine a Case op now and then serialises the whole map onto one core for an entire epoch (in
-    3 of 8 passes over 1024 images at ~190 instead of ~370 images/s; 0 of 8 with tf.cond)."""
+    machine the host-mode map with a Case op ran whole epochs on one core in 3 of 8 passes over
+    1024 images (~190 instead of ~370 images/s), with this tree in none of 8 (a lighter crops-only
+    map still does now and then, control flow or not: the cause lies in tf.data, not found)."""
     if len(branches) == 1:
         return branches[0]()
     half = len(branches) // 2
