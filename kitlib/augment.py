@@ -133,7 +133,7 @@ def color_jitter(x, strength=JITTER_STRENGTH, seed=None):
                lambda y: tf.clip_by_value(c * y + (1.0 - c) * _mean_gray(y), 0.0, 1.0),
                lambda y: _apply_colour_map(y, maps[2]), lambda y: _apply_colour_map(y, maps[3])]
         for slot in range(4):
-            x = _select(order[slot], [lambda op=op, y=x: op(y) for op in ops])
+            x = tf.switch_case(order[slot], [lambda op=op, y=x: op(y) for op in ops])
         return x
     # a batch (static shapes for XLA/TPU): gather each image's map for this slot, one product each
     maps = tf.stack(maps, axis=1)                                                       # [N, 4, 3, 3]
@@ -541,8 +541,8 @@ def _jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
 
 
 def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
-    """Decode once: only the union of the crop windows and, for a JPEG, at the coarsest libjpeg scale
-    that upsamples no crop more than ``max_upscale`` times (PNG/GIF/BMP: decoded in full).
+    """Decode once: a JPEG only over the union of the crop windows and at the coarsest libjpeg
+    scale that upsamples no crop more than ``max_upscale`` times; PNG/GIF/BMP in full.
 
     Args:
         contents: scalar tf.string, encoded image.
@@ -552,38 +552,26 @@ def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
     Returns:
         (image uint8 [h, w, 3], windows in the decoded image's pixels).
     """
-    is_jpeg = tf.io.is_jpeg(contents)
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)[:2]
+        boxes = boxes_for(shape)
+        index = _jpeg_scale_index(boxes, sizes, shape, max_upscale)
+        scale = tf.gather(tf.constant(_JPEG_SCALES, tf.float32), index)
+        scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
+        top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
+        bottom_right = tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, :2] + boxes[:, 2:], 0) / scale), tf.int32)
+        top_left = tf.clip_by_value(top_left, 0, scaled_shape - 1)
+        extent = tf.clip_by_value(bottom_right, top_left + 1, scaled_shape) - top_left
+        window = tf.concat([top_left, extent], 0)
+        image = tf.switch_case(index, [lambda r=r: tf.image.decode_and_crop_jpeg(
+            contents, window, channels=3, ratio=r, dct_method=dct_method) for r in _JPEG_SCALES])
+        return image, boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
 
-    def decode_other():
-        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+    def other():
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return image, boxes_for(tf.shape(image)[:2])
 
-    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(contents)[:2],
-                    lambda: tf.shape(decode_other())[:2])
-    boxes = boxes_for(shape)
-    index = tf.where(is_jpeg, _jpeg_scale_index(boxes, sizes, shape, max_upscale), len(_JPEG_SCALES))
-    scale = tf.gather(tf.constant(_JPEG_SCALES + (1,), tf.float32), index)
-    scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
-    top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
-    bottom_right = tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, :2] + boxes[:, 2:], 0) / scale), tf.int32)
-    top_left = tf.clip_by_value(top_left, 0, scaled_shape - 1)
-    extent = tf.clip_by_value(bottom_right, top_left + 1, scaled_shape) - top_left
-    window = tf.concat([top_left, extent], 0)
-    branches = [lambda r=r: tf.image.decode_and_crop_jpeg(contents, window, channels=3, ratio=r,
-                                                          dct_method=dct_method) for r in _JPEG_SCALES]
-    branches.append(lambda: tf.slice(decode_other(), tf.concat([top_left, [0]], 0), tf.concat([extent, [3]], 0)))
-    return _select(index, branches), boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
-
-
-def _select(index, branches):
-    """branches[index]() by a binary tree of tf.cond, not tf.switch_case: inside tf.data on a 2-core
-    machine the host-mode map with a Case op ran whole epochs on one core in 3 of 8 passes over
-    1024 images (~190 instead of ~370 images/s), with this tree in none of 8 (a lighter crops-only
-    map still does now and then, control flow or not: the cause lies in tf.data, not found)."""
-    if len(branches) == 1:
-        return branches[0]()
-    half = len(branches) // 2
-    return tf.cond(index < half, lambda: _select(index, branches[:half]),
-                   lambda: _select(index - half, branches[half:]))
+    return tf.cond(tf.io.is_jpeg(contents), jpeg, other)
 
 
 def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",

@@ -317,10 +317,12 @@ def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
     assert len(list(crops)) == 2                                   # and it runs
 
 
-@pytest.mark.parametrize("n", [1, 4, 5])
-def test_select_runs_the_indexed_branch_only(n):
-    pick = tf.function(lambda i: augment._select(i, [lambda k=k: tf.constant(k) for k in range(n)]))
-    assert [int(pick(tf.constant(i))) for i in range(n)] == list(range(n))
+def test_encoded_images_are_decoded_once_jpeg_or_png():
+    fn = tf.function(lambda b: augment.multicrop_example(b, SMALL, augment=True, seed=tf.constant([1, 2])))
+    graph = fn.get_concrete_function(tf.TensorSpec([], tf.string)).graph.as_graph_def()
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+    assert ops.count("DecodeImage") == 1                            # PNG/GIF/BMP: one full decode
+    assert ops.count("DecodeAndCropJpeg") == len(augment._JPEG_SCALES)  # one per scale, one runs
 
 
 def test_blur_matrix_is_the_reflected_banded_filter():
