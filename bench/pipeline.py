@@ -10,11 +10,11 @@ shuffle buffers hold part of an epoch and each pipeline's start-up -- building i
 threads, ~0.3 s for the kit's -- is paid once per epoch). Each pass is a fresh iterator over one
 epoch, all costs included; the figure is images per second, best of ``--passes`` (median in
 brackets). Machine load from other processes moves every figure; the ratios within one run are
-what to compare. On this 2-core VM a pass of a tf.data pipeline now and then runs at one core's
-throughput for the whole epoch, with or without autotuning: a tf.switch_case in the multi-crop map
-made that frequent (3 of 8 passes; augment._select replaced it with tf.cond, 0 of 8 since), and it
-still happens rarely with crops alone; the best pass is the machine's capacity, the median shows
-the spread. Takes about six minutes on 2 cores.
+what to compare. On this 2-core VM a pass of the kit's multi-crop pipelines now and then runs at one
+core's throughput for the whole epoch while the other core idles (0 to 4 of 8 passes from one run of
+a process to the next; with or without autotuning, control flow, the kit's reader or a parallel
+batch; cause in tf.data not found); the best pass is the machine's capacity, the median shows the
+spread. Takes about six minutes on 2 cores.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
