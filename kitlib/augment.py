@@ -329,9 +329,10 @@ def _matrix_blur(x, taps):
     H*W*C*2k for the depthwise convolution, but at 96 px they beat it on a CPU (fewer, faster ops).
     """
     height, width, ch = x.shape
-    y = tf.matmul(tf.reshape(x, [height, width * ch]), _blur_matrix(taps, height),
-                  transpose_a=True, transpose_b=True)                                   # [W*C, H]
-    y = tf.matmul(_blur_matrix(taps, width), tf.reshape(y, [width, ch * height]))       # [W, C*H]
+    along_h = _blur_matrix(taps, height)
+    along_w = along_h if width == height else _blur_matrix(taps, width)  # crops are square: build once
+    y = tf.matmul(tf.reshape(x, [height, width * ch]), along_h, transpose_a=True, transpose_b=True)  # [W*C, H]
+    y = tf.matmul(along_w, tf.reshape(y, [width, ch * height]))                                    # [W, C*H]
     return tf.transpose(tf.reshape(y, [width, ch, height]), [2, 0, 1])
 
 
