@@ -57,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from kitlib import augment, data  # noqa: E402
+from kitlib import augment, data, runtime  # noqa: E402
 from kitlib.sample import draw_leaf  # noqa: E402
 
 HEIGHT, WIDTH = 600, 800     # Cassava's image size
@@ -167,12 +167,17 @@ def main(argv=None):
     parser.add_argument("--epoch", type=int, default=2048,
                         help="records per timed epoch: the shards read over and over (default 2048)")
     parser.add_argument("--passes", type=int, default=3, help="timed epochs per pipeline (default 3)")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="threads per CPU op (default 1: what runtime.configure_host_threads sets on a "
+                             "GPU/TPU host, whose CPUs only feed the accelerator; 0: TensorFlow's default, "
+                             "one per core)")
     args = parser.parse_args(argv)
+    threads = runtime.configure_host_threads(args.intra_op_threads, verbose=False)
     written = args.images - args.images % BATCH
     repeats = max(1, args.epoch // written)
     n = written * repeats
-    print(f"machine: {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, load average "
-          f"{os.getloadavg()[0]:.1f} at start")
+    print(f"machine: {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
+          f"{threads or 'default (one per core)'} thread(s) per CPU op, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         shards = write_shards(tmp, written)

@@ -22,6 +22,57 @@ def repo_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def accelerator_attached(environ=None, exists=os.path.exists):
+    """True when this process will compute on a GPU or TPU, judged without starting TensorFlow's
+    runtime: a GPU among the physical devices, or the marks of a TPU (``TPU_NAME`` /
+    ``COLAB_TPU_ADDR`` / ``TPU_ACCELERATOR_TYPE`` / Kaggle's ``ISTPUVM`` in the environment,
+    ``/dev/accel0`` on a TPU VM). A TPU it misses only leaves TensorFlow's default threading.
+
+    Args:
+        environ, exists: the environment and a path test (default: this process's; for tests).
+    """
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "ISTPUVM")):
+        return True
+    return exists("/dev/accel0") or bool(tf.config.list_physical_devices("GPU"))
+
+
+def configure_host_threads(intra_op=None, verbose=True):
+    """Threads per CPU op for this process; call before the first TensorFlow op.
+
+    A GPU/TPU host's CPUs only feed the accelerator: ``tf.data`` already runs many map calls in
+    parallel, and splitting each op (a blur, a colour product) over TensorFlow's intra-op pool on
+    top of that costs more CPU than it saves: on a 2-core box the SwAV host augmentation took 6.2 CPU-ms
+    per image with the default pool and 4.6 with one thread per op (bench/pipeline.py). The
+    ``tf.data`` option ``max_intra_op_parallelism`` does not reach the oneDNN kernels (convolutions,
+    matrix products), so the process-wide setting is the one that works. On a CPU-only machine the
+    model itself runs on the CPU and needs the pool: leave the default there.
+
+    Args:
+        intra_op: threads per op; 0: TensorFlow's default (one per core); None: 1 when
+            `accelerator_attached()`, else 0.
+        verbose: print what was set, or why nothing could be.
+    Returns:
+        The setting in force afterwards (0: the default). Once TensorFlow's runtime has started the
+        setting is fixed: then nothing changes, and that is what is returned (and printed).
+    """
+    if intra_op is None:
+        intra_op = 1 if accelerator_attached() else 0
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if intra_op == current:
+        return current
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    except RuntimeError:  # the runtime has started: the pool exists and cannot be resized
+        if verbose:
+            print(f"kitlib: TensorFlow already started; threads per CPU op stay at {current or 'the default'} "
+                  f"(call runtime.configure_host_threads before any other TensorFlow call for {intra_op})")
+        return current
+    if verbose:
+        print(f"kitlib: {intra_op or 'default (one per core)'} thread(s) per CPU op")
+    return intra_op
+
+
 def _connect_tpu(tpu):
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
@@ -29,18 +80,24 @@ def _connect_tpu(tpu):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def get_strategy(verbose=True):
+def get_strategy(verbose=True, host_threads=None):
     """The best distribution strategy on this machine.
 
     Order: a TPU VM (``TPUClusterResolver(tpu='local')``), then a legacy remote TPU
     (``TPUClusterResolver()``, which reads ``TPU_NAME`` on Kaggle/Colab), then several GPUs
     (``MirroredStrategy``), else the default strategy (one GPU or the CPU).
 
+    Called before any other TensorFlow work, it first runs `configure_host_threads`: one thread
+    per CPU op when a GPU/TPU is attached (the host then only feeds it), TensorFlow's pool otherwise.
+
     Args:
         verbose: print which strategy was chosen and its number of replicas.
+        host_threads: passed to `configure_host_threads` (None: decide from the hardware).
     Returns:
         A ``tf.distribute.Strategy``; build models inside ``strategy.scope()``.
     """
+    wanted = (1 if accelerator_attached() else 0) if host_threads is None else host_threads
+    threads = configure_host_threads(wanted, verbose=False)
     strategy, how = None, None
     for tpu, label in (("local", "TPU VM"), (None, "remote TPU")):
         try:
@@ -56,7 +113,11 @@ def get_strategy(verbose=True):
             strategy = tf.distribute.get_strategy()
             how = "1 GPU (default strategy)" if gpus else "CPU (default strategy)"
     if verbose:
-        print(f"kitlib: running on {how}, {strategy.num_replicas_in_sync} replica(s)")
+        per_op = ", one thread per CPU op" if threads == 1 else ""
+        if threads != wanted:
+            per_op = (f", {threads or 'default'} thread(s) per CPU op ({wanted or 'default'} wanted, but TensorFlow "
+                      "had started: call get_strategy first)")
+        print(f"kitlib: running on {how}, {strategy.num_replicas_in_sync} replica(s){per_op}")
     return strategy
 
 

@@ -20,6 +20,38 @@ def test_get_strategy_on_cpu_is_the_default_strategy(capsys):
     assert "CPU (default strategy), 1 replica" in capsys.readouterr().out
 
 
+def test_accelerator_attached_reads_the_marks_of_a_tpu():
+    no_path = lambda path: False  # noqa: E731
+    assert runtime.accelerator_attached({"TPU_NAME": "grpc://10.0.0.2:8470"}, no_path)  # Kaggle/Colab remote TPU
+    assert runtime.accelerator_attached({"COLAB_TPU_ADDR": "10.0.0.2:8470"}, no_path)
+    assert runtime.accelerator_attached({}, lambda path: path == "/dev/accel0")        # TPU VM
+    assert not runtime.accelerator_attached({"TPU_NAME": ""}, no_path)                  # this box: no GPU either
+
+
+def test_configure_host_threads_before_and_after_tensorflow_starts():
+    probe = r'''
+import tensorflow as tf
+from kitlib import runtime
+assert runtime.configure_host_threads(None) == 0          # CPU only: TensorFlow's pool stays
+assert runtime.configure_host_threads(1) == 1
+assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+print(float(tf.constant(2.0) * 3))                          # the runtime starts here
+assert runtime.configure_host_threads(0) == 1               # too late now: unchanged, and said so
+'''
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 thread(s) per CPU op" in done.stdout
+    assert "6.0" in done.stdout
+    assert "already started; threads per CPU op stay at 1" in done.stdout
+
+
+def test_get_strategy_says_when_threads_per_op_can_no_longer_change(capsys):
+    runtime.get_strategy(host_threads=1)  # this test process has long started TensorFlow
+    out = capsys.readouterr().out
+    assert "CPU (default strategy), 1 replica(s), default thread(s) per CPU op (1 wanted" in out
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 0
+
+
 def test_device_kind_of_a_mirrored_cpu_strategy(mirrored_strategy):
     assert mirrored_strategy.num_replicas_in_sync == 2
     assert runtime.device_kind(mirrored_strategy) == "CPU"
