@@ -1,6 +1,6 @@
 """Input-pipeline throughput: kitlib multi-crop vs the seed notebook's zipped loaders vs decoding alone.
 
-    .venv/bin/python bench/pipeline.py [--images 512] [--epoch 2048] [--passes 3]
+    .venv/bin/python bench/pipeline.py [--images 512] [--epoch 2048] [--passes 3] [--intra-op-threads both|0|1]
 
 Writes ``--images`` 800x600 JPEGs (the competition's size; synthetic leaves from ``kitlib.sample``
 with sensor noise, ~115 KB each like the real files) into 4 shards with
@@ -8,13 +8,19 @@ with sensor noise, ~115 KB each like the real files) into 4 shards with
 shard list repeated: a Cassava epoch is 21,397 images, so, as in training, the seed's 1024-image
 shuffle buffers hold part of an epoch and each pipeline's start-up -- building its functions and
 threads, ~0.3 s for the kit's -- is paid once per epoch). Each pass is a fresh iterator over one
-epoch, all costs included; the figure is images per second, best of ``--passes`` (median in
-brackets). Machine load from other processes moves every figure; the ratios within one run are
-what to compare. On this 2-core VM a pass of the kit's multi-crop pipelines now and then runs at one
-core's throughput for the whole epoch while the other core idles (0 to 4 of 8 passes from one run of
-a process to the next; with or without autotuning, control flow, the kit's reader or a parallel
-batch; cause in tf.data not found); the best pass is the machine's capacity, the median shows the
-spread. Takes about six minutes on 2 cores.
+epoch, all costs included. Passes run in rounds, one pass of every pipeline per round, so that a
+slower spell of this shared VM hits all pipelines alike; each table gives images per second, best
+pass (median in brackets), and the speed-ups are medians over the rounds of ratios within a round.
+On this 2-core VM a pass of the kit's multi-crop pipelines now and then runs at one core's
+throughput for the whole epoch while the other core idles (cause in tf.data not found): the best
+pass is the machine's capacity, the median shows the spread.
+
+Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
+twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
+one thread per op, what `kitlib.runtime.get_strategy` sets when a GPU/TPU is attached. The kit's
+host mode is faster at one thread per op, the seed at the default; the last table sets the kit at
+one thread against the seed at its faster setting (best passes, so across the two processes).
+Takes about ten minutes on 2 cores.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
@@ -45,7 +51,9 @@ bound by entropy decoding, which a reduced scale does not shrink).
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,25 +148,22 @@ def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
 
 # ============ timing ============
 
-def images_per_second(dataset, n_images, passes, per_batch=None):
-    """(best source images/s, median images/s, CPU ms per image) over ``passes`` full passes, each
-    a fresh iterator (start-up included), after a short warm-up.
+def warm_up(dataset, per_batch=None):
+    """Build the pipeline's functions and threads once (two batches), untimed."""
+    for element in dataset.take(2):
+        (per_batch or (lambda e: e))(element)
 
-    CPU time is this process's user + system time over the best pass (all threads): unlike wall
-    time it barely moves when other processes share the machine.
+
+def one_pass(dataset, n_images, per_batch=None):
+    """(source images/s, CPU ms per image) of one full pass: a fresh iterator, start-up included.
+
+    CPU time is this process's user + system time over the pass (all threads).
     """
     step = per_batch or (lambda element: element)
-    for element in dataset.take(2):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for element in dataset:
         step(element)
-    rates = []
-    for _ in range(passes):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for element in dataset:
-            step(element)
-        rates.append((n_images / (time.perf_counter() - start),
-                      (time.process_time() - start_cpu) * 1000 / n_images))
-    best = max(rates)
-    return best[0], float(np.median([rate for rate, _ in rates])), best[1]
+    return n_images / (time.perf_counter() - start), (time.process_time() - start_cpu) * 1000 / n_images
 
 
 def main(argv=None):
@@ -167,12 +172,16 @@ def main(argv=None):
     parser.add_argument("--epoch", type=int, default=2048,
                         help="records per timed epoch: the shards read over and over (default 2048)")
     parser.add_argument("--passes", type=int, default=3, help="timed epochs per pipeline (default 3)")
-    parser.add_argument("--intra-op-threads", type=int, default=1,
-                        help="threads per CPU op (default 1: what runtime.configure_host_threads sets on a "
-                             "GPU/TPU host, whose CPUs only feed the accelerator; 0: TensorFlow's default, "
-                             "one per core)")
+    parser.add_argument("--intra-op-threads", default="both", choices=["both", "0", "1"],
+                        help="threads per CPU op: 1 is what runtime.configure_host_threads sets on a GPU/TPU "
+                             "host, whose CPUs only feed the accelerator; 0 is TensorFlow's default (one per "
+                             "core); both (default): one run with each, in two processes, then the kit at 1 "
+                             "against the seed at its faster setting")
+    parser.add_argument("--json", help=argparse.SUPPRESS)  # where a child run leaves its passes
     args = parser.parse_args(argv)
-    threads = runtime.configure_host_threads(args.intra_op_threads, verbose=False)
+    if args.intra_op_threads == "both":
+        return compare_thread_settings(argv or sys.argv[1:])
+    threads = runtime.configure_host_threads(int(args.intra_op_threads), verbose=False)
     written = args.images - args.images % BATCH
     repeats = max(1, args.epoch // written)
     n = written * repeats
@@ -190,9 +199,6 @@ def main(argv=None):
         color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
         rows = [
             ("decode floor (full res, default IDCT)", data.load_dataset(files, decode=True), None),
-            ("decode floor (full res, INTEGER_FAST)",
-             records.map(lambda ex: tf.io.decode_jpeg(ex["image"], 3, dct_method="INTEGER_FAST"),
-                         num_parallel_calls=AUTO), None),
             ("seed: zipped 2x224+3x96 loaders", seed_pipeline(files), None),
         ]
         for name, config in (("SEED_NOTEBOOK 2x224+3x96", augment.SEED_NOTEBOOK),
@@ -203,23 +209,60 @@ def main(argv=None):
             if config is augment.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
                 full = augment.multicrop(records, config, augment=True, max_upscale=1.0)
                 rows += [(f"kitlib host max_upscale=1, {name}", augment.batch_crops(full, BATCH).prefetch(AUTO), None)]
-            rows += [
-                     (f"kitlib device (host part), {name}", device.prefetch(AUTO), None),
-                     (f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
-        results = {}
-        print(f"{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s}")
+            rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
+            if config is augment.SEED_NOTEBOOK:
+                rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
         for name, dataset, step in rows:
-            results[name] = images_per_second(dataset, n, args.passes, step)
-            best, median, cpu = results[name]
-            print(f"{name:56s} {best:9.0f} ({median:5.0f}) {cpu:13.2f}", flush=True)
-    (floor, _, floor_cpu), (seed, _, seed_cpu) = results[rows[0][0]], results[rows[2][0]]
-    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, by wall time "
-          "(by CPU time in brackets), best passes:")
-    for name, (value, _, cpu) in results.items():
+            warm_up(dataset, step)
+        passes = {name: [] for name, _, _ in rows}
+        for round_ in range(args.passes):  # rounds of one pass per pipeline: drifts hit all alike
+            for name, dataset, step in rows:
+                passes[name].append(one_pass(dataset, n, step))
+            print(f"round {round_ + 1}/{args.passes}: " + ", ".join(
+                f"{rate:.0f}" for rate, _ in (passes[name][-1] for name, _, _ in rows)) + " images/s", flush=True)
+    print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s}")
+    for name, runs in passes.items():
+        best = max(runs)
+        print(f"{name:56s} {best[0]:9.0f} ({np.median([r for r, _ in runs]):5.0f}) {best[1]:13.2f}")
+    floor, seed = passes[rows[0][0]], passes[rows[1][0]]
+    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
+          "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
+    for name, runs in passes.items():
         if name.startswith("kitlib"):
-            print(f"{name:56s} {value / seed:5.1f}x ({seed_cpu / cpu:4.1f}x) seed  "
-                  f"{value / floor:5.2f} ({floor_cpu / cpu:4.2f}) floor")
-    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+            ratio = lambda ref, i: np.median([run[i] / base[i] if i == 0 else base[i] / run[i]  # noqa: E731
+                                              for run, base in zip(runs, ref)])
+            print(f"{name:56s} {ratio(seed, 0):5.1f}x ({ratio(seed, 1):4.1f}x) seed  "
+                  f"{ratio(floor, 0):5.2f} ({ratio(floor, 1):4.2f}) floor")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"rows": [name for name, _, _ in rows], "passes": passes}, out)
+
+
+def compare_thread_settings(argv):
+    """Run the bench at 0 (TensorFlow's default) and at 1 thread per CPU op, each in its own process
+    (the setting is fixed once TensorFlow starts), then set the kit at 1 -- what it uses on an
+    accelerator host -- against the seed at whichever setting suits the seed better."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in ("0", "1"):
+            print(f"\n===== {threads if threads == '1' else 'default'} thread(s) per CPU op =====", flush=True)
+            path = os.path.join(tmp, f"{threads}.json")
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--intra-op-threads", threads,
+                            "--json", path], check=True)
+            with open(path) as f:
+                runs[threads] = json.load(f)
+    best = lambda threads, name: max(tuple(p) for p in runs[threads]["passes"][name])  # noqa: E731
+    seed_name = runs["0"]["rows"][1]
+    seed_threads = max(("0", "1"), key=lambda t: best(t, seed_name)[0])
+    seed = best(seed_threads, seed_name)
+    print(f"\nthe kit at 1 thread per CPU op against the seed at its faster setting "
+          f"({'default' if seed_threads == '0' else '1'} thread(s) per op: {seed[0]:.0f} images/s, {seed[1]:.2f} CPU ms), "
+          "best passes, by wall time (by CPU time in brackets):")
+    for name in runs["1"]["rows"]:
+        if name.startswith("kitlib"):
+            rate, cpu = best("1", name)
+            print(f"{name:56s} {rate / seed[0]:5.1f}x ({seed[1] / cpu:4.1f}x) seed")
 
 
 if __name__ == "__main__":
