@@ -36,14 +36,14 @@ Pipelines:
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
 
-When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image): the host needs
-about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~4.6 ms (2x224+3x96) to ~5.3 ms
-(2x224+6x96), device mode ~2.6-3.2 ms on the host, plus elementwise colour passes on the
-accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs ~16-18 ms, a
-full-resolution decode alone ~2.0 ms, a half-scale one ~1.7 ms (these noisy 115 KB JPEGs are
-bound by entropy decoding, which a reduced scale does not shrink).
+When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image, one thread per
+op): the host needs about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~3.9-4.4 ms
+(2x224+3x96) to ~4.9 ms (2x224+6x96), device mode ~2.7-3.1 ms on the host, plus elementwise colour
+passes on the accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs
+~16-18 ms, a full-resolution decode alone ~2.0 ms, a half-scale one ~1.7 ms (these noisy 115 KB
+JPEGs are bound by entropy decoding, which a reduced scale does not shrink).
     * Kaggle GPU (4 vCPUs) or a remote TPU fed by a small host: device mode. Host mode tops out near
-      4 x 1000 / 5.3 ~ 750 images/s with SwAV's crops, device mode near 1250.
+      4 x 1000 / 4.9 ~ 800 images/s with SwAV's crops, device mode near 1300.
     * TPU VM (~96 vCPUs): host mode feeds several thousand images/s, so keep the accelerator's time
       for the model and augment on the host.
     * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,

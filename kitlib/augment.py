@@ -16,7 +16,8 @@ at the coarsest libjpeg scale (1/2, 1/4, 1/8) that upsamples no crop more than `
 (default 2: an 800x600 Cassava image decodes at 400x300, ImageNet's size; 1.0 keeps every window at
 least its crop's resolution); records are shuffled encoded; blurs of small crops are two matrix
 products, of large ones a depthwise convolution; the map runs on a private thread pool
-(`pipeline_options`). Colour work runs on the host
+(`pipeline_options`), best with one thread per CPU op (`kitlib.runtime.configure_host_threads`, which
+`get_strategy` applies when a GPU/TPU is attached). Colour work runs on the host
 (``augment=True``: `fused_color_augment`'s one colour pass per crop, clipped once, see there) or,
 with ``augment="device"``, in the train step through the `ColorAugment` layer (the exact
 op-by-op chain of `color_augment`) so the host only crops.

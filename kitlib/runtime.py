@@ -42,11 +42,14 @@ def configure_host_threads(intra_op=None, verbose=True):
 
     A GPU/TPU host's CPUs only feed the accelerator: ``tf.data`` already runs many map calls in
     parallel, and splitting each op (a blur, a colour product) over TensorFlow's intra-op pool on
-    top of that costs more CPU than it saves: on a 2-core box the SwAV host augmentation took 6.2 CPU-ms
-    per image with the default pool and 4.6 with one thread per op (bench/pipeline.py). The
-    ``tf.data`` option ``max_intra_op_parallelism`` does not reach the oneDNN kernels (convolutions,
-    matrix products), so the process-wide setting is the one that works. On a CPU-only machine the
-    model itself runs on the CPU and needs the pool: leave the default there.
+    top of that costs more CPU than it saves. On a 2-core box the SwAV host augmentation
+    (2x224 + 3x96 crops) took 4.7-5.1 CPU-ms per image with the default pool and 4.0-4.2 with one
+    thread per op (363-400 -> 443-444 images/s, processes alternating; one map call at a time:
+    6.2 -> 4.6 ms). The ``tf.data`` option ``max_intra_op_parallelism`` does not reach the oneDNN
+    kernels (convolutions, matrix products), so the process-wide setting is the one that works.
+    Not every pipeline gains: the seed notebook's (five full decodes and a full-image resize per
+    example) got slower, 16.5-17.4 -> 18-21.5 CPU-ms. On a CPU-only machine the model itself runs
+    on the CPU and needs the pool: leave the default there.
 
     Args:
         intra_op: threads per op; 0: TensorFlow's default (one per core); None: 1 when
