@@ -37,6 +37,13 @@ def accelerator_attached(environ=None, exists=os.path.exists):
     return exists("/dev/accel0") or bool(tf.config.list_physical_devices("GPU"))
 
 
+def _threads_for(intra_op):
+    """intra_op, or for None: 1 when `accelerator_attached()`, else 0 (TensorFlow's default)."""
+    if intra_op is None:
+        return 1 if accelerator_attached() else 0
+    return intra_op
+
+
 def configure_host_threads(intra_op=None, verbose=True):
     """Threads per CPU op for this process; call before the first TensorFlow op.
 
@@ -59,8 +66,7 @@ def configure_host_threads(intra_op=None, verbose=True):
         The setting in force afterwards (0: the default). Once TensorFlow's runtime has started the
         setting is fixed: then nothing changes, and that is what is returned (and printed).
     """
-    if intra_op is None:
-        intra_op = 1 if accelerator_attached() else 0
+    intra_op = _threads_for(intra_op)
     current = tf.config.threading.get_intra_op_parallelism_threads()
     if intra_op == current:
         return current
@@ -99,7 +105,7 @@ def get_strategy(verbose=True, host_threads=None):
     Returns:
         A ``tf.distribute.Strategy``; build models inside ``strategy.scope()``.
     """
-    wanted = (1 if accelerator_attached() else 0) if host_threads is None else host_threads
+    wanted = _threads_for(host_threads)
     threads = configure_host_threads(wanted, verbose=False)
     strategy, how = None, None
     for tpu, label in (("local", "TPU VM"), (None, "remote TPU")):
