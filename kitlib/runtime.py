@@ -55,8 +55,8 @@ def configure_host_threads(intra_op=None, verbose=True):
     6.2 -> 4.6 ms). The ``tf.data`` option ``max_intra_op_parallelism`` does not reach the oneDNN
     kernels (convolutions, matrix products), so the process-wide setting is the one that works.
     Not every pipeline gains: the seed notebook's (five full decodes and a full-image resize per
-    example) got slower, 16.5-17.4 -> 18-21.5 CPU-ms. On a CPU-only machine the model itself runs
-    on the CPU and needs the pool: leave the default there.
+    example) did not, reliably (16.5-17.4 -> 18-21.5 CPU-ms in that A/B, 20.3 -> 17.3 in another).
+    On a CPU-only machine the model itself runs on the CPU and needs the pool: leave the default there.
 
     Args:
         intra_op: threads per op; 0: TensorFlow's default (one per core); None: 1 when
