@@ -18,8 +18,9 @@ pass is the machine's capacity, the median shows the spread.
 Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
 twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
 one thread per op, what `kitlib.runtime.get_strategy` sets when a GPU/TPU is attached. The kit's
-host mode is faster at one thread per op, the seed at the default; the last table sets the kit at
-one thread against the seed at its faster setting (best passes, so across the two processes).
+host mode is faster at one thread per op; the seed is faster at one setting or the other from run
+to run. The last table sets the kit at one thread against the seed at its faster setting of that
+run (best passes, so across the two processes).
 Takes about ten minutes on 2 cores.
 
 Pipelines:
@@ -74,6 +75,7 @@ NOISE_STD = 3.0              # extra sensor noise (grey levels): real photos are
 NUM_LEAVES = 8               # distinct drawings; every image is a shifted/flipped/noised copy
 BATCH = 32                   # the seed's batch size
 AUTO = tf.data.AUTOTUNE
+SEED_ROW = "seed: zipped 2x224+3x96 loaders"
 
 
 def write_shards(out_dir, n, seed=0):
@@ -199,7 +201,7 @@ def main(argv=None):
         color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
         rows = [
             ("decode floor (full res, default IDCT)", data.load_dataset(files, decode=True), None),
-            ("seed: zipped 2x224+3x96 loaders", seed_pipeline(files), None),
+            (SEED_ROW, seed_pipeline(files), None),
         ]
         for name, config in (("SEED_NOTEBOOK 2x224+3x96", augment.SEED_NOTEBOOK),
                              ("SWAV_PAPER 2x224+6x96", augment.SWAV_PAPER)):
@@ -224,19 +226,25 @@ def main(argv=None):
     for name, runs in passes.items():
         best = max(runs)
         print(f"{name:56s} {best[0]:9.0f} ({np.median([r for r, _ in runs]):5.0f}) {best[1]:13.2f}")
-    floor, seed = passes[rows[0][0]], passes[rows[1][0]]
+    floor, seed = passes[rows[0][0]], passes[SEED_ROW]
     print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
           "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
     for name, runs in passes.items():
         if name.startswith("kitlib"):
-            ratio = lambda ref, i: np.median([run[i] / base[i] if i == 0 else base[i] / run[i]  # noqa: E731
-                                              for run, base in zip(runs, ref)])
-            print(f"{name:56s} {ratio(seed, 0):5.1f}x ({ratio(seed, 1):4.1f}x) seed  "
-                  f"{ratio(floor, 0):5.2f} ({ratio(floor, 1):4.2f}) floor")
+            (seed_wall, seed_cpu), (floor_wall, floor_cpu) = within_rounds(runs, seed), within_rounds(runs, floor)
+            print(f"{name:56s} {seed_wall:5.1f}x ({seed_cpu:4.1f}x) seed  {floor_wall:5.2f} ({floor_cpu:4.2f}) floor")
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"rows": [name for name, _, _ in rows], "passes": passes}, out)
+
+
+def within_rounds(runs, reference):
+    """(wall, CPU) speed-up of ``runs`` over ``reference``: medians over the rounds of the ratio of
+    images/s and of the inverse ratio of CPU ms, each within one round."""
+    pairs = list(zip(runs, reference))
+    return (float(np.median([run[0] / ref[0] for run, ref in pairs])),
+            float(np.median([ref[1] / run[1] for run, ref in pairs])))
 
 
 def compare_thread_settings(argv):
@@ -253,9 +261,8 @@ def compare_thread_settings(argv):
             with open(path) as f:
                 runs[threads] = json.load(f)
     best = lambda threads, name: max(tuple(p) for p in runs[threads]["passes"][name])  # noqa: E731
-    seed_name = runs["0"]["rows"][1]
-    seed_threads = max(("0", "1"), key=lambda t: best(t, seed_name)[0])
-    seed = best(seed_threads, seed_name)
+    seed_threads = max(("0", "1"), key=lambda t: best(t, SEED_ROW)[0])
+    seed = best(seed_threads, SEED_ROW)
     print(f"\nthe kit at 1 thread per CPU op against the seed at its faster setting "
           f"({'default' if seed_threads == '0' else '1'} thread(s) per op: {seed[0]:.0f} images/s, {seed[1]:.2f} CPU ms), "
           "best passes, by wall time (by CPU time in brackets):")

@@ -303,7 +303,10 @@ def _unit_blur(x, taps):
 
     Small images (both sides <= MATRIX_BLUR_MAX_SIDE, e.g. SwAV's 96-px crops) go through
     `_matrix_blur`, larger ones through the depthwise `_separable_blur`: same result up to float
-    rounding, whichever is cheaper on a CPU at that size (bench/pipeline.py).
+    rounding, whichever was cheaper at that size with TensorFlow's default thread pool (0.51 vs
+    0.62 CPU-ms per 96-px crop). At one thread per op (`kitlib.runtime.configure_host_threads`) the
+    depthwise path measured cheaper alone (0.17 vs 0.28 ms), but no end-to-end difference showed
+    above this 2-core box's noise, so the split stays.
     """
     if max(x.shape[0], x.shape[1]) <= MATRIX_BLUR_MAX_SIDE:
         return tf.minimum(_matrix_blur(x, taps[0]), 1.0)
