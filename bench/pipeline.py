@@ -187,7 +187,7 @@ def main(argv=None):
     written = args.images - args.images % BATCH
     repeats = max(1, args.epoch // written)
     n = written * repeats
-    print(f"machine: {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
+    print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

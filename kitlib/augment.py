@@ -25,12 +25,12 @@ op-by-op chain of `color_augment`) so the host only crops.
 
 import dataclasses
 import math
-import os
 import re
 
 import numpy as np
 
 from kitlib.compat import keras, tf
+from kitlib.runtime import usable_cores
 
 JITTER_STRENGTH = 1.0          # SwAV's colour-jitter strength s (the seed notebook used 0.5)
 JITTER_P, GRAY_P, BLUR_P, FLIP_P = 0.8, 0.2, 0.5, 0.5  # SwAV's probabilities per crop
@@ -698,10 +698,11 @@ def pipeline_options(cores=None):
     thread per core, like the default one.
 
     Args:
-        cores: CPU count to size the pool for (default: this machine's).
+        cores: CPU count to size the pool for (default: `kitlib.runtime.usable_cores`, the CPUs
+            this process may run on).
     """
     options = tf.data.Options()
-    options.threading.private_threadpool_size = max(4, cores or os.cpu_count() or 1)
+    options.threading.private_threadpool_size = max(4, cores or usable_cores())
     return options
 
 

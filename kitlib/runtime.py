@@ -22,6 +22,15 @@ def repo_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def usable_cores():
+    """CPUs this process may run on: its affinity mask where the OS has one (``taskset``, a
+    container's cpuset), else ``os.cpu_count()``. TensorFlow sizes its own thread pools the same way."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def accelerator_attached(environ=None, exists=os.path.exists):
     """True when this process will compute on a GPU or TPU, judged without starting TensorFlow's
     runtime: a GPU among the physical devices, or the marks of a TPU (``TPU_NAME`` /

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import augment, data
+from kitlib import augment, data, runtime
 from kitlib.augment import MultiCropConfig
 
 SMALL = MultiCropConfig.from_spec("2x32@0.14-1,3x16@0.05-0.14")  # SwAV's scales, tiny crops: fast
@@ -312,7 +312,7 @@ def test_host_blur_by_matrices_or_convolution_equals_the_2d_convolution(height, 
 def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
     images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i) for i in range(4)]))
     crops = augment.batch_crops(augment.multicrop(images, SMALL, augment=False, seed=0), 2)
-    assert crops.options().threading.private_threadpool_size == max(4, os.cpu_count())
+    assert crops.options().threading.private_threadpool_size == max(4, runtime.usable_cores())
     assert augment.pipeline_options(cores=96).threading.private_threadpool_size == 96
     assert len(list(crops)) == 2                                   # and it runs
 

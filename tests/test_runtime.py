@@ -28,6 +28,17 @@ def test_accelerator_attached_reads_the_marks_of_a_tpu():
     assert not runtime.accelerator_attached({"TPU_NAME": ""}, no_path)                  # this box: no GPU either
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_usable_cores_follows_the_affinity_mask():
+    mask = os.sched_getaffinity(0)
+    assert runtime.usable_cores() == len(mask) <= os.cpu_count()
+    os.sched_setaffinity(0, {min(mask)})            # as `taskset -c N` would (this thread only)
+    try:
+        assert runtime.usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
 def test_configure_host_threads_before_and_after_tensorflow_starts():
     probe = r'''
 import tensorflow as tf
