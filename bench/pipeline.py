@@ -4,16 +4,17 @@
 
 Writes ``--images`` 800x600 JPEGs (the competition's size; synthetic leaves from ``kitlib.sample``
 with sensor noise, ~115 KB each like the real files) into 4 shards with
-``kitlib.data.write_tfrecords``, then times full epochs of ``--epoch`` records per pipeline (the
-shard list repeated: a Cassava epoch is 21,397 images, so, as in training, the seed's 1024-image
-shuffle buffers hold part of an epoch and each pipeline's start-up -- building its functions and
-threads, ~0.3 s for the kit's -- is paid once per epoch). Each pass is a fresh iterator over one
-epoch, all costs included. Passes run in rounds, one pass of every pipeline per round, so that a
-slower spell of this shared VM hits all pipelines alike; each table gives images per second, best
-pass (median in brackets), and the speed-ups are medians over the rounds of ratios within a round.
-On this 2-core VM a pass of the kit's multi-crop pipelines now and then runs at one core's
-throughput for the whole epoch while the other core idles (cause in tf.data not found): the best
-pass is the machine's capacity, the median shows the spread.
+``kitlib.data.write_tfrecords``, then times passes of ``--epoch`` images per pipeline (the shard
+list repeated). Each pass is a fresh iterator whose first 128 images are its start-up, untimed and
+reported apart (building the iterator: the kit's host-mode map function takes ~0.3 s to instantiate;
+the seed's five 1024-image shuffle buffers take ~20 s to fill on 2 cores); the images/s and CPU ms
+are those of the steady state after it, which is what training runs in: kitlib.pretrain reads one
+iterator over ``records.repeat()`` for a whole run, and the seed's loop makes a fresh one per
+~14k-image epoch. (Until 2026-11-26 the bench timed whole 2048-image epochs start-up included,
+which charged the kit its start-up every 2048 images: 5-8 % of its wall time on 2 cores, ~30 % on
+16.) Passes run in rounds, one pass of every pipeline per round, so that a slower spell of this
+shared VM hits all pipelines alike; each table gives images per second, best pass (median in
+brackets), and the speed-ups are medians over the rounds of ratios within a round.
 
 Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
 twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
@@ -21,7 +22,7 @@ one thread per op, what `kitlib.runtime.get_strategy` sets when a GPU/TPU is att
 host mode is faster at one thread per op; the seed is faster at one setting or the other from run
 to run. The last table sets the kit at one thread against the seed at its faster setting of that
 run (best passes, so across the two processes).
-Takes about ten minutes on 2 cores.
+Takes about twelve minutes on 2 cores.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
@@ -37,15 +38,15 @@ Pipelines:
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
 
-When each mode wins (figures from a 2-core CPU dev box, CPU ms per source image, one thread per
-op): the host needs about ``images/s x CPU-ms / 1000`` cores. Host mode costs ~3.9-4.4 ms
-(2x224+3x96) to ~4.9 ms (2x224+6x96), device mode ~2.7-3.1 ms on the host, plus elementwise colour
-passes on the accelerator that are small next to a ResNet-50 step over 8 crops. The seed costs
-~16-18 ms, a full-resolution decode alone ~2.0 ms, a half-scale one ~1.7 ms (these noisy 115 KB
-JPEGs are bound by entropy decoding, which a reduced scale does not shrink).
-    * Kaggle GPU (4 vCPUs) or a remote TPU fed by a small host: device mode. Host mode tops out near
-      4 x 1000 / 4.9 ~ 800 images/s with SwAV's crops, device mode near 1300.
-    * TPU VM (~96 vCPUs): host mode feeds several thousand images/s, so keep the accelerator's time
+When each mode wins: the host needs about ``images/s x CPU-ms / 1000`` cores. At one thread per op
+the host mode costs ~4.2-5.5 CPU-ms per image with 2x224+3x96 crops and ~5.0-7.4 ms with 2x224+6x96,
+the device mode's host part ~2.8-4.0 and ~2.9-4.5 ms (a 2-core AMD EPYC dev box and a 16-core Intel
+Xeon); the seed ~17-23 ms, a full-resolution decode alone ~2.1-2.7 ms (a half-scale one ~1.5 ms:
+these noisy 115 KB JPEGs are bound by entropy decoding, which a reduced scale does not shrink).
+    * A host whose cores cannot keep up with the accelerator (Kaggle GPU: 4 vCPUs; a remote TPU fed
+      from a small VM): device mode. With 4 cores the host mode fed ~700 / ~560 images/s
+      (3 / 6 small crops), the device mode's host part ~1000 / ~840.
+    * TPU VM (~96 vCPUs): host mode feeds thousands of images/s, so keep the accelerator's time
       for the model and augment on the host.
     * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,
       op by op, without skipping the crops whose coin says "no", and is slower ("+ColorAugment here").
@@ -74,6 +75,8 @@ JPEG_QUALITY = 92            # with the noise below: ~115 KB per image, like the
 NOISE_STD = 3.0              # extra sensor noise (grey levels): real photos are not smooth
 NUM_LEAVES = 8               # distinct drawings; every image is a shifted/flipped/noised copy
 BATCH = 32                   # the seed's batch size
+WARM_IMAGES = 4 * BATCH      # untimed start of every pass (see one_pass)
+SEED_SHUFFLE = 1024          # the seed's shuffle buffer per loader
 AUTO = tf.data.AUTOTUNE
 SEED_ROW = "seed: zipped 2x224+3x96 loaders"
 
@@ -142,7 +145,7 @@ def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
     loaders = []
     for size, count, lo, hi in zip(config.size_crops, config.num_crops, config.min_scale, config.max_scale):
         for _ in range(count):
-            loader = source.shuffle(1024).map(lambda ex, s=size, a=lo, b=hi: _seed_crop(ex, s, a, b),
+            loader = source.shuffle(SEED_SHUFFLE).map(lambda ex, s=size, a=lo, b=hi: _seed_crop(ex, s, a, b),
                                               num_parallel_calls=AUTO)
             loaders.append(loader.with_options(options))
     return tf.data.Dataset.zip(tuple(loaders)).batch(BATCH).prefetch(AUTO)
@@ -150,30 +153,51 @@ def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
 
 # ============ timing ============
 
-def warm_up(dataset, per_batch=None):
-    """Build the pipeline's functions and threads once (two batches), untimed."""
-    for element in dataset.take(2):
-        (per_batch or (lambda e: e))(element)
+def _images_in(element):
+    """Source images in one element: a batch of crops (tuple of [B, S, S, 3]) or one decoded record."""
+    return 1 if isinstance(element, dict) else int(element[0].shape[0])
 
 
-def one_pass(dataset, n_images, per_batch=None):
-    """(source images/s, CPU ms per image) of one full pass: a fresh iterator, start-up included.
+def one_pass(dataset, n_images, per_batch=None, warm_images=WARM_IMAGES):
+    """(source images/s, CPU ms per image, start-up s) of one pass over a fresh iterator.
 
-    CPU time is this process's user + system time over the pass (all threads).
+    The first ``warm_images`` are the start-up, untimed: building the iterator (instantiating and
+    optimising the map functions: ~0.3 s for the kit's host mode), starting its threads and filling
+    its buffers (the seed's five 1024-image shuffle buffers). The next ``n_images`` are timed: the
+    steady state that training runs in (kitlib.pretrain reads one iterator over ``records.repeat()``
+    for the whole run; the seed's loop makes a fresh one per ~14k-image epoch). The dataset must
+    hold more than warm + timed images + the seed's shuffle buffer, so no buffer drains in the window.
+    CPU time is this process's user + system time over the window (all threads).
     """
     step = per_batch or (lambda element: element)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for element in dataset:
+    start = time.perf_counter()
+    iterator, seen = iter(dataset), 0
+
+    def take():
+        element = next(iterator, None)
+        if element is None:
+            raise ValueError(f"the dataset ended after {seen} images, before {warm_images} + {n_images}: "
+                             "give it more records")
         step(element)
-    return n_images / (time.perf_counter() - start), (time.process_time() - start_cpu) * 1000 / n_images
+        return _images_in(element)
+
+    while seen < warm_images:
+        seen += take()
+    start_up, warm = time.perf_counter() - start, seen
+    start, start_cpu = time.perf_counter(), time.process_time()
+    while seen - warm < n_images:
+        seen += take()
+    timed = seen - warm
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return timed / wall, cpu * 1000 / timed, start_up
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="800x600 images to write (default 512)")
     parser.add_argument("--epoch", type=int, default=2048,
-                        help="records per timed epoch: the shards read over and over (default 2048)")
-    parser.add_argument("--passes", type=int, default=3, help="timed epochs per pipeline (default 3)")
+                        help="timed images per pass, after its start-up: the shards read over and over (default 2048)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per pipeline (default 3)")
     parser.add_argument("--intra-op-threads", default="both", choices=["both", "0", "1"],
                         help="threads per CPU op: 1 is what runtime.configure_host_threads sets on a GPU/TPU "
                              "host, whose CPUs only feed the accelerator; 0 is TensorFlow's default (one per "
@@ -187,6 +211,7 @@ def main(argv=None):
     written = args.images - args.images % BATCH
     repeats = max(1, args.epoch // written)
     n = written * repeats
+    reads = repeats + -(-(WARM_IMAGES + SEED_SHUFFLE + 8 * BATCH) // written)  # see one_pass
     print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +219,8 @@ def main(argv=None):
         shards = write_shards(tmp, written)
         size_kb = sum(os.path.getsize(f) for f in shards) / written / 1024
         print(f"wrote {written} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s; "
-              f"epochs of {n} records ({repeats} reads of each shard)\n")
-        files = shards * repeats
+              f"passes of {WARM_IMAGES} untimed + {n} timed images, from {reads} reads of each shard\n")
+        files = shards * reads
         records = data.load_dataset(files, decode=False)
         layer = augment.ColorAugment()
         color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
@@ -214,18 +239,17 @@ def main(argv=None):
             rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
             if config is augment.SEED_NOTEBOOK:
                 rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
-        for name, dataset, step in rows:
-            warm_up(dataset, step)
         passes = {name: [] for name, _, _ in rows}
         for round_ in range(args.passes):  # rounds of one pass per pipeline: drifts hit all alike
             for name, dataset, step in rows:
                 passes[name].append(one_pass(dataset, n, step))
             print(f"round {round_ + 1}/{args.passes}: " + ", ".join(
-                f"{rate:.0f}" for rate, _ in (passes[name][-1] for name, _, _ in rows)) + " images/s", flush=True)
-    print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s}")
+                f"{run[0]:.0f}" for run in (passes[name][-1] for name, _, _ in rows)) + " images/s", flush=True)
+    print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s} {'start-up s':>11s}")
     for name, runs in passes.items():
         best = max(runs)
-        print(f"{name:56s} {best[0]:9.0f} ({np.median([r for r, _ in runs]):5.0f}) {best[1]:13.2f}")
+        print(f"{name:56s} {best[0]:9.0f} ({np.median([r[0] for r in runs]):5.0f}) {best[1]:13.2f} "
+              f"{np.median([r[2] for r in runs]):11.2f}")
     floor, seed = passes[rows[0][0]], passes[SEED_ROW]
     print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
           "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
@@ -268,7 +292,7 @@ def compare_thread_settings(argv):
           "best passes, by wall time (by CPU time in brackets):")
     for name in runs["1"]["rows"]:
         if name.startswith("kitlib"):
-            rate, cpu = best("1", name)
+            rate, cpu = best("1", name)[:2]
             print(f"{name:56s} {rate / seed[0]:5.1f}x ({seed[1] / cpu:4.1f}x) seed")
 
 

@@ -1,0 +1,41 @@
+"""bench/pipeline.py's timing helpers (the figures themselves are printed by the bench, never tested)."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "pipeline.py")
+    spec = importlib.util.spec_from_file_location("bench_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_pass_times_the_images_after_the_start_up(bench):
+    seen = []
+    batches = tf.data.Dataset.range(100).map(lambda i: (tf.fill([4, 2, 2, 3], tf.cast(i, tf.float32)),))
+    rate, cpu_ms, start_up = bench.one_pass(batches, 20, per_batch=lambda b: seen.append(int(b[0][0, 0, 0, 0])),
+                                            warm_images=8)
+    assert seen == list(range(7))               # 2 batches of start-up, then 5 timed batches of 4 images
+    assert rate > 0 and cpu_ms >= 0 and start_up > 0
+    records = tf.data.Dataset.range(50).map(lambda i: {"image": tf.zeros([3, 3, 3], tf.uint8)})
+    assert bench._images_in(next(iter(records))) == 1 and bench._images_in(next(iter(batches))) == 4
+
+
+def test_one_pass_says_when_the_dataset_is_too_short(bench):
+    batches = tf.data.Dataset.range(3).map(lambda i: (tf.zeros([4, 2, 2, 3]),))
+    with pytest.raises(ValueError, match="ended after 12 images, before 4 \\+ 20"):
+        bench.one_pass(batches, 20, warm_images=4)
+
+
+def test_within_rounds_is_the_median_of_per_round_ratios(bench):
+    runs = [(400.0, 4.0, 0.3), (300.0, 5.0, 0.3), (500.0, 4.0, 0.3)]
+    seed = [(100.0, 16.0, 8.0), (100.0, 20.0, 8.0), (100.0, 18.0, 8.0)]
+    wall, cpu = bench.within_rounds(runs, seed)
+    assert wall == pytest.approx(4.0) and cpu == pytest.approx(np.median([4.0, 4.0, 4.5]))
