@@ -12,9 +12,10 @@ are those of the steady state after it, which is what training runs in: kitlib.p
 iterator over ``records.repeat()`` for a whole run, and the seed's loop makes a fresh one per
 ~14k-image epoch. (Until 2026-11-26 the bench timed whole 2048-image epochs start-up included,
 which charged the kit its start-up every 2048 images: 5-8 % of its wall time on 2 cores, up to
-~30 % on 16, where a pass took ~1 s.) Passes run in rounds, one pass of every pipeline per round, so that a slower spell of this
-shared VM hits all pipelines alike; each table gives images per second, best pass (median in
-brackets), and the speed-ups are medians over the rounds of ratios within a round.
+~30 % on 16, where a pass took ~1 s.) Passes run in rounds, one pass of every pipeline per round,
+so that a slower spell of this shared VM hits all pipelines alike; each table gives images per
+second, best pass (median in brackets), and the speed-ups are medians over the rounds of ratios
+within a round.
 
 Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
 twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
