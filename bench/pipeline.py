@@ -212,7 +212,9 @@ def main(argv=None):
     written = args.images - args.images % BATCH
     repeats = max(1, args.epoch // written)
     n = written * repeats
-    reads = repeats + -(-(WARM_IMAGES + SEED_SHUFFLE + 8 * BATCH) // written)  # see one_pass
+    # enough reads that no buffer drains inside a timed window (see one_pass): the start-up, the
+    # seed's shuffle buffer, and 8 batches of slack for prefetch and parallel-map buffers
+    reads = repeats + -(-(WARM_IMAGES + SEED_SHUFFLE + 8 * BATCH) // written)
     print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
