@@ -1,20 +1,22 @@
 """Input-pipeline throughput: kitlib multi-crop vs the seed notebook's zipped loaders vs decoding alone.
 
-    .venv/bin/python bench/pipeline.py [--images 512] [--epoch 2048] [--passes 3] [--intra-op-threads both|0|1]
+    .venv/bin/python bench/pipeline.py [--images 512] [--seconds 10] [--passes 3] [--intra-op-threads both|0|1]
 
 Writes ``--images`` 800x600 JPEGs (the competition's size; synthetic leaves from ``kitlib.sample``
 with sensor noise, ~115 KB each like the real files) into 4 shards with
-``kitlib.data.write_tfrecords``, then times passes of ``--epoch`` images per pipeline (the shard
-list repeated). Each pass is a fresh iterator whose first 128 images are its start-up, untimed and
+``kitlib.data.write_tfrecords``, then times passes of ``--seconds`` per pipeline over the shards
+read endlessly. Each pass is a fresh iterator whose first 128 images are its start-up, untimed and
 reported apart (building the iterator: the kit's host-mode map function takes ~0.3 s to instantiate;
 the seed's five 1024-image shuffle buffers take ~8 s to fill on 2 cores); the images/s and CPU ms
 are those of the steady state after it, which is what training runs in: kitlib.pretrain reads one
 iterator over ``records.repeat()`` for a whole run, and the seed's loop makes a fresh one per
 ~14k-image epoch. (Until 2026-11-26 the bench timed whole 2048-image epochs start-up included,
 which charged the kit its start-up every 2048 images: 5-8 % of its wall time on 2 cores, up to
-~30 % on 16, where a pass took ~1 s.) Passes run in rounds, one pass of every pipeline per round,
-so that a slower spell of this shared VM hits all pipelines alike; each table gives images per
-second, best pass (median in brackets), and the speed-ups are medians over the rounds of ratios
+~30 % on 16, where a pass took ~1 s.) Every pass lasts the same time, whatever its pipeline's
+speed (until 2026-11-26 the same number of images: the seed's pass then lasted ~4x the kit's, so a
+slow spell of this shared VM weighed on their ratio unevenly). Passes run in rounds, one pass of
+every pipeline per round, so that a slower spell hits all pipelines alike; each table gives images
+per second, best pass (median in brackets), and the speed-ups are medians over the rounds of ratios
 within a round.
 
 Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
@@ -30,9 +32,9 @@ Pipelines:
     seed (zipped)       a re-implementation of the seed: five loaders, each load -> decode ->
                         shuffle(1024) -> squash to 260²/160² -> square crop by side -> resize ->
                         flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images); its
-                        tf.data options (intra-op parallelism 1, non-deterministic). The seed's
-                        @tf.function decorations on its helpers are left out: with them the same
-                        epoch cost 15.9 CPU-ms per image against 15.4 without.
+                        tf.data options (intra-op parallelism 1, non-deterministic), its loader
+                        (parse + decode, no checks) and, since 2026-11-26, its @tf.function on
+                        every helper (left out before: ~3 % of its CPU time).
     kitlib host         multicrop(decode=False records, augment=True): decode once (at 1/2 scale
                         for 800x600 with the default max_upscale=2), full SwAV augmentation on the
                         host; "max_upscale=1" decodes every crop window at full resolution.
@@ -105,10 +107,14 @@ SEED_BLUR_KERNEL = 23               # for every crop size
 SEED_JITTER_STRENGTH = 0.5
 
 
+# Every helper is a tf.function, as in the seed (nested functions cost it ~3 % more CPU).
+
+@tf.function
 def _seed_apply(fn, x, p):
     return tf.cond(tf.random.uniform([]) < p, lambda: fn(x), lambda: x)
 
 
+@tf.function
 def _seed_blur(x):
     sigma = tf.random.uniform([], 0.1, 2.0)
     r = SEED_BLUR_KERNEL // 2
@@ -119,6 +125,7 @@ def _seed_blur(x):
     return y[0]
 
 
+@tf.function
 def _seed_jitter(x, s=SEED_JITTER_STRENGTH):
     x = tf.image.random_brightness(x, 0.8 * s)                     # fixed order, additive brightness
     x = tf.image.random_contrast(x, 1 - 0.8 * s, 1 + 0.8 * s)
@@ -127,22 +134,55 @@ def _seed_jitter(x, s=SEED_JITTER_STRENGTH):
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def _seed_crop(example, size, min_scale, max_scale):
-    side = SEED_RESIZE[size]
-    image = tf.image.resize(tf.image.convert_image_dtype(example["image"], tf.float32), [side, side])
-    edge = tf.cast(tf.random.uniform([], min_scale * side, max_scale * side), tf.int32)  # side, not area
-    crop = tf.image.resize(tf.image.random_crop(image, [edge, edge, 3]), [size, size])
+@tf.function
+def _seed_gray(x):
+    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
+
+
+@tf.function
+def _seed_augment(crop):
     crop = _seed_apply(tf.image.flip_left_right, crop, 0.5)
     crop = _seed_apply(_seed_blur, crop, 0.5)
     crop = _seed_apply(_seed_jitter, crop, 0.8)
-    return _seed_apply(lambda c: tf.tile(tf.image.rgb_to_grayscale(c), [1, 1, 3]), crop, 0.2)
+    return _seed_apply(_seed_gray, crop, 0.2)
+
+
+@tf.function
+def _seed_resize_crop(image, min_scale, max_scale, size):
+    side = SEED_RESIZE[size]
+    image = tf.image.resize(image, [side, side])                                  # squashed to a square
+    edge = tf.cast(tf.random.uniform([], min_scale * side, max_scale * side), tf.int32)  # side, not area
+    return tf.image.resize(tf.image.random_crop(image, [edge, edge, 3]), [size, size])
+
+
+@tf.function
+def _seed_crop(example, size, min_scale, max_scale):
+    image = tf.image.convert_image_dtype(example["image"], tf.float32)
+    return _seed_augment(_seed_resize_crop(image, min_scale, max_scale, size))
+
+
+def _seed_record(serialized):
+    """The seed's read_tfrecord: parse, decode the JPEG (no checks)."""
+    example = tf.io.parse_single_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string),
+                                                      "target": tf.io.FixedLenFeature([], tf.int64)})
+    return {"image": tf.image.decode_jpeg(example["image"], channels=3), "label": tf.cast(example["target"], tf.int32)}
+
+
+def seed_load(files):
+    """The seed's load_dataset: shards read interleaved in any order, each record parsed and decoded."""
+    options = tf.data.Options()
+    options.deterministic = False
+    records = tf.data.TFRecordDataset(files, num_parallel_reads=AUTO).with_options(options)
+    return records.map(_seed_record, num_parallel_calls=AUTO)
 
 
 def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
+    """The seed's zipped loaders over ``files`` read endlessly: batches of 32, one crop per loader,
+    each crop from a different image (the bug that issue 3 fixes; here it is only timed)."""
     options = tf.data.Options()
     options.deterministic = False
     options.threading.max_intra_op_parallelism = 1
-    source = data.load_dataset(files, decode=True)   # iterated once per loader: five reads, five decodes
+    source = seed_load(files).repeat()   # iterated once per loader: five reads, five decodes
     loaders = []
     for size, count, lo, hi in zip(config.size_crops, config.num_crops, config.min_scale, config.max_scale):
         for _ in range(count):
@@ -159,17 +199,20 @@ def _images_in(element):
     return 1 if isinstance(element, dict) else int(element[0].shape[0])
 
 
-def one_pass(dataset, n_images, per_batch=None, warm_images=WARM_IMAGES):
+def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, seconds=None):
     """(source images/s, CPU ms per image, start-up s) of one pass over a fresh iterator.
 
     The first ``warm_images`` are the start-up, untimed: building the iterator (instantiating and
     optimising the map functions: ~0.3 s for the kit's host mode), starting its threads and filling
-    its buffers (the seed's five 1024-image shuffle buffers). The next ``n_images`` are timed: the
-    steady state that training runs in (kitlib.pretrain reads one iterator over ``records.repeat()``
-    for the whole run; the seed's loop makes a fresh one per ~14k-image epoch). The dataset must
-    hold more than warm + timed images + the seed's shuffle buffer, so no buffer drains in the window.
+    its buffers (the seed's five 1024-image shuffle buffers). Then the steady state that training
+    runs in is timed (kitlib.pretrain reads one iterator over ``records.repeat()`` for the whole run;
+    the seed's loop makes a fresh one per ~14k-image epoch): ``n_images`` images, or as many as come
+    in ``seconds``, whichever is reached first. A finite dataset must hold more than that, so that
+    no shuffle buffer drains in the window; the bench reads its shards endlessly.
     CPU time is this process's user + system time over the window (all threads).
     """
+    if n_images is None and seconds is None:
+        raise ValueError("one_pass needs n_images or seconds (or both)")
     step = per_batch or (lambda element: element)
     start = time.perf_counter()
     iterator, seen = iter(dataset), 0
@@ -177,8 +220,8 @@ def one_pass(dataset, n_images, per_batch=None, warm_images=WARM_IMAGES):
     def take():
         element = next(iterator, None)
         if element is None:
-            raise ValueError(f"the dataset ended after {seen} images, before {warm_images} + {n_images}: "
-                             "give it more records")
+            raise ValueError(f"the dataset ended after {seen} images, before {warm_images} + "
+                             f"{n_images if n_images is not None else f'{seconds} s of'}: give it more records")
         step(element)
         return _images_in(element)
 
@@ -186,7 +229,8 @@ def one_pass(dataset, n_images, per_batch=None, warm_images=WARM_IMAGES):
         seen += take()
     start_up, warm = time.perf_counter() - start, seen
     start, start_cpu = time.perf_counter(), time.process_time()
-    while seen - warm < n_images:
+    while ((n_images is None or seen - warm < n_images)
+           and (seconds is None or time.perf_counter() - start < seconds)):
         seen += take()
     timed = seen - warm
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -196,8 +240,8 @@ def one_pass(dataset, n_images, per_batch=None, warm_images=WARM_IMAGES):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="800x600 images to write (default 512)")
-    parser.add_argument("--epoch", type=int, default=2048,
-                        help="timed images per pass, after its start-up: the shards read over and over (default 2048)")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="timed seconds per pass, after its start-up; the shards are read endlessly (default 10)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per pipeline (default 3)")
     parser.add_argument("--intra-op-threads", default="both", choices=["both", "0", "1"],
                         help="threads per CPU op: 1 is what runtime.configure_host_threads sets on a GPU/TPU "
@@ -210,11 +254,6 @@ def main(argv=None):
         return compare_thread_settings(argv or sys.argv[1:])
     threads = runtime.configure_host_threads(int(args.intra_op_threads), verbose=False)
     written = args.images - args.images % BATCH
-    repeats = max(1, args.epoch // written)
-    n = written * repeats
-    # enough reads that no buffer drains inside a timed window (see one_pass): the start-up, the
-    # seed's shuffle buffer, and 8 batches of slack for prefetch and parallel-map buffers
-    reads = repeats + -(-(WARM_IMAGES + SEED_SHUFFLE + 8 * BATCH) // written)
     print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,14 +261,13 @@ def main(argv=None):
         shards = write_shards(tmp, written)
         size_kb = sum(os.path.getsize(f) for f in shards) / written / 1024
         print(f"wrote {written} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s; "
-              f"passes of {WARM_IMAGES} untimed + {n} timed images, from {reads} reads of each shard\n")
-        files = shards * reads
-        records = data.load_dataset(files, decode=False)
+              f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed, the shards read endlessly\n")
+        records = data.load_dataset(shards, decode=False).repeat()
         layer = augment.ColorAugment()
         color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
         rows = [
-            ("decode floor (full res, default IDCT)", data.load_dataset(files, decode=True), None),
-            (SEED_ROW, seed_pipeline(files), None),
+            ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
+            (SEED_ROW, seed_pipeline(shards), None),
         ]
         for name, config in (("SEED_NOTEBOOK 2x224+3x96", augment.SEED_NOTEBOOK),
                              ("SWAV_PAPER 2x224+6x96", augment.SWAV_PAPER)):
@@ -245,7 +283,7 @@ def main(argv=None):
         passes = {name: [] for name, _, _ in rows}
         for round_ in range(args.passes):  # rounds of one pass per pipeline: drifts hit all alike
             for name, dataset, step in rows:
-                passes[name].append(one_pass(dataset, n, step))
+                passes[name].append(one_pass(dataset, per_batch=step, seconds=args.seconds))
             print(f"round {round_ + 1}/{args.passes}: " + ", ".join(
                 f"{run[0]:.0f}" for run in (passes[name][-1] for name, _, _ in rows)) + " images/s", flush=True)
     print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s} {'start-up s':>11s}")

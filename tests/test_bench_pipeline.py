@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import time
 
 import numpy as np
 import pytest
@@ -32,6 +33,19 @@ def test_one_pass_says_when_the_dataset_is_too_short(bench):
     batches = tf.data.Dataset.range(3).map(lambda i: (tf.zeros([4, 2, 2, 3]),))
     with pytest.raises(ValueError, match="ended after 12 images, before 4 \\+ 20"):
         bench.one_pass(batches, 20, warm_images=4)
+
+
+def test_one_pass_can_time_a_fixed_duration(bench):
+    batches = tf.data.Dataset.range(1000).map(lambda i: (tf.zeros([4, 2, 2, 3]),))
+    calls = []
+    rate, _, _ = bench.one_pass(batches, per_batch=lambda b: (calls.append(1), time.sleep(0.02)), warm_images=4,
+                                seconds=0.2)
+    assert 6 <= len(calls) - 1 <= 40             # ~0.2 s of 0.02-s batches, far short of the 250 on offer
+    assert 4 * 10 <= rate <= 4 / 0.02 * 1.05     # images/s of what was timed, never faster than the sleeps allow
+    with pytest.raises(ValueError, match="before 4 \\+ 5 s of"):
+        bench.one_pass(batches.take(3), warm_images=4, seconds=5)
+    with pytest.raises(ValueError, match="needs n_images or seconds"):
+        bench.one_pass(batches)
 
 
 def test_within_rounds_is_the_median_of_per_round_ratios(bench):
