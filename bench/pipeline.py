@@ -42,9 +42,9 @@ Pipelines:
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
 
 When each mode wins: the host needs about ``images/s x CPU-ms / 1000`` cores. At one thread per op
-the host mode costs ~4.2-5.5 CPU-ms per image with 2x224+3x96 crops and ~5.0-7.4 ms with 2x224+6x96,
-the device mode's host part ~2.8-4.0 and ~2.9-4.5 ms (a 2-core AMD EPYC dev box and a 16-core Intel
-Xeon); the seed ~17-23 ms, a full-resolution decode alone ~2.1-2.7 ms (a half-scale one ~1.5 ms:
+the host mode costs ~4.0-5.5 CPU-ms per image with 2x224+3x96 crops and ~4.9-7.4 ms with 2x224+6x96,
+the device mode's host part ~2.6-4.0 and ~2.7-4.5 ms (a 2-core AMD EPYC dev box and a 16-core Intel
+Xeon); the seed ~15-23 ms, a full-resolution decode alone ~2.0-2.7 ms (a half-scale one ~1.5 ms:
 these noisy 115 KB JPEGs are bound by entropy decoding, which a reduced scale does not shrink).
     * A host whose cores cannot keep up with the accelerator (Kaggle GPU: 4 vCPUs; a remote TPU fed
       from a small VM): device mode. With 4 cores the host mode fed ~700 / ~560 images/s
