@@ -1,7 +1,5 @@
 """kitlib.augment: one source image per example, crop geometry, augmentation rates, determinism, specs."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
