@@ -7,7 +7,7 @@ with sensor noise, ~115 KB each like the real files) into 4 shards with
 ``kitlib.data.write_tfrecords``, then times passes of ``--seconds`` per pipeline over the shards
 read endlessly. Each pass is a fresh iterator whose first 128 images are its start-up, untimed and
 reported apart (building the iterator: the kit's host-mode map function takes ~0.3 s to instantiate;
-the seed's five 1024-image shuffle buffers take ~8 s to fill on 2 cores); the images/s and CPU ms
+the seed's five 1024-image shuffle buffers take 6-8 s to fill on 2 cores); the images/s and CPU ms
 are those of the steady state after it, which is what training runs in: kitlib.pretrain reads one
 iterator over ``records.repeat()`` for a whole run, and the seed's loop makes a fresh one per
 ~14k-image epoch. (Until 2026-11-26 the bench timed whole 2048-image epochs start-up included,
