@@ -545,6 +545,16 @@ def _jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
     return index
 
 
+def _window_sampler(config, seeds, ratio=CROP_RATIO):
+    """Function (height, width) -> [config.total_crops, 4] windows (y0, x0, h, w) of every group,
+    big crops first; group g draws with seeds[g]."""
+    def boxes_for(shape):
+        return tf.concat([sample_crop_boxes(shape, n, (lo, hi), ratio, seeds[g]) for g, (n, lo, hi)
+                          in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
+
+    return boxes_for
+
+
 def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
     """Decode once: a JPEG only over the union of the crop windows and at the coarsest libjpeg
     scale that upsamples no crop more than ``max_upscale`` times; PNG/GIF/BMP in full.
@@ -605,9 +615,7 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
     seeds = _split(seed, groups + 2)  # one per group's windows, the flips, the colours
     sizes = tf.constant(config.crop_sizes, tf.float32)
 
-    def boxes_for(shape):
-        return tf.concat([sample_crop_boxes(shape, n, (lo, hi), ratio, seeds[g]) for g, (n, lo, hi)
-                          in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
+    boxes_for = _window_sampler(config, seeds, ratio)
 
     def crops_from(pixels, boxes):
         total, unit = config.total_crops, _unit(pixels)

@@ -1,6 +1,7 @@
 """Shared fixtures. The CPU is split into 2 logical devices before TensorFlow initialises, so
 cross-replica code is tested under a real MirroredStrategy (REFERENCE.md: the way to test it here)."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,3 +31,11 @@ def mirrored_strategy():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "conftest could not split the CPU into 2 logical devices"
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def load_bench(name):
+    """The script bench/<name>.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,16 @@
 """bench/pipeline.py's timing helpers (the figures themselves are printed by the bench, never tested)."""
 
-import importlib.util
-import os
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "pipeline.py")
-    spec = importlib.util.spec_from_file_location("bench_pipeline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("pipeline")
 
 
 def test_one_pass_times_the_images_after_the_start_up(bench):
