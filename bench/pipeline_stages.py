@@ -18,7 +18,7 @@ batches of 32, prefetch), that stops one step further along:
 Rounds of one pass per stage, in a fresh random order each round (so a slow spell of a shared machine
 does not always hit the same stage); the table gives the median CPU ms per image and what each stage
 adds to the one before it. Default: one thread per CPU op, the setting on an accelerator host
-(`kitlib.runtime.configure_host_threads`). Takes about 3 minutes.
+(`kitlib.runtime.configure_host_threads`). Takes 3-4 minutes on 2 cores.
 """
 
 import argparse

@@ -64,6 +64,6 @@ def test_report_gives_medians_and_what_each_stage_adds(stages):
 
 
 def test_measure_times_every_stage_once_per_round(stages, shards):
-    pipelines = {name: dataset for name, dataset in stages.stage_pipelines(shards, CONFIG).items()}
+    pipelines = stages.stage_pipelines(shards, CONFIG)
     cpu = stages.measure(pipelines, rounds=2, seconds=0.05, rng=np.random.default_rng(0))
     assert list(cpu) == list(pipelines) and all(len(runs) == 2 and min(runs) > 0 for runs in cpu.values())
