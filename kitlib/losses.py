@@ -1,5 +1,5 @@
 """Classification losses for fine-tuning: cross-entropy with label smoothing, and the bi-tempered
-logistic loss for noisy labels.
+logistic loss for noisy labels, in ``keras.ops`` (run on JAX here, any Keras 3 backend in principle).
 
 Bi-tempered loss: Amid, Warmuth, Anil, Koren, "Robust Bi-Tempered Logistic Loss Based on Bregman
 Divergences", NeurIPS 2019 (arXiv 1906.03361). Two temperatures replace the softmax + log pair:
@@ -8,17 +8,30 @@ the loss bounded (a mislabelled example cannot dominate the gradient). t1 = t2 =
 cross-entropy. The Cassava winners used t1 = 0.8, t2 = 1.4 against its noisy labels.
 
 All functions compute in float32, whatever the Keras mixed-precision policy (logits in bfloat16
-or float16 are cast first), and return one loss per example so Keras / ``tf.distribute`` do the
-reduction over the global batch.
+or float16 are cast first), and return one loss per example; Keras reduces them over the batch,
+which inside a data-parallel compiled step is the GLOBAL batch.
 """
 
-import tensorflow as tf
+from kitlib.compat import keras
+
+ops = keras.ops
 
 T1_CASSAVA = 0.8  # bi-tempered "t1" (bounded loss) used by the Cassava winners
 T2_CASSAVA = 1.4  # bi-tempered "t2" (heavy-tailed softmax)
 # Fixed-point iterations for the tempered-softmax normaliser. Amid et al.'s code uses 5: rows then sum
 # to 1 within 4e-5 at t2 = 1.4 but only 1.5e-3 at t2 = 2; 10 gives < 2e-5 up to t2 = 2 at negligible cost.
 _FIXED_POINT_ITERS = 10
+LOSSES = ("ce", "bitempered")
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def check_label_smoothing(label_smoothing):
+    """Raise ValueError unless eps is in [0, 1)."""
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
 
 
 def smooth_labels(labels, label_smoothing=0.0):
@@ -30,12 +43,11 @@ def smooth_labels(labels, label_smoothing=0.0):
     Returns:
         [B, C] float32, rows still summing to 1.
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    labels = tf.cast(labels, tf.float32)
+    check_label_smoothing(label_smoothing)
+    labels = _f32(labels)
     if label_smoothing == 0.0:
         return labels
-    num_classes = tf.cast(tf.shape(labels)[-1], tf.float32)
+    num_classes = labels.shape[-1]  # static in every model the kit builds
     return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
@@ -50,42 +62,47 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
         [B] float32 per-example loss.
     """
     labels = smooth_labels(labels, label_smoothing)
-    logits = tf.cast(logits, tf.float32)
-    return -tf.reduce_sum(labels * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    return -ops.sum(labels * ops.log_softmax(_f32(logits), axis=-1), axis=-1)
 
 
 # ============ tempered log / exp (Amid et al. 2019, eq. 1-2) ============
 
 
 def log_t(x, t):
-    """Tempered logarithm log_t(x) = (x^(1-t) - 1) / (1 - t); log_1 = log. x > 0 (x = 0 allowed for t < 1)."""
-    x = tf.cast(x, tf.float32)
+    """Tempered logarithm log_t(x) = (x^(1-t) - 1) / (1 - t); log_1 = log. x > 0 (x = 0 allowed for t < 1).
+
+    Args: x any shape (float32 result); t a Python float.
+    """
+    x = _f32(x)
     if t == 1.0:
-        return tf.math.log(x)
-    return (tf.pow(x, 1.0 - t) - 1.0) / (1.0 - t)
+        return ops.log(x)
+    return (ops.power(x, 1.0 - t) - 1.0) / (1.0 - t)
 
 
 def exp_t(x, t):
-    """Tempered exponential exp_t(x) = [1 + (1 - t) x]_+^(1/(1-t)); exp_1 = exp. Inverse of log_t."""
-    x = tf.cast(x, tf.float32)
+    """Tempered exponential exp_t(x) = [1 + (1 - t) x]_+^(1/(1-t)); exp_1 = exp. Inverse of log_t.
+
+    Args: x any shape (float32 result); t a Python float.
+    """
+    x = _f32(x)
     if t == 1.0:
-        return tf.exp(x)
-    return tf.pow(tf.maximum(1.0 + (1.0 - t) * x, 0.0), 1.0 / (1.0 - t))
+        return ops.exp(x)
+    return ops.power(ops.maximum(1.0 + (1.0 - t) * x, 0.0), 1.0 / (1.0 - t))
 
 
 def _normalizer_heavy_tail(activations, t, num_iters):
-    """lambda(a) with sum_i exp_t(a_i - lambda) = 1 for t > 1, by Amid et al.'s fixed point.
+    """lambda(a) [B, 1] with sum_i exp_t(a_i - lambda) = 1 for t > 1, by Amid et al.'s fixed point.
 
     With mu = max(a) and a~ = a - mu <= 0, the identity exp_t(u) exp_t(v) = exp_t(u + v + (1-t)uv)
     gives sum_i exp_t(a~_i - lambda~) = exp_t(-lambda~) * sum_i exp_t(a~_i Z^(1-t)) with
     Z = 1 / exp_t(-lambda~); so Z is the fixed point of Z <- sum_i exp_t(a~_i Z^(1-t)), and
     lambda = mu - log_t(1 / Z).
     """
-    mu = tf.reduce_max(activations, axis=-1, keepdims=True)
+    mu = ops.max(activations, axis=-1, keepdims=True)
     shifted = activations - mu  # a~ <= 0, so exp_t stays in (0, 1]
-    z = tf.reduce_sum(exp_t(shifted, t), axis=-1, keepdims=True)  # Z at the start: >= 1
+    z = ops.sum(exp_t(shifted, t), axis=-1, keepdims=True)  # Z at the start: >= 1
     for _ in range(num_iters):
-        z = tf.reduce_sum(exp_t(shifted * tf.pow(z, 1.0 - t), t), axis=-1, keepdims=True)
+        z = ops.sum(exp_t(shifted * ops.power(z, 1.0 - t), t), axis=-1, keepdims=True)
     return mu - log_t(1.0 / z, t)
 
 
@@ -99,12 +116,12 @@ def tempered_softmax(activations, t, num_iters=_FIXED_POINT_ITERS):
     Returns:
         [B, C] float32 probabilities.
     """
-    activations = tf.cast(activations, tf.float32)
-    if t == 1.0:
-        return tf.nn.softmax(activations, axis=-1)
     if t < 1.0:
         raise ValueError(f"tempered_softmax supports t2 >= 1 (heavy tail), got t2={t}; "
                          f"the Cassava setting is t2={T2_CASSAVA}, t2=1 is the ordinary softmax")
+    activations = _f32(activations)
+    if t == 1.0:
+        return ops.softmax(activations, axis=-1)
     return exp_t(activations - _normalizer_heavy_tail(activations, t, num_iters), t)
 
 
@@ -114,7 +131,8 @@ def bi_tempered_logistic_loss(labels, logits, t1=T1_CASSAVA, t2=T2_CASSAVA, labe
 
     L(y, y^) = sum_i [ y_i (log_t1 y_i - log_t1 y^_i) - (y_i^(2-t1) - y^_i^(2-t1)) / (2 - t1) ],
     y^ = tempered_softmax(logits, t2). It is >= 0, 0 iff y^ = y, equals softmax cross-entropy minus
-    the label entropy at t1 = t2 = 1, and is bounded by 1/(1-t1) + 1/(2-t1) for t1 < 1.
+    the label entropy at t1 = t2 = 1 (so exactly cross-entropy for one-hot labels), and is bounded by
+    1/(1-t1) + 1/(2-t1) for t1 < 1.
 
     Args:
         labels: [B, C] one-hot or soft labels.
@@ -130,30 +148,31 @@ def bi_tempered_logistic_loss(labels, logits, t1=T1_CASSAVA, t2=T2_CASSAVA, labe
         raise ValueError(f"t1 must be in (0, 1], got {t1}; the Cassava setting is t1={T1_CASSAVA}")
     labels = smooth_labels(labels, label_smoothing)
     probs = tempered_softmax(logits, t2, num_iters)
-    # y log_t1(y) is 0 where y = 0 (log_1(0) = -inf would otherwise give 0 * inf = nan).
-    safe_labels = tf.where(labels > 0.0, labels, tf.ones_like(labels))
-    label_term = tf.math.multiply_no_nan(log_t(safe_labels, t1), labels)
+    # y log_t1(y) is 0 where y = 0; log_1(0) = -inf would give 0 * inf = nan (also in the gradient),
+    # so the log sees 1 there and the product is masked.
+    positive = labels > 0.0
+    safe_labels = ops.where(positive, labels, ops.ones_like(labels))
+    label_term = ops.where(positive, labels * log_t(safe_labels, t1), ops.zeros_like(labels))
     loss = (label_term - labels * log_t(probs, t1)
-            - tf.pow(labels, 2.0 - t1) / (2.0 - t1) + tf.pow(probs, 2.0 - t1) / (2.0 - t1))
-    return tf.reduce_sum(loss, axis=-1)
+            - ops.power(labels, 2.0 - t1) / (2.0 - t1) + ops.power(probs, 2.0 - t1) / (2.0 - t1))
+    return ops.sum(loss, axis=-1)
 
 
 # ============ Keras loss functions ============
 
-LOSSES = ("ce", "bitempered")
-
 
 def make_loss(name="ce", label_smoothing=0.0, t1=T1_CASSAVA, t2=T2_CASSAVA):
-    """A Keras loss ``fn(y_true, logits) -> [B]`` for ``model.compile`` (the model outputs logits).
+    """A per-example loss ``fn(y_true, logits) -> [B]`` for ``model.compile`` (the model outputs logits).
 
     Args:
         name: "ce" (softmax cross-entropy) or "bitempered" (Amid et al. 2019).
         label_smoothing: eps in [0, 1) for either loss.
         t1, t2: bi-tempered temperatures (ignored for "ce").
     Returns:
-        A function of (y_true [B, C] one-hot/soft, logits [B, C]) returning [B] float32.
+        A function of (y_true [B, C] one-hot/soft, logits [B, C]) returning [B] float32; Keras
+        (``keras.losses.LossFunctionWrapper``) reduces it over the batch.
     """
-    smooth_labels(tf.zeros([1, 2]), label_smoothing)  # validate eps now, not inside fit()
+    check_label_smoothing(label_smoothing)  # validate now, not inside fit()
     if name == "ce":
         def ce_loss(y_true, logits):
             return cross_entropy(y_true, logits, label_smoothing)
