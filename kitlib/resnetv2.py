@@ -1,0 +1,321 @@
+"""BiT (Big Transfer) ResNet-v2 as a native Keras 3 model: GroupNorm + weight standardisation.
+
+    build("BiT-M-R50x1")        a fresh backbone, float images [N, H, W, 3] in [0, 1] -> features [N, 2048*w]
+    build_tiny()                a few-channel, one-unit-per-stage variant for tests and demos
+    from_npz(path)              with the official ``.npz`` weights (``BiT-M-R50x1.npz``)
+    from_saved_model(path)      with the weights of a BiT TF2 SavedModel (TF-Hub / Kaggle Models)
+    save_npz(model, path)       the weights in the official ``.npz`` naming (inverse of ``from_npz``)
+    parse_name(name)            "BiT-M-R50x1", "R101x3", "BiT-S-R50x1.npz" -> (depth, width)
+
+The architecture (BiT paper; google-research/big_transfer): pre-activation bottleneck units whose convs
+are weight-standardised (kernel minus its mean over H, W, in-channels, over sqrt(var + 1e-10)), GroupNorm
+with 32 groups and eps 1e-5. Root: zero-pad 3, 7x7/2 conv (64w), zero-pad 1, 3x3/2 max-pool. Unit:
+a = GN-ReLU-1x1 conv (f), b = GN-ReLU-pad 1-3x3 conv (stage stride), c = GN-ReLU-1x1 conv (4f), plus a
+strided 1x1 projection of the pre-activated input (a's GN-ReLU) on each stage's first unit. Stage strides
+1, 2, 2, 2; f = 64w * 2^(i-1). Pre-head GN-ReLU-global average pool.
+
+The raw weights expect inputs (x - 127.5) / 127.5 of 0..255 pixels, i.e. 2x - 1 of [0, 1] images; the
+model takes [0, 1] images and scales them itself, as the TF-Hub SavedModels do, so both give the same
+features. The standardisation and GroupNorm compute in float32 whatever the dtype policy (mixed_bfloat16
+on TPU); the pre-head GN, ReLU and pooling run in float32, so features are float32.
+
+Keras layer names carry the official structure (``block2_unit01_b_conv`` is
+``resnet/block2/unit01/b/standardized_conv2d/kernel``), which is how weights are mapped by name.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from kitlib.compat import keras
+
+ops = keras.ops
+
+DEPTH_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+WIDTHS = (1, 2, 3, 4)
+OFFICIAL = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")  # the released BiT-S / BiT-M models
+GROUPS = 32
+GN_EPSILON = 1e-5
+WS_EPSILON = 1e-10
+STRIDES = (1, 2, 2, 2)
+INPUT_RANGES = ("unit", "symmetric")  # [0, 1] images (scaled to [-1, 1] inside) or already [-1, 1]
+GROUPS_KEY = "kitlib/groups"  # written by save_npz only for non-standard GroupNorm groups (tiny variants)
+TINY = {"width": 0.125, "num_units": (1, 1, 1, 1), "groups": 4}  # 8 root channels, 256 features
+
+_NAME_RE = re.compile(r"^(?:bit-)?(?:[sml]-)?r(\d+)x(\d+)(?:-[a-z0-9_.-]+)?$")
+_LAYER_RE = re.compile(r"^block(\d+)_unit(\d+)_([abc])_(conv|gn|proj)$")
+_CONV_SUFFIX_RE = re.compile(r"/standardized_conv2d_\d+/")
+_GN_SUFFIX_RE = re.compile(r"/group_norm_\d+/")
+_UNIT_KEY_RE = re.compile(r"^resnet/block(\d+)/unit(\d+)/")
+ROOT_KEY = "resnet/root_block/standardized_conv2d/kernel"
+HEAD_PREFIX = "resnet/head/"
+
+
+# --------------------------------------------------------------------------------------------- layers
+@keras.saving.register_keras_serializable(package="kitlib")
+class StandardizedConv2D(keras.layers.Layer):
+    """2-D convolution (no bias, "valid" padding) of a weight-standardised kernel.
+
+    The kernel (HWIO, float32) is standardised per output channel over H, W and the input channels,
+    ``(w - mean) / sqrt(var + 1e-10)``, in float32, then cast to the compute dtype for the convolution.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, kernel_initializer="he_normal", **kwargs):
+        kwargs.setdefault("autocast", False)  # the kernel is read in float32 and cast by hand
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"{self.name}: the input channels must be known")
+        self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_size, int(channels), self.filters),
+                                      initializer=self.kernel_initializer, dtype="float32", trainable=True)
+
+    def standardized_kernel(self):
+        """The effective kernel, float32: zero mean and unit variance per output channel."""
+        kernel = ops.cast(self.kernel.value, "float32")
+        mean, var = ops.moments(kernel, axes=(0, 1, 2), keepdims=True)
+        return (kernel - mean) / ops.sqrt(var + WS_EPSILON)
+
+    def call(self, inputs):
+        kernel = ops.cast(self.standardized_kernel(), inputs.dtype)
+        return ops.conv(inputs, kernel, strides=self.strides, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        def out(size, k, s):
+            return None if size is None else (size - k) // s + 1
+
+        return (input_shape[0], out(input_shape[1], self.kernel_size[0], self.strides[0]),
+                out(input_shape[2], self.kernel_size[1], self.strides[1]), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package="kitlib")
+class GroupNorm(keras.layers.Layer):
+    """GroupNorm over channels-last inputs: moments over H, W and each group's channels, in float32.
+
+    ``y = (x - mean) / sqrt(var + epsilon) * gamma + beta``, gamma/beta per channel (float32); the
+    result is cast back to the input dtype.
+    """
+
+    def __init__(self, groups=GROUPS, epsilon=GN_EPSILON, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None or int(channels) % self.groups:
+            raise ValueError(f"{self.name}: GroupNorm with {self.groups} groups needs a channel count that "
+                             f"they divide; got {channels} channels")
+        channels = int(channels)
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones", dtype="float32")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros", dtype="float32")
+
+    def call(self, inputs):
+        dtype = inputs.dtype
+        x = ops.cast(inputs, "float32")
+        shape = ops.shape(x)
+        channels = x.shape[-1]
+        grouped = ops.reshape(x, (shape[0], shape[1], shape[2], self.groups, channels // self.groups))
+        mean, var = ops.moments(grouped, axes=(1, 2, 4), keepdims=True)
+        grouped = (grouped - mean) * ops.rsqrt(var + self.epsilon)
+        x = ops.reshape(grouped, shape)
+        x = x * ops.cast(self.gamma.value, "float32") + ops.cast(self.beta.value, "float32")
+        return ops.cast(x, dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+
+
+# --------------------------------------------------------------------------------------------- names
+def valid_names():
+    return ", ".join(f"BiT-M-{n}" for n in OFFICIAL)
+
+
+def parse_name(name, default=ValueError):
+    """(depth, width) of a BiT name: "BiT-M-R50x1", "BiT-S-R101x3", "R50x1", "r152x4", "m-r50x1",
+    a file name such as "BiT-M-R50x1.npz" / "BiT-M-R50x1-ILSVRC2012.npz" (any folder), or a
+    (depth, width) pair. Depth 50/101/152, width 1-4.
+
+    Returns ``default`` when ``name`` is not one; without a default, raises ValueError listing valid names.
+    """
+    parsed = None
+    if isinstance(name, (tuple, list)) and len(name) == 2:
+        depth, width = name
+        if depth in DEPTH_UNITS and width in WIDTHS:
+            parsed = (int(depth), int(width))
+    elif isinstance(name, (str, os.PathLike)):
+        base = os.path.basename(os.fspath(name).rstrip("/\\")).lower()
+        for ext in (".npz", ".h5", ".keras"):
+            if base.endswith(ext):
+                base = base[: -len(ext)]
+        match = _NAME_RE.match(base)
+        if match:
+            depth, width = int(match.group(1)), int(match.group(2))
+            if depth in DEPTH_UNITS and width in WIDTHS:
+                parsed = (depth, width)
+    if parsed is not None:
+        return parsed
+    if default is ValueError:
+        raise ValueError(f"{name!r} is not a BiT ResNet-v2 name; use one of {valid_names()} (or 'R50x1', "
+                         "'BiT-S-...'; depth 50/101/152, width 1-4)")
+    return default
+
+
+def _official_key(layer_name):
+    """Official ``.npz`` prefix ("resnet/block1/unit01/a/group_norm/") of one of our layer names, or None."""
+    if layer_name == "root_conv":
+        return "resnet/root_block/standardized_conv2d/"
+    if layer_name == "pre_head_gn":
+        return "resnet/group_norm/"
+    match = _LAYER_RE.match(layer_name)
+    if not match:
+        return None
+    block, unit, part, kind = match.groups()
+    sub = {"conv": "standardized_conv2d/", "gn": "group_norm/", "proj": "proj/standardized_conv2d/"}[kind]
+    return f"resnet/block{int(block)}/unit{int(unit):02d}/{part}/{sub}"
+
+
+def _all_layers(model):
+    try:
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    except (AttributeError, TypeError):  # pragma: no cover - older Keras
+        return list(model.layers)
+
+
+def official_variables(model):
+    """{official name: keras Variable} for every BiT weight of ``model`` (a backbone, or a model holding one)."""
+    found = {}
+    for layer in _all_layers(model):
+        prefix = _official_key(layer.name)
+        if prefix is None or not isinstance(layer, (StandardizedConv2D, GroupNorm)):
+            continue
+        names = ("kernel",) if isinstance(layer, StandardizedConv2D) else ("gamma", "beta")
+        for name in names:
+            key = prefix + name
+            if key in found:
+                raise ValueError(f"model {model.name!r} holds more than one BiT layer named {layer.name!r}")
+            found[key] = getattr(layer, name)
+    if ROOT_KEY not in found:
+        raise ValueError(f"model {model.name!r} holds no BiT ResNet-v2 layers (no 'root_conv')")
+    return found
+
+
+def normalize_key(name):
+    """An official weight name from a file / SavedModel variable name: ``:0`` dropped, anything before
+    ``resnet/`` dropped, ``standardized_conv2d_1`` / ``group_norm_2`` read as the unsuffixed names."""
+    name = name.split(":")[0]
+    if "resnet/" in name:
+        name = name[name.index("resnet/"):]
+    name = _CONV_SUFFIX_RE.sub("/standardized_conv2d/", name)
+    return _GN_SUFFIX_RE.sub("/group_norm/", name)
+
+
+# --------------------------------------------------------------------------------------------- model
+def _arch(name_or_arch, num_units):
+    """(depth or None, width, units per stage)."""
+    if isinstance(name_or_arch, (tuple, list)) and len(name_or_arch) == 2:
+        depth, width = name_or_arch
+    else:
+        depth, width = parse_name(name_or_arch)
+    if num_units is None:
+        if depth not in DEPTH_UNITS:
+            raise ValueError(f"depth {depth!r}: use one of {sorted(DEPTH_UNITS)}, or give num_units")
+        num_units = DEPTH_UNITS[depth]
+    num_units = tuple(int(n) for n in num_units)
+    if len(num_units) != 4 or min(num_units) < 1:
+        raise ValueError(f"num_units must be 4 positive counts (one per stage); got {num_units}")
+    root = 64 * float(width)
+    if root < 1 or abs(root - round(root)) > 1e-6:
+        raise ValueError(f"width {width!r} must make 64*width a positive whole number of channels")
+    if DEPTH_UNITS.get(depth) != num_units:
+        depth = next((d for d, u in DEPTH_UNITS.items() if u == num_units), None)
+    return depth, width, num_units
+
+
+def _model_name(depth, width, num_units):
+    w = int(width) if float(width).is_integer() else width
+    if depth is not None:
+        return f"BiT-R{depth}x{w}"
+    return f"BiT-units{'-'.join(map(str, num_units))}-x{w}".replace(".", "p")
+
+
+def _unit(x, prefix, filters, stride, groups):
+    """One pre-activation bottleneck unit; projects the shortcut when the shape changes."""
+    pre = GroupNorm(groups, name=f"{prefix}_a_gn")(x)
+    pre = keras.layers.ReLU(name=f"{prefix}_a_relu")(pre)
+    if stride != 1 or x.shape[-1] != 4 * filters:
+        shortcut = StandardizedConv2D(4 * filters, 1, strides=stride, name=f"{prefix}_a_proj")(pre)
+    else:
+        shortcut = x
+    y = StandardizedConv2D(filters, 1, name=f"{prefix}_a_conv")(pre)
+    y = GroupNorm(groups, name=f"{prefix}_b_gn")(y)
+    y = keras.layers.ReLU(name=f"{prefix}_b_relu")(y)
+    y = keras.layers.ZeroPadding2D(1, name=f"{prefix}_b_pad")(y)
+    y = StandardizedConv2D(filters, 3, strides=stride, name=f"{prefix}_b_conv")(y)
+    y = GroupNorm(groups, name=f"{prefix}_c_gn")(y)
+    y = keras.layers.ReLU(name=f"{prefix}_c_relu")(y)
+    y = StandardizedConv2D(4 * filters, 1, name=f"{prefix}_c_conv")(y)
+    return keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
+
+
+def build(name_or_arch="BiT-M-R50x1", num_units=None, input_range="unit", groups=GROUPS, name=None):
+    """A randomly initialised BiT ResNet-v2: float [N, H, W, 3] (any H, W) -> features [N, 2048*width].
+
+    Args:
+        name_or_arch: a BiT name ("BiT-M-R50x1", "R101x3", ...) or (depth, width); with ``num_units``
+            given, depth may be None and width any positive multiple of 1/64 (tiny test variants).
+        num_units: units per stage (4 ints); default from the depth, (3, 4, 6, 3) for R50.
+        input_range: "unit" (images in [0, 1], scaled to 2x - 1 inside: what the weights expect) or
+            "symmetric" (images already in [-1, 1]).
+        groups: GroupNorm groups (32 in BiT); must divide 64*width.
+        name: the Keras model name (default "BiT-R50x1" etc.).
+    Returns:
+        keras.Model; every weight trainable, float32 variables. Layers are named after the official
+        weights (see `official_variables`).
+    """
+    depth, width, num_units = _arch(name_or_arch, num_units)
+    if input_range not in INPUT_RANGES:
+        raise ValueError(f"input_range must be one of {INPUT_RANGES}; got {input_range!r}")
+    root = int(round(64 * float(width)))
+    if root % int(groups):
+        raise ValueError(f"GroupNorm groups={groups} must divide the root width 64*{width} = {root}")
+    inputs = keras.Input((None, None, 3), name="images")
+    x = inputs
+    if input_range == "unit":
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_symmetric")(x)
+    x = keras.layers.ZeroPadding2D(3, name="root_pad")(x)
+    x = StandardizedConv2D(root, 7, strides=2, name="root_conv")(x)
+    x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
+    for block, (units, stride) in enumerate(zip(num_units, STRIDES), start=1):
+        filters = root * 2 ** (block - 1)
+        for unit in range(1, units + 1):
+            x = _unit(x, f"block{block}_unit{unit:02d}", filters, stride if unit == 1 else 1, groups)
+    x = GroupNorm(groups, name="pre_head_gn", dtype="float32")(x)
+    x = keras.layers.ReLU(name="pre_head_relu", dtype="float32")(x)
+    features = keras.layers.GlobalAveragePooling2D(name="features", dtype="float32")(x)
+    model = keras.Model(inputs, features, name=name or _model_name(depth, width, num_units))
+    model.trainable = True
+    return model
+
+
+def build_tiny(width=TINY["width"], num_units=TINY["num_units"], groups=TINY["groups"], input_range="unit"):
+    """A few-channel BiT for tests and demos: 8 root channels, one unit per stage, 4 GroupNorm groups,
+    256 features; the same architecture and naming as the real ones (``save_npz`` / ``from_npz`` work)."""
+    return build((None, width), num_units=num_units, input_range=input_range, groups=groups,
+                 name=_model_name(None, width, num_units).replace("BiT-", "BiT-tiny-"))
