@@ -1,14 +1,17 @@
-"""BiT fine-tuning: the BiT-HyperRule, MixUp, the input pipeline, and backbone + zero head.
+"""BiT fine-tuning pieces: the BiT-HyperRule, MixUp, the input pipeline, backbone + zero head, and
+where a BiT backbone given by a handle lives on disk (``resolve_backbone``).
 
 Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning", arXiv 1912.11370.
 ``get_resolution`` / ``get_mixup`` / ``get_schedule`` / ``get_lr`` follow google-research/big_transfer
-``bit_hyperrule.py`` exactly; ``HyperRule`` turns them into a Keras schedule and optimizer for any
-batch size B, scaling steps, warmup and decay boundaries by 512/B and the learning rate by B/512,
-so every phase falls at the same fraction of the run (the official colab scales only the length).
+``bit_hyperrule.py`` exactly; ``HyperRule`` turns them into a Keras 3 schedule (``keras.ops``, so it
+runs inside the compiled JAX step) and optimizer for any batch size B, scaling steps, warmup and decay
+boundaries by 512/B and the learning rate by B/512, so every phase falls at the same fraction of the
+run (the official colab scales only the length).
 
-Backbones follow the kit's export convention: a TF2 SavedModel that ``hub.KerasLayer(path,
-trainable=True)`` loads, float32 images [N, H, W, 3] in [0, 1] -> features [N, D]. BiT on TF Hub /
-Kaggle Models, the SwAV export and ``make_tiny_backbone`` all fit it.
+Compute is Keras 3 (JAX); the input pipeline is ``tf.data`` and yields float32 images in [0, 1]. Every
+random choice of the pipeline (shuffle, crop, flip, MixUp's lambda) is a function of the seed and the
+example's position, so one run gives the same batches on 1 device and on 8.
+Backbones are Keras 3 models from ``kitlib.backbones`` (images [N, H, W, 3] in [0, 1] -> [N, F]).
 """
 
 import glob
@@ -20,10 +23,11 @@ import tempfile
 import urllib.parse
 
 import numpy as np
-import tensorflow as tf
 
 from kitlib import export
-from kitlib.compat import keras
+from kitlib.compat import keras, tf
+
+ops = keras.ops
 
 # ============ BiT-HyperRule (bit_hyperrule.py) ============
 
@@ -76,12 +80,15 @@ def get_lr(step, dataset_size, base_lr=BASE_LR):
     return base_lr
 
 
+@keras.saving.register_keras_serializable(package="kitlib")
 class BiTSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup to ``base_lr``, then /10 after each boundary (the ``get_lr`` shape, any scale).
 
-    lr(step) = base_lr * step / warmup_steps            for step < warmup_steps
-             = base_lr / 10^(#{b in boundaries: b < step})  otherwise.
-    Past the last step of the rule the final value is kept (training stops there).
+    lr(step) = base_lr * step / warmup_steps                for step < warmup_steps
+             = base_lr / 10^(#{b in boundaries: b < step})   otherwise.
+    Past the last step of the rule the final value is kept (training stops there). ``step`` is a
+    scalar (the optimizer's iteration count, inside the compiled step) or a vector of steps [S]
+    (for plots); the result is float32 of the same shape.
     """
 
     def __init__(self, base_lr, warmup_steps, boundaries, decay_factor=_DECAY_FACTOR):
@@ -95,20 +102,20 @@ class BiTSchedule(keras.optimizers.schedules.LearningRateSchedule):
         values = [self.base_lr]
         for _ in self.boundaries:  # repeated division, exactly as get_lr does it
             values.append(values[-1] / decay_factor)
-        self._values = values
+        self._values = np.asarray(values, np.float32)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         warmup = self.base_lr * step / self.warmup_steps
-        boundaries = tf.constant(self.boundaries, tf.float32, shape=[len(self.boundaries)])
-        # number of decays already applied; step may be a scalar or a vector of steps (for plots)
-        passed = tf.reduce_sum(tf.cast(step[..., None] > boundaries, tf.int32), axis=-1)
-        decayed = tf.gather(tf.constant(self._values, tf.float32), passed)
-        return tf.where(step < self.warmup_steps, warmup, decayed)
+        boundaries = ops.convert_to_tensor(np.asarray(self.boundaries, np.float32).reshape([-1]))
+        # number of decays already applied (0 .. len(boundaries))
+        passed = ops.sum(ops.cast(ops.expand_dims(step, -1) > boundaries, "int32"), axis=-1)
+        decayed = ops.take(ops.convert_to_tensor(self._values), passed)
+        return ops.where(step < self.warmup_steps, warmup, decayed)
 
     def get_config(self):
         return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps,
-                "boundaries": self.boundaries, "decay_factor": self.decay_factor}
+                "boundaries": list(self.boundaries), "decay_factor": self.decay_factor}
 
 
 def _scale_supports(supports, factor):
@@ -133,7 +140,7 @@ class HyperRule:
         resolution: optional (resize, crop) override of ``get_resolution``.
     Attributes:
         resize, crop, mixup_alpha, warmup_steps, boundaries (decay steps), total_steps, base_lr
-        (already scaled to B), lr_schedule (a Keras LearningRateSchedule); ``optimizer()`` makes
+        (already scaled to B), lr_schedule (a Keras 3 LearningRateSchedule); ``optimizer()`` makes
         the SGD(momentum 0.9) optimizer.
     """
 
@@ -146,7 +153,7 @@ class HyperRule:
         self.image_hw = tuple(int(v) for v in image_hw)
         self.dataset_size = int(dataset_size)
         self.batch_size = int(batch_size)
-        self.resize, self.crop = resolution if resolution is not None else get_resolution(self.image_hw)
+        self.resize, self.crop = (int(v) for v in (resolution or get_resolution(self.image_hw)))
         if self.crop > self.resize:
             raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
         self.mixup_alpha = get_mixup(self.dataset_size)
@@ -158,12 +165,12 @@ class HyperRule:
         self.lr_schedule = BiTSchedule(self.base_lr, self.warmup_steps, self.boundaries)
 
     def optimizer(self):
-        """A new SGD(lr_schedule, momentum 0.9); create it inside ``strategy.scope()``."""
+        """A new Keras 3 SGD(lr_schedule, momentum 0.9); create it after ``runtime.setup()``."""
         return keras.optimizers.SGD(learning_rate=self.lr_schedule, momentum=MOMENTUM)
 
     def as_dict(self):
         """The rule's values, for printing/logging once at the start of a run."""
-        return {"image_hw": self.image_hw, "dataset_size": self.dataset_size, "batch_size": self.batch_size,
+        return {"image_hw": list(self.image_hw), "dataset_size": self.dataset_size, "batch_size": self.batch_size,
                 "resize": self.resize, "crop": self.crop, "mixup_alpha": self.mixup_alpha,
                 "warmup_steps": self.warmup_steps, "boundaries": list(self.boundaries),
                 "total_steps": self.total_steps, "base_lr": self.base_lr}
@@ -185,19 +192,48 @@ def rule_table(cases):
     return "\n".join([header] + rows)
 
 
+# ============ randomness: stateless, from (seed, position) ============
+
+
+def _stateless_seed(seed):
+    """A stateless-op seed int64 [2] from an int (-> [seed, 0]) or a [2] tensor; None stays None."""
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)):
+        return tf.constant([int(seed), 0], tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
 # ============ MixUp (Zhang et al. 2018, as BiT applies it) ============
+
+
+def sample_beta(alpha, seed=None):
+    """One lambda ~ Beta(alpha, alpha) as a float32 scalar: G1 / (G1 + G2) with G ~ Gamma(alpha).
+
+    Drawn in float64: at alpha = 0.1 a float32 Gamma draw underflows to 0 about once in 6,000.
+    seed: None (stateful), an int or an int [2] tensor (stateless: the same seed, the same lambda).
+    """
+    alpha = tf.constant(float(alpha), tf.float64)
+    seed = _stateless_seed(seed)
+    if seed is None:
+        g1, g2 = tf.random.gamma([], alpha, dtype=tf.float64), tf.random.gamma([], alpha, dtype=tf.float64)
+    else:
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        g1, g2 = (tf.random.stateless_gamma([], s, alpha, dtype=tf.float64) for s in tf.unstack(seeds))
+    total = g1 + g2
+    return tf.cast(tf.where(total > 0, g1 / tf.where(total > 0, total, 1.0), 0.5), tf.float32)
 
 
 def mixup(images, labels, alpha, seed=None):
     """Mix each example with the batch reversed: x' = lam x + (1 - lam) x[::-1], same for labels.
 
-    One lam ~ Beta(alpha, alpha) per batch (tensorflow-probability), as in BiT's input pipeline.
+    One lam ~ Beta(alpha, alpha) per batch (``sample_beta``), as in BiT's input pipeline.
 
     Args:
         images: [B, H, W, 3] float.
         labels: [B, C] one-hot (or soft) float labels.
         alpha: Beta concentration; 0 returns the inputs unchanged.
-        seed: optional sampling seed.
+        seed: None, an int or an int [2] tensor (see ``sample_beta``).
     Returns:
         (images, labels) with the same shapes; label rows still sum to 1.
     """
@@ -205,9 +241,7 @@ def mixup(images, labels, alpha, seed=None):
         raise ValueError(f"mixup alpha must be >= 0, got {alpha}")
     if alpha == 0:
         return images, labels
-    import tensorflow_probability as tfp  # imported here: it is slow to import and only MixUp needs it
-
-    lam = tfp.distributions.Beta(float(alpha), float(alpha)).sample(seed=seed)
+    lam = sample_beta(alpha, seed)
     lam_x, lam_y = tf.cast(lam, images.dtype), tf.cast(lam, labels.dtype)
     images = lam_x * images + (1 - lam_x) * tf.reverse(images, axis=[0])
     labels = lam_y * labels + (1 - lam_y) * tf.reverse(labels, axis=[0])
@@ -226,11 +260,21 @@ def _to_unit_float(image):
     return tf.image.convert_image_dtype(image, tf.float32)
 
 
-def preprocess_train(image, resize, crop):
-    """Resize to resize x resize, random crop x crop, random left-right flip; float32 [crop, crop, 3] in [0, 1]."""
+def preprocess_train(image, resize, crop, seed=None):
+    """Resize to resize x resize, random crop x crop, random left-right flip; float32 [crop, crop, 3] in [0, 1].
+
+    seed: None (stateful random ops) or a stateless seed (int or int [2] tensor): the same seed gives
+    the same crop and flip.
+    """
     image = tf.image.resize(_to_unit_float(image), [resize, resize])
-    image = tf.image.random_crop(image, [crop, crop, 3])
-    image = tf.image.random_flip_left_right(image)  # the official code always flips; we flip at random
+    seed = _stateless_seed(seed)
+    if seed is None:
+        image = tf.image.random_crop(image, [crop, crop, 3])
+        image = tf.image.random_flip_left_right(image)  # the official code always flips; we flip at random
+    else:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image = tf.image.stateless_random_crop(image, [crop, crop, 3], seed=crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -239,37 +283,145 @@ def preprocess_eval(image, crop):
     return tf.clip_by_value(tf.image.resize(_to_unit_float(image), [crop, crop]), 0.0, 1.0)
 
 
-def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=None):
+def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0):
     """Endless training batches: shuffle, augment, batch (static shapes), MixUp when the rule says so.
+
+    Deterministic given ``seed``: the shuffle is seeded, and each example's crop/flip and each batch's
+    MixUp lambda use stateless ops seeded by (seed, position in the stream).
 
     Args:
         dataset: ``tf.data.Dataset`` of kit dicts with "image" (uint8 [H, W, 3], or the encoded bytes
             from ``decode=False``: then the shuffle buffer holds ~100 kB JPEGs instead of 1.4 MB
             decoded 800x600 images) and "label" (int32).
-        rule: a ``HyperRule`` (resize, crop, batch_size, mixup_alpha).
+        rule: a ``HyperRule`` (resize, crop, batch_size = the GLOBAL batch, mixup_alpha).
         num_classes: C, for one-hot labels.
+        seed: int.
     Returns:
         Dataset of (images [B, crop, crop, 3] float32 in [0, 1], labels [B, C] float32).
     """
-    def prepare(example):
-        return (preprocess_train(example["image"], rule.resize, rule.crop),
-                tf.one_hot(example["label"], num_classes, dtype=tf.float32))
+    seed = int(seed)
 
-    batches = (dataset.shuffle(shuffle_buffer, seed=seed).repeat()
+    def prepare(index, example):
+        image = preprocess_train(example["image"], rule.resize, rule.crop,
+                                 seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        return image, tf.one_hot(example["label"], num_classes, dtype=tf.float32)
+
+    def mix(index, batch):
+        images, labels = batch
+        return mixup(images, labels, rule.mixup_alpha, seed=tf.stack([tf.constant(seed + 1, tf.int64), index]))
+
+    batches = (dataset.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(rule.batch_size, drop_remainder=True))  # static shapes for TPU
+               .batch(rule.batch_size, drop_remainder=True))  # static shapes: one compiled step
     if rule.mixup_alpha > 0:
-        batches = batches.map(lambda x, y: mixup(x, y, rule.mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(dataset, crop, batch_size, num_classes):
-    """Evaluation batches at the crop size: (images [b, crop, crop, 3] in [0, 1], one-hot labels [b, C])."""
+def _pad_batch(images, labels, batch_size):
+    """(images [b, S, S, 3], labels [b, C]) -> zero-padded to batch_size rows, plus weights [batch_size]
+    (1 for real rows, 0 for padding)."""
+    real = tf.shape(images)[0]
+    missing = batch_size - real
+    images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+    labels = tf.pad(labels, [[0, missing], [0, 0]])
+    weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+    images.set_shape([batch_size] + images.shape[1:].as_list())
+    labels.set_shape([batch_size, labels.shape[-1]])
+    weights.set_shape([batch_size])
+    return images, labels, weights
+
+
+def eval_dataset(dataset, crop, batch_size, num_classes, pad=False):
+    """Evaluation batches at the crop size, in the dataset's order.
+
+    Args:
+        dataset: kit dicts ("image", "label"), see ``train_dataset``.
+        crop: side S. batch_size: b. num_classes: C.
+        pad: False -> (images [b, S, S, 3] in [0, 1], one-hot labels [b, C]) with a shorter last batch;
+            True -> every batch exactly b rows, (images, labels, weights [b]) where padded rows (zeros)
+            weigh 0: static shapes (one compiled step) that always split over the devices.
+    """
     def prepare(example):
         return preprocess_eval(example["image"], crop), tf.one_hot(example["label"], num_classes, dtype=tf.float32)
 
-    return (dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    batches = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    if pad:
+        batches = batches.map(lambda x, y: _pad_batch(x, y, batch_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+# ============ backbone + zero head ============
+
+
+def _all_float32(model):
+    return all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers(include_self=False)
+               if not isinstance(layer, keras.layers.InputLayer))
+
+
+def build_classifier(backbone, num_classes, image_size, name="bit_classifier"):
+    """images float32 [N, S, S, 3] in [0, 1] -> float32 logits [N, C]: backbone + zero-initialised head (BiT).
+
+    Build it after ``runtime.setup()``: the variables are then laid out for the distribution in force
+    (replicated under ``DataParallel``) and the layers follow its dtype policy. A backbone saved in
+    float32 (``.keras``) is rebuilt in the global policy (bfloat16 compute on TPU); the head always
+    computes and returns float32 logits.
+
+    Args:
+        backbone: a Keras model (``kitlib.backbones``) or a source for ``backbones.load``
+            (.keras / .npz / SavedModel folder / handle). All its weights train.
+        num_classes: C.
+        image_size: S, the rule's crop size.
+    Returns:
+        keras.Model whose layers are [input, backbone, "head"].
+    """
+    if isinstance(backbone, (str, os.PathLike)):
+        from kitlib import backbones  # noqa: PLC0415
+
+        backbone = backbones.load(os.fspath(backbone))
+    if keras.config.dtype_policy().name != "float32" and _all_float32(backbone):
+        backbone = export.with_dtype_policy(backbone)
+    backbone.trainable = True
+    inputs = keras.Input([image_size, image_size, 3], dtype="float32", name="images")
+    features = backbone(inputs)
+    logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
+                                dtype="float32", name="head")(features)
+    return keras.Model(inputs, logits, name=name)
+
+
+TINY_BACKBONES = ("small_cnn", "bit_tiny")
+
+
+def make_tiny_backbone(path, name="small_cnn", seed=0):
+    """Save a small randomly initialised Keras 3 backbone as ``path`` (.keras) and return the path.
+
+    For tests, CPU smoke runs and notebooks without a real BiT: [N, H, W, 3] in [0, 1] -> [N, F].
+    ``small_cnn``: three stride-2 conv-BN-ReLU blocks, F = 128 (``kitlib.backbones``); ``bit_tiny``:
+    BiT's ResNet-v2 (GroupNorm + WS) with few channels and one unit per stage, F = 256
+    (``kitlib.resnetv2.build_tiny``). Kernels are He-normal from a local numpy generator seeded with
+    ``seed`` (no global seed is touched), so the file holds the same weights every time.
+    """
+    if name not in TINY_BACKBONES:
+        raise ValueError(f"unknown tiny backbone {name!r}; choose one of {', '.join(TINY_BACKBONES)}")
+    if name == "bit_tiny":
+        from kitlib import resnetv2  # noqa: PLC0415
+
+        model = resnetv2.build_tiny()
+    else:
+        from kitlib import backbones  # noqa: PLC0415
+
+        model = backbones.build(name)
+    rng = np.random.default_rng(seed)
+    weights = []
+    for w in model.get_weights():
+        if w.ndim >= 2:  # conv / dense kernels; BatchNorm and Normalization values stay as built
+            fan_in = int(np.prod(w.shape[:-1]))
+            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), w.shape).astype(w.dtype)
+        weights.append(w)
+    model.set_weights(weights)
+    from kitlib import backbones  # noqa: PLC0415
+
+    return backbones.save(model, os.fspath(path))
 
 
 # ============ backbones: TF Hub, Kaggle Models, local SavedModel ============
@@ -344,7 +496,7 @@ def resolve_backbone(handle, cache_dir=None, input_root=KAGGLE_INPUT, reachable=
         input_root: where Kaggle mounts attached inputs.
         reachable: ``fn(host) -> bool`` probe of the network (default: one TCP connect, 3 s timeout).
     Returns:
-        A local path or a URL for ``hub.KerasLayer``.
+        A local SavedModel directory, or the URL when its host answers (tensorflow_hub downloads it).
     Raises:
         ValueError: local path missing / not a SavedModel, or a remote handle that cannot be reached.
     """
@@ -380,104 +532,3 @@ def resolve_backbone(handle, cache_dir=None, input_root=KAGGLE_INPUT, reachable=
             "SavedModel once where there is internet and pass its local directory (if you meant a local "
             "folder: it does not exist).")
     return url
-
-
-def load_backbone(handle, trainable=True, name="backbone", **resolve_kwargs):
-    """A ``hub.KerasLayer`` (float32 images [N, H, W, 3] in [0, 1] -> features [N, D]), trainable.
-
-    Use it inside a tf_keras model (``build_classifier``). Resolution as ``resolve_backbone``:
-    an unreachable handle fails at once with advice instead of hanging in retries.
-    """
-    import tensorflow_hub as hub
-
-    path = resolve_backbone(handle, **resolve_kwargs)
-    # float32 always: hub SavedModels are float32 graphs, so a mixed policy must not cast their input.
-    return hub.KerasLayer(path, trainable=trainable, dtype="float32", name=name)
-
-
-def build_classifier(backbone, num_classes, image_size, name="bit_classifier"):
-    """images [N, S, S, 3] in [0, 1] -> logits [N, C]: backbone + zero-initialised Dense head (BiT).
-
-    Args:
-        backbone: a layer from ``load_backbone`` (or a handle/path, loaded here). Build under
-            ``strategy.scope()``.
-        num_classes: C.
-        image_size: S, the rule's crop size.
-    """
-    if isinstance(backbone, (str, os.PathLike)):
-        backbone = load_backbone(backbone)
-    inputs = keras.Input([image_size, image_size, 3], dtype="float32", name="images")
-    features = backbone(inputs)
-    logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
-                                dtype="float32", name="head")(features)
-    return keras.Model(inputs, logits, name=name)
-
-
-# ============ a tiny hub-format backbone (tests, CPU smoke runs, the demo) ============
-
-
-_TINY_EPS = 1e-12  # variance floor of the calibration (pooled features can vary by only ~1e-3)
-
-
-class _TinyConvNet(tf.Module):
-    """Two stride-2 3x3 convolutions + ReLU, global average pool, fixed affine: [N, H, W, 3] -> [N, 2 * width]."""
-
-    def __init__(self, width, seed):
-        super().__init__()
-        rng = np.random.default_rng(seed)  # local generator: no global seed is touched
-
-        def he(shape):  # He-normal init: std sqrt(2 / fan_in)
-            return tf.Variable(rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32))
-
-        self.kernels = [he([3, 3, 3, width]), he([3, 3, width, 2 * width])]
-        self.biases = [tf.Variable(np.zeros(width, np.float32)), tf.Variable(np.zeros(2 * width, np.float32))]
-        # fixed (not trained) feature affine, set by calibrate(): features = (pooled - shift) * scale
-        self.shift = tf.Variable(np.zeros(2 * width, np.float32), trainable=False)
-        self.scale = tf.Variable(np.ones(2 * width, np.float32), trainable=False)
-
-    def pooled(self, images):
-        x = images
-        for kernel, bias in zip(self.kernels, self.biases):
-            x = tf.nn.relu(tf.nn.conv2d(x, kernel, strides=2, padding="SAME") + bias)
-        return tf.reduce_mean(x, axis=[1, 2])
-
-    def calibrate(self, images, feature_std):
-        """Data-dependent init: features of ``images`` get mean 0 and std ``feature_std`` per dimension.
-
-        Pooled random-conv features share a large common part and differ between images by ~1 %;
-        a head could not pick that up in a short run. Pretrained backbones need no such step.
-        """
-        mean, variance = tf.nn.moments(self.pooled(images), axes=[0])
-        self.shift.assign(mean)
-        self.scale.assign(feature_std * tf.math.rsqrt(variance + _TINY_EPS))
-
-    def features(self, images):
-        return (self.pooled(images) - self.shift) * self.scale
-
-
-def make_tiny_backbone(path, width=8, seed=0, calibration_images=None, feature_std=1.0):
-    """Export a small random conv net in the reusable hub format and return ``path``.
-
-    The SavedModel root carries ``variables``, ``trainable_variables``, ``regularization_losses``
-    and ``__call__(images, training)``, so ``load_backbone(path)`` gives a trainable layer.
-    Good for tests and CPU smoke runs, not for accuracy.
-
-    Args:
-        path: output directory.
-        width: channels of the first conv (the second has 2 * width); features [N, 2 * width].
-        seed: weight seed.
-        calibration_images: optional float [N, H, W, 3] in [0, 1]; when given, a fixed affine makes
-            their features mean 0 / std ``feature_std`` per dimension (data-dependent init), so a
-            short run on real images learns something.
-        feature_std: target feature std after calibration.
-    """
-    net = _TinyConvNet(width, seed)
-    if calibration_images is not None:
-        net.calibrate(tf.convert_to_tensor(calibration_images, tf.float32), feature_std)
-
-    @tf.function
-    def call(images, training=False):
-        del training  # no batch-norm or dropout: same function in both modes
-        return net.features(images)
-
-    return export.save_reusable(path, call, net, net.variables, net.trainable_variables)

@@ -1,74 +1,82 @@
-"""Models on disk: the fine-tuned classifier (``finetune`` writes it, ``predict`` reads it offline)
-and the reusable-SavedModel format of backbones (``save_reusable``: the SwAV export, the tiny test net).
+"""Models on disk: the fine-tuned classifier (``finetune`` writes it, ``predict`` reads it offline).
 
 Layout of ``out_dir``:
-    saved_model/      a TF2 SavedModel with a ``serve`` signature:
-                      float32 images [N, S, S, 3] in [0, 1] -> probabilities [N, C]
-    classifier.json   {"class_names": [...], "image_size": S}
+    classifier.keras  the Keras 3 classifier, float32 weights and compute: images float32
+                      [N, S, S, 3] in [0, 1] -> logits [N, C] (or probabilities, see ``outputs``)
+    classifier.json   {"class_names": [...], "image_size": S, "outputs": "logits", "model": "classifier.keras"}
 
-Loading needs neither the Keras model code nor TF Hub, so a Kaggle submission notebook with the
-internet off reads it from an attached dataset.
+Loading reads two local files: no network, no TF Hub, no TensorFlow, so a Kaggle submission notebook
+with the internet off reads it from an attached dataset. The kit's BiT layers (``kitlib.resnetv2``) are
+registered Keras objects; importing kitlib is all the loading side needs.
+
+``with_dtype_policy`` rebuilds a model with another Keras dtype policy and the same weights: a
+backbone saved in float32 runs in bfloat16 on a TPU, and a classifier trained in bfloat16 is saved in
+float32 so a CPU/GPU reads it back without bfloat16 arithmetic.
 """
 
+import importlib.util
 import json
 import os
 
 import numpy as np
-import tensorflow as tf
+
+from kitlib.compat import keras
 
 META_FILE = "classifier.json"
-MODEL_DIR = "saved_model"
-_LOCAL_IO = "/job:localhost"  # write SavedModels from this host (needed with a remote TPU)
+MODEL_FILE = "classifier.keras"
+OUTPUTS = ("logits", "probabilities")
 
 
-def save_reusable(path, call, owner, variables, trainable_variables):
-    """Write a backbone as a reusable TF2 SavedModel that ``hub.KerasLayer(path, trainable=True)`` fine-tunes.
+def _register_kit_layers():
+    """Import the modules whose custom layers a saved kit model may hold (BiT's GroupNorm / WS conv)."""
+    if importlib.util.find_spec("kitlib.resnetv2") is not None:
+        import kitlib.resnetv2  # noqa: F401,PLC0415
 
-    The root carries ``__call__(images, training)``, ``variables``, ``trainable_variables`` and
-    ``regularization_losses``: what TF Hub needs to see the variables as trainable (REFERENCE.md).
+
+def _is_policy(value):
+    return isinstance(value, dict) and str(value.get("class_name", "")).endswith("DTypePolicy")
+
+
+def _replace_policies(config, policy):
+    """A copy of a serialized model ``config`` in which every layer's dtype policy is ``policy``
+    (a serialized DTypePolicy); Input layers (whose "dtype" is the data type) are left alone."""
+    if isinstance(config, list):
+        return [_replace_policies(item, policy) for item in config]
+    if not isinstance(config, dict) or config.get("class_name") == "InputLayer":
+        return config
+    return {key: policy if key == "dtype" and _is_policy(value) else _replace_policies(value, policy)
+            for key, value in config.items()}
+
+
+def with_dtype_policy(model, policy=None):
+    """``model`` rebuilt with every layer on the Keras dtype ``policy``, carrying the same weights.
 
     Args:
-        path: output directory.
-        call: ``tf.function(images, training=False)``: float32 [N, H, W, 3] in [0, 1] -> [N, F];
-            traced here for any image size and both values of ``training``.
-        owner: the trackable object that holds the variables (a tf.Module or Keras model).
-        variables, trainable_variables: lists of the owner's variables.
+        model: a Keras model (functional, Sequential or a registered subclass).
+        policy: a policy name ("float32", "mixed_bfloat16", "mixed_float16") or None for the global
+            policy in force (``keras.config.dtype_policy()``, what ``runtime.setup`` set).
     Returns:
-        path.
+        A new, uncompiled model (variables stay float32 under mixed policies, as Keras keeps them), or
+        ``model`` itself when every layer already computes in that policy's dtype.
     """
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    for training in (False, True):
-        call.get_concrete_function(spec, training)
-    root = tf.train.Checkpoint()
-    root.model = owner
-    root.__call__ = call
-    root.variables = list(variables)
-    root.trainable_variables = list(trainable_variables)
-    root.regularization_losses = []
-    tf.saved_model.save(root, os.fspath(path),
-                        options=tf.saved_model.SaveOptions(experimental_io_device=_LOCAL_IO))
-    return os.fspath(path)
-
-
-class _Serving(tf.Module):
-    def __init__(self, model, image_size, from_logits):
-        super().__init__()
-        self.model = model
-        self.from_logits = from_logits
-        self.serve = tf.function(
-            self._serve, input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
-
-    def _serve(self, images):
-        out = tf.cast(self.model(images, training=False), tf.float32)
-        return tf.nn.softmax(out, axis=-1) if self.from_logits else out
+    policy = keras.dtype_policies.get(policy or keras.config.dtype_policy().name)
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if not isinstance(layer, keras.layers.InputLayer)]
+    if all(layer.dtype_policy.name == policy.name for layer in layers):
+        return model
+    config = _replace_policies(keras.saving.serialize_keras_object(model), keras.dtype_policies.serialize(policy))
+    _register_kit_layers()
+    rebuilt = keras.saving.deserialize_keras_object(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def save_classifier(model, out_dir, class_names, image_size, from_logits=True):
-    """Export a Keras classifier for offline prediction.
+    """Write a Keras classifier for offline prediction: ``classifier.keras`` (float32) + ``classifier.json``.
 
     Args:
-        model: callable on float32 [N, S, S, 3] in [0, 1] returning logits (or probabilities
-            with ``from_logits=False``) [N, C].
+        model: Keras model on float32 [N, S, S, 3] in [0, 1] returning logits (or probabilities with
+            ``from_logits=False``) [N, C]. A compiled model is saved without its optimizer state.
         out_dir: folder to write (created).
         class_names: C names, index = label.
         image_size: S, the side the model expects (the BiT crop size).
@@ -76,19 +84,38 @@ def save_classifier(model, out_dir, class_names, image_size, from_logits=True):
         out_dir.
     """
     class_names = [str(c) for c in class_names]
-    probe = model(tf.zeros([1, image_size, image_size, 3]), training=False)
+    probe = model(np.zeros([1, image_size, image_size, 3], np.float32), training=False)
     if probe.shape[-1] != len(class_names):
         raise ValueError(f"the model outputs {probe.shape[-1]} classes but {len(class_names)} class names were given")
+    portable = with_dtype_policy(model, "float32")
+    if portable is model:  # already float32: an uncompiled copy of the graph, so no optimizer is saved
+        portable = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        portable.set_weights(model.get_weights())
     os.makedirs(out_dir, exist_ok=True)
-    module = _Serving(model, int(image_size), from_logits)
-    tf.saved_model.save(module, os.path.join(out_dir, MODEL_DIR), signatures={"serve": module.serve})
+    portable.save(os.path.join(out_dir, MODEL_FILE))
+    meta = {"class_names": class_names, "image_size": int(image_size),
+            "outputs": "logits" if from_logits else "probabilities", "model": MODEL_FILE}
     with open(os.path.join(out_dir, META_FILE), "w") as f:
-        json.dump({"class_names": class_names, "image_size": int(image_size)}, f, indent=1)
+        json.dump(meta, f, indent=1)
     return out_dir
 
 
+def _softmax(logits):
+    """Row softmax of float [N, C] in float64, returned as float32."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _device_multiple():
+    """Batches fed to a model must split evenly over the devices of the distribution in force."""
+    distribution = keras.distribution.distribution()
+    mesh = getattr(distribution, "device_mesh", None)
+    return int(np.prod(mesh.shape)) if mesh is not None else 1
+
+
 class Classifier:
-    """A loaded classifier: ``predict_proba(images)`` plus its ``class_names`` and ``image_size``."""
+    """A loaded classifier: ``predict_proba(images)`` plus its ``class_names``, ``image_size`` and ``model``."""
 
     def __init__(self, out_dir):
         meta_path = os.path.join(out_dir, META_FILE)
@@ -100,19 +127,35 @@ class Classifier:
             meta = json.load(f)
         self.class_names = tuple(meta["class_names"])
         self.image_size = int(meta["image_size"])
-        self._module = tf.saved_model.load(os.path.join(out_dir, MODEL_DIR))
-        self._serve = self._module.signatures["serve"]
+        self.outputs = meta.get("outputs", "logits")
+        model_path = os.path.join(out_dir, meta.get("model", MODEL_FILE))
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(
+                f"{out_dir}: {META_FILE} is there but {os.path.basename(model_path)} is not (a classifier "
+                "exported by an older kit holds saved_model/ instead); fine-tune again with this kit")
+        _register_kit_layers()
+        self.model = keras.saving.load_model(model_path, compile=False)
 
     def predict_proba(self, images, batch_size=64):
-        """Class probabilities for float32 images [N, S, S, 3] in [0, 1]; returns numpy [N, C]."""
-        images = tf.convert_to_tensor(images, tf.float32)
-        if images.shape.rank != 4 or tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
-            raise ValueError(f"expected images [N, {self.image_size}, {self.image_size}, 3], got {images.shape}")
-        parts = [next(iter(self._serve(images[i:i + batch_size]).values())).numpy()
-                 for i in range(0, int(images.shape[0]), batch_size)]
+        """Class probabilities for float images [N, S, S, 3] in [0, 1]; returns float32 numpy [N, C].
+
+        Every forward pass sees exactly ``batch_size`` images (rounded up to a multiple of the device
+        count; the last chunk is zero-padded and the padding dropped): one compiled shape.
+        """
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"expected images [N, {self.image_size}, {self.image_size}, 3], got {list(images.shape)}")
+        multiple = _device_multiple()
+        chunk = -(-max(1, int(batch_size)) // multiple) * multiple
+        parts = []
+        for start in range(0, len(images), chunk):
+            part = images[start:start + chunk]
+            padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], np.float32)])
+            out = np.asarray(self.model.predict_on_batch(padded), np.float32)[:len(part)]
+            parts.append(_softmax(out) if self.outputs == "logits" else out)
         return np.concatenate(parts) if parts else np.zeros([0, len(self.class_names)], np.float32)
 
 
 def load_classifier(out_dir):
-    """Load what ``save_classifier`` wrote (local path only)."""
-    return Classifier(out_dir)
+    """Load what ``save_classifier`` wrote (a local folder; nothing is downloaded)."""
+    return Classifier(os.fspath(out_dir))
