@@ -11,9 +11,12 @@ import nbformat
 # The first code cell of every notebook: make kitlib importable before anything imports it.
 BOOTSTRAP = """\
 import os, sys
+os.environ.setdefault("KERAS_BACKEND", "jax")  # kitlib computes with Keras 3 on JAX: set before Keras is imported
 for _root in ("..", "/kaggle/input/kitlib", "/kaggle/working/kit"):  # a clone, or an attached Kaggle dataset
     if os.path.isdir(os.path.join(_root, "kitlib")):
-        sys.path.insert(0, os.path.abspath(_root)); break"""
+        sys.path.insert(0, os.path.abspath(_root)); break
+from kitlib import runtime
+runtime.check_environment()  # Keras 3 + JAX present, TensorFlow for input (or the one pip line to run)"""
 
 
 def build(cells):

@@ -1,28 +1,79 @@
-"""Keras from one place.
+"""Keras 3 on the JAX backend, and TensorFlow for input only, from one place.
 
-TF Hub layers and TensorFlow Probability work only with Keras 2. On TF >= 2.16 ``tf.keras`` is
-Keras 3, so Keras 2 comes from the ``tf_keras`` package; on older TF (still found on some Kaggle
-images) ``tf.keras`` *is* Keras 2. Every kitlib module does ``from kitlib.compat import keras``.
+The kit computes with Keras 3 + JAX on every device (TPU v5e, GPUs, CPU) and reads data with
+``tf.data`` (TFRecords, JPEG decode, multi-crop), the way google-research/big_vision feeds JAX.
+Every kitlib module does ``from kitlib.compat import keras`` (and ``tf`` where it reads data), so:
+
+- ``KERAS_BACKEND`` defaults to ``jax`` here, before Keras is first imported. If Keras was already
+  imported with another backend, or the variable names another one, the import fails with the fix.
+- TensorFlow is told to leave accelerators alone (``tf.config.set_visible_devices([], "GPU")``):
+  it only feeds JAX, which owns the GPU; otherwise TF would reserve the GPU's memory first.
+- Where TensorFlow is missing (Colab's TPU runtime) ``tf`` raises the one command that brings it.
 """
 
-import tensorflow as tf
+import os
+import sys
+
+BACKEND = "jax"
+TF_INSTALL_HINT = "pip install tensorflow-cpu==2.20.0"
 
 
-def _tf_version():
-    major, minor = tf.__version__.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
-if _tf_version() >= (2, 16):
-    try:
-        import tf_keras as keras
-    except ImportError as err:  # pragma: no cover - depends on the installed environment
+def _keras():
+    if not os.environ.get("KERAS_BACKEND"):
+        os.environ["KERAS_BACKEND"] = BACKEND
+    wanted = os.environ["KERAS_BACKEND"]
+    if wanted != BACKEND:
         raise ImportError(
-            f"TensorFlow {tf.__version__} ships Keras 3, but kitlib needs Keras 2 (TF Hub layers and "
-            "TensorFlow Probability require it). Install the matching tf-keras: "
-            f"pip install 'tf-keras=={tf.__version__.rsplit('.', 1)[0]}.*'"
-        ) from err
-else:  # pragma: no cover - older TF on Kaggle images
-    keras = tf.keras
+            f"kitlib computes with Keras 3 on JAX, but KERAS_BACKEND={wanted!r}. Set it before anything "
+            f"imports Keras: os.environ['KERAS_BACKEND'] = 'jax' (first cell), or `export KERAS_BACKEND=jax`.")
+    try:
+        import keras
+    except ImportError as err:  # pragma: no cover - depends on the installed environment
+        raise ImportError("kitlib needs Keras 3 and JAX: pip install 'keras>=3.8' 'jax>=0.4.30'") from err
+    if not keras.__version__.startswith("3."):  # pragma: no cover
+        raise ImportError(f"kitlib needs Keras 3; this environment has Keras {keras.__version__}.")
+    if keras.backend.backend() != BACKEND:
+        raise ImportError(
+            f"Keras was imported with the {keras.backend.backend()!r} backend before kitlib; kitlib needs "
+            "'jax'. Restart the kernel and set os.environ['KERAS_BACKEND'] = 'jax' before importing keras "
+            "(or import kitlib first).")
+    return keras
 
-__all__ = ["keras", "tf"]
+
+def _tensorflow():
+    try:
+        import tensorflow
+    except ImportError as err:
+        raise ImportError(
+            "kitlib reads data with TensorFlow (tf.data, TFRecords, JPEG decode), which this runtime lacks "
+            f"(Colab's TPU runtime ships none). Install the CPU build: {TF_INSTALL_HINT}") from err
+    hide_accelerators_from_tf(tensorflow)
+    return tensorflow
+
+
+def hide_accelerators_from_tf(tensorflow):
+    """Keep TensorFlow off GPUs/TPUs (it only feeds JAX). Returns False when TF had already started
+    and the devices could not be hidden any more."""
+    hidden = True
+    for kind in ("GPU", "TPU"):
+        if not tensorflow.config.list_physical_devices(kind):
+            continue
+        try:
+            tensorflow.config.set_visible_devices([], kind)
+        except RuntimeError:  # TensorFlow's runtime already started: too late
+            hidden = False
+    return hidden
+
+
+keras = _keras()
+
+
+def __getattr__(name):  # ``from kitlib.compat import tf`` imports TensorFlow only when asked
+    if name == "tf":
+        tf = _tensorflow()
+        setattr(sys.modules[__name__], "tf", tf)
+        return tf
+    raise AttributeError(name)
+
+
+__all__ = ["keras", "tf", "BACKEND", "TF_INSTALL_HINT"]

@@ -1,14 +1,17 @@
-"""Optimiser and learning-rate schedule for SwAV pretraining: LARS (LARC) + warmup-cosine.
+"""Optimiser and learning-rate schedule for SwAV pretraining: LARS (LARC) + warmup-cosine, Keras 3.
 
 Follows facebookresearch/swav ``main_swav.py``: SGD with momentum 0.9 wrapped in LARC with trust
 coefficient 0.001 (``clip=False``), weight decay 1e-6, a linear warmup followed by a per-step cosine
 decay from ``base_lr`` to ``final_lr``. Unlike the official code, weight decay skips BatchNorm
 parameters and biases (every variable of rank <= 1), as in SimCLR and most later recipes.
+Backend-agnostic ``keras.ops``; runs inside the compiled step on JAX.
 """
 
 import math
 
-from kitlib.compat import keras, tf
+from kitlib.compat import keras
+
+ops = keras.ops
 
 # The two official SwAV operating points (batch -> base lr with LARS):
 # 256 -> 0.6 (final 0.0006) and 4096 -> 4.8 (final 0.0048).
@@ -23,7 +26,7 @@ def swav_learning_rate(global_batch_size):
     """Base learning rate for LARS at a given global batch, through SwAV's two official settings.
 
     Args:
-        global_batch_size: int > 0, images per step summed over replicas.
+        global_batch_size: int > 0, images per step over all devices.
     Returns:
         (base_lr, final_lr) floats: 0.6/0.0006 at 256, 4.8/0.0048 at 4096, a 3/4 power law between
         and beyond.
@@ -34,6 +37,7 @@ def swav_learning_rate(global_batch_size):
     return base, base * _FINAL_LR_RATIO
 
 
+@keras.saving.register_keras_serializable(package="kitlib")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup from ``start_lr`` to ``base_lr``, then cosine decay to ``final_lr``, per step.
 
@@ -56,12 +60,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
 
     def __call__(self, step):
-        t = tf.cast(step, tf.float32)
+        t = ops.cast(step, "float32")
         warm = float(max(self.warmup_steps, 1))
         warmup = self.start_lr + (self.base_lr - self.start_lr) * t / warm
-        progress = tf.clip_by_value((t - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
-        cosine = self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (1.0 + tf.cos(math.pi * progress))
-        return tf.where(t < self.warmup_steps, warmup, cosine)
+        progress = ops.clip((t - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        cosine = self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(t < self.warmup_steps, warmup, cosine)
 
     def get_config(self):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
@@ -73,10 +77,11 @@ def uses_weight_decay(variable):
     return len(variable.shape) > 1
 
 
+@keras.saving.register_keras_serializable(package="kitlib")
 class LARS(keras.optimizers.Optimizer):
     """SGD with momentum and LARC layer-wise adaptation (You et al. 2017; apex LARC as used by SwAV).
 
-    Per variable w with gradient g (already summed over replicas by Keras):
+    Per variable w with gradient g (of the global batch's loss):
         ratio = trust * |w| / (|g| + wd * |w| + eps)   (1 when |w| or |g| is 0, or trust is None)
         g'    = (g + wd * w) * ratio                   (wd = 0 for rank <= 1 variables)
         m     = momentum * m + g';   w -= lr * m       (PyTorch SGD momentum form)
@@ -88,44 +93,42 @@ class LARS(keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=0.6, momentum=0.9, weight_decay=1e-6, trust_coefficient=0.001,
-                 name="LARS", **kwargs):
-        super().__init__(name=name, weight_decay=None, **kwargs)  # ours is coupled, below
+                 name="lars", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)  # Keras's own decay stays off
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
         if weight_decay < 0 or (trust_coefficient is not None and trust_coefficient <= 0):
             raise ValueError(f"need weight_decay >= 0 and trust_coefficient > 0 or None, got "
                              f"{weight_decay} and {trust_coefficient}.")
-        self._learning_rate = self._build_learning_rate(learning_rate)
         self.momentum, self.lars_weight_decay = float(momentum), float(weight_decay)
         self.trust_coefficient = trust_coefficient
 
     def build(self, var_list):
-        super().build(var_list)
-        if getattr(self, "_built", False):
+        if self.built:
             return
-        self.momentums = [self.add_variable_from_reference(v, "m") for v in var_list]
-        self._built = True
+        super().build(var_list)
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
 
-    def update_step(self, gradient, variable):
+    def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        g = tf.convert_to_tensor(gradient)
+        lr = ops.cast(learning_rate, dtype)
+        g = ops.cast(gradient, dtype)
+        w = ops.convert_to_tensor(variable)
         wd = self.lars_weight_decay if uses_weight_decay(variable) else 0.0
         if self.trust_coefficient is not None:
-            w_norm, g_norm = tf.norm(variable), tf.norm(g)
+            w_norm, g_norm = ops.sqrt(ops.sum(ops.square(w))), ops.sqrt(ops.sum(ops.square(g)))
             ratio = self.trust_coefficient * w_norm / (g_norm + wd * w_norm + _LARS_EPS)
-            ratio = tf.where((w_norm > 0) & (g_norm > 0), ratio, tf.ones_like(ratio))
+            ratio = ops.where((w_norm > 0) & (g_norm > 0), ratio, ops.ones_like(ratio))
         else:
-            ratio = tf.constant(1.0, dtype)
-        g = (g + wd * variable) * ratio
-        m = self.momentums[self._index_dict[self._var_key(variable)]]
-        m.assign(self.momentum * m + g)
-        variable.assign_sub(lr * m)
+            ratio = 1.0
+        g = (g + wd * w) * ratio
+        m = self.momentums[self._get_variable_index(variable)]
+        self.assign(m, self.momentum * m + g)
+        self.assign_sub(variable, lr * m)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"learning_rate": self._serialize_hyperparameter(self._learning_rate),
-                       "momentum": self.momentum, "weight_decay": self.lars_weight_decay,
+        config.update({"momentum": self.momentum, "weight_decay": self.lars_weight_decay,
                        "trust_coefficient": self.trust_coefficient})
         return config
 

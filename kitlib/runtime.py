@@ -1,20 +1,41 @@
-"""Where the code runs and where the data is: strategy, mixed precision, Kaggle paths.
+"""What the run computes on, and where the data lives: devices, distribution, precision, Kaggle paths.
 
-One code path for TPU, GPU and CPU: ``get_strategy()`` picks the best available
-``tf.distribute`` strategy, ``set_mixed_precision()`` the matching Keras policy, and
-``find_data_dir()`` the competition folder (Kaggle), its GCS copy (remote TPU) or a local folder.
+The kit computes with Keras 3 on JAX on every device and feeds it from ``tf.data`` on the host.
+`setup()` is the one call a notebook or command makes first: it finds JAX's devices (TPU, GPU or
+CPU), puts a ``keras.distribution.DataParallel`` in force when there are several (the compiled step
+then sees the *global* batch: Sinkhorn, the loss and BatchNorm statistics are global), sets the
+precision policy, and **refuses to train on the CPU of a machine that has an accelerator JAX cannot
+see** (a TPU VM without ``jax[tpu]``, a GPU without the CUDA plugin), with the fix spelled out.
 Nothing here runs at import; each function says what it changed.
 """
 
+import dataclasses
+import glob
 import os
+import sys
 
-import tensorflow as tf
-
-from kitlib.compat import keras
+from kitlib.compat import TF_INSTALL_HINT, keras
 
 KAGGLE_INPUT = "/kaggle/input"
 COMPETITION = "cassava-leaf-disease-classification"
 DEFAULT_LOCAL_DATA = "data/sample"
+JAX_VERSION = "0.7.2"  # the platform's (Kaggle GPU image, Colab)
+# Environment marks of a TPU VM (Kaggle sets ISTPUVM=1 and TPU_PROCESS_ADDRESSES=local) or a remote TPU.
+TPU_ENV_MARKS = ("ISTPUVM", "TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_PROCESS_ADDRESSES", "COLAB_TPU_ADDR",
+                 "TPU_WORKER_ID")
+TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")     # TPU chips on a TPU VM (v4/v5e/v6e)
+GPU_DEVICE_GLOBS = ("/dev/nvidia[0-9]*",)                  # NVIDIA GPUs (the driver's device files)
+_FIX = {
+    "TPU": (f"install JAX's TPU build and restart the kernel: pip install 'jax[tpu]=={JAX_VERSION}' "
+            "(on Kaggle choose the TPU v5e-8 accelerator, whose image has it); if it is installed, another "
+            "process may hold the TPU: restart the session so only one kernel uses it"),
+    "GPU": (f"install JAX's CUDA build and restart the kernel: pip install 'jax[cuda12]=={JAX_VERSION}'; check "
+            "that `nvidia-smi` lists the GPU"),
+}
+
+
+class AcceleratorNotVisible(RuntimeError):
+    """The machine has a TPU or GPU but JAX computes on the CPU: training there would be silently slow."""
 
 
 def repo_root():
@@ -31,136 +52,39 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def accelerator_attached(environ=None, exists=os.path.exists):
-    """True when this process will compute on a GPU or TPU, judged without starting TensorFlow's
-    runtime: a GPU among the physical devices, or the marks of a TPU (``TPU_NAME`` /
-    ``COLAB_TPU_ADDR`` / ``TPU_ACCELERATOR_TYPE`` / Kaggle's ``ISTPUVM`` in the environment,
-    ``/dev/accel0`` on a TPU VM). A TPU it misses only leaves TensorFlow's default threading.
+def accelerator_marks(environ=None, find=glob.glob):
+    """The signs of an accelerator on this machine, read without starting JAX or TensorFlow.
 
     Args:
-        environ, exists: the environment and a path test (default: this process's; for tests).
+        environ: the environment (default ``os.environ``). find: a glob function (for tests).
+    Returns:
+        {"TPU": [marks...], "GPU": [marks...]}, e.g. {"TPU": ["ISTPUVM=1", "/dev/accel0"], "GPU": []}.
     """
     environ = os.environ if environ is None else environ
-    if any(environ.get(name) for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "ISTPUVM")):
-        return True
-    return exists("/dev/accel0") or bool(tf.config.list_physical_devices("GPU"))
+    tpu = [f"{name}={environ[name]}" for name in TPU_ENV_MARKS if environ.get(name)]
+    tpu += [path for pattern in TPU_DEVICE_GLOBS for path in sorted(find(pattern))]
+    gpu = [path for pattern in GPU_DEVICE_GLOBS for path in sorted(find(pattern))]
+    return {"TPU": tpu, "GPU": gpu}
 
 
-def _threads_for(intra_op):
-    """intra_op, or for None: 1 when `accelerator_attached()`, else 0 (TensorFlow's default)."""
-    if intra_op is None:
-        return 1 if accelerator_attached() else 0
-    return intra_op
+def accelerator_attached(environ=None, find=glob.glob):
+    """True when this machine has a TPU or an NVIDIA GPU (see `accelerator_marks`)."""
+    return any(accelerator_marks(environ, find).values())
 
 
-def configure_host_threads(intra_op=None, verbose=True):
-    """Threads per CPU op for this process; call before the first TensorFlow op.
-
-    A GPU/TPU host's CPUs only feed the accelerator: ``tf.data`` already runs many map calls in
-    parallel, and splitting each op (a blur, a colour product) over TensorFlow's intra-op pool on
-    top of that costs more CPU than it saves. On a 2-core box the SwAV host augmentation
-    (2x224 + 3x96 crops) took 4.7-5.1 CPU-ms per image with the default pool and 4.0-4.2 with one
-    thread per op (363-400 -> 443-444 images/s, processes alternating; one map call at a time:
-    6.2 -> 4.6 ms). The ``tf.data`` option ``max_intra_op_parallelism`` does not reach the oneDNN
-    kernels (convolutions, matrix products), so the process-wide setting is the one that works.
-    Not every pipeline gains: the seed notebook's (five full decodes and a full-image resize per
-    example) did not, reliably (16.5-17.4 -> 18-21.5 CPU-ms in that A/B, 20.3 -> 17.3 in another).
-    On a CPU-only machine the model itself runs on the CPU and needs the pool: leave the default there.
-
-    Args:
-        intra_op: threads per op; 0: TensorFlow's default (one per core); None: 1 when
-            `accelerator_attached()`, else 0.
-        verbose: print what was set, or why nothing could be.
-    Returns:
-        The setting in force afterwards (0: the default). Once TensorFlow's runtime has started the
-        setting is fixed: then nothing changes, and that is what is returned (and printed).
-    """
-    intra_op = _threads_for(intra_op)
-    current = tf.config.threading.get_intra_op_parallelism_threads()
-    if intra_op == current:
-        return current
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    except RuntimeError:  # the runtime has started: the pool exists and cannot be resized
-        if verbose:
-            print(f"kitlib: TensorFlow already started; threads per CPU op stay at {current or 'the default'} "
-                  f"(call runtime.configure_host_threads before any other TensorFlow call for {intra_op})")
-        return current
-    if verbose:
-        print(f"kitlib: {intra_op or 'default (one per core)'} thread(s) per CPU op")
-    return intra_op
-
-
-def _connect_tpu(tpu):
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def get_strategy(verbose=True, host_threads=None):
-    """The best distribution strategy on this machine.
-
-    Order: a TPU VM (``TPUClusterResolver(tpu='local')``), then a legacy remote TPU
-    (``TPUClusterResolver()``, which reads ``TPU_NAME`` on Kaggle/Colab), then several GPUs
-    (``MirroredStrategy``), else the default strategy (one GPU or the CPU).
-
-    Called before any other TensorFlow work, it first runs `configure_host_threads`: one thread
-    per CPU op when a GPU/TPU is attached (the host then only feeds it), TensorFlow's pool otherwise.
-
-    Args:
-        verbose: print which strategy was chosen and its number of replicas.
-        host_threads: passed to `configure_host_threads` (None: decide from the hardware).
-    Returns:
-        A ``tf.distribute.Strategy``; build models inside ``strategy.scope()``.
-    """
-    wanted = _threads_for(host_threads)
-    threads = configure_host_threads(wanted, verbose=False)
-    strategy, how = None, None
-    for tpu, label in (("local", "TPU VM"), (None, "remote TPU")):
-        try:
-            strategy, how = _connect_tpu(tpu), label
-            break
-        except (ValueError, RuntimeError, tf.errors.OpError, KeyError):
-            continue  # no TPU of this kind here: try the next option
-    if strategy is None:
-        gpus = tf.config.list_logical_devices("GPU")
-        if len(gpus) > 1:
-            strategy, how = tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs (Mirrored)"
-        else:
-            strategy = tf.distribute.get_strategy()
-            how = "1 GPU (default strategy)" if gpus else "CPU (default strategy)"
-    if verbose:
-        per_op = ", one thread per CPU op" if threads == 1 else ""
-        if threads != wanted:
-            per_op = (f", {threads or 'default'} thread(s) per CPU op ({wanted or 'default'} wanted, but TensorFlow "
-                      "had started: call get_strategy first)")
-        print(f"kitlib: running on {how}, {strategy.num_replicas_in_sync} replica(s){per_op}")
-    return strategy
-
-
-def device_kind(strategy=None):
-    """``"TPU"``, ``"GPU"`` or ``"CPU"``: the kind of device the strategy computes on."""
-    strategy = strategy or tf.distribute.get_strategy()
-    if isinstance(strategy, tf.distribute.TPUStrategy):
+def device_kind(platform):
+    """"TPU", "GPU" or "CPU" for a JAX platform name ("tpu", "gpu", "cuda", "rocm", "cpu")."""
+    platform = platform.lower()
+    if platform == "tpu":
         return "TPU"
-    try:
-        devices = tuple(strategy.extended.worker_devices)
-    except (RuntimeError, AttributeError):  # the default strategy has no device list
-        devices = ()
-    if any("GPU" in d.upper() for d in devices) or (
-        not devices and tf.config.list_logical_devices("GPU")
-    ):
+    if platform in ("gpu", "cuda", "rocm"):
         return "GPU"
     return "CPU"
 
 
 def mixed_precision_policy(kind, gpu_float16=False):
-    """The Keras policy name for a device kind.
-
-    bfloat16 on TPU (native, no loss scaling), float16 on GPU only when asked (needs loss
-    scaling, which Keras adds), float32 on CPU (mixed precision is slower there).
-    """
+    """The Keras policy name for a device kind: bfloat16 on TPU (native, no loss scaling), float16 on
+    GPU only when asked (Keras then scales the loss), float32 on CPU (mixed precision is slower there)."""
     if kind == "TPU":
         return "mixed_bfloat16"
     if kind == "GPU" and gpu_float16:
@@ -168,11 +92,151 @@ def mixed_precision_policy(kind, gpu_float16=False):
     return "float32"
 
 
-def set_mixed_precision(strategy=None, gpu_float16=False):
-    """Set the global Keras mixed-precision policy for the strategy's device; returns its name."""
-    name = mixed_precision_policy(device_kind(strategy), gpu_float16=gpu_float16)
+def check_visible(kind, marks, allow_cpu=False):
+    """Raise `AcceleratorNotVisible` when JAX computes on the CPU of a machine with an accelerator.
+
+    Args:
+        kind: what JAX computes on ("TPU" | "GPU" | "CPU"). marks: `accelerator_marks()`.
+        allow_cpu: True: only say so (an explicit opt-in to a CPU run).
+    Returns:
+        A warning line (str) when allowed through, else None.
+    """
+    if kind != "CPU":
+        return None
+    for hardware in ("TPU", "GPU"):
+        if marks.get(hardware):
+            found = ", ".join(marks[hardware][:4])
+            message = (f"this machine has a {hardware} ({found}) but JAX sees only the CPU, so training would "
+                       f"run on the host CPU, many times slower. Fix: {_FIX[hardware]}.")
+            if not allow_cpu:
+                raise AcceleratorNotVisible(
+                    f"kitlib: refusing to run: {message} To train on the CPU anyway pass allow_cpu=True "
+                    "(command line: --allow-cpu).")
+            return f"kitlib: WARNING: {message} Running on the CPU because allow_cpu=True."
+    return None
+
+
+def check_global_batch(global_batch, num_devices):
+    """The per-device batch; ValueError naming both numbers when the global batch does not split evenly."""
+    if global_batch < 1 or global_batch % num_devices:
+        raise ValueError(
+            f"the global batch {global_batch} does not split evenly over {num_devices} device(s): use a multiple "
+            f"of {num_devices} (e.g. {max(1, round(global_batch / num_devices)) * num_devices}).")
+    return global_batch // num_devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What `setup()` found and set.
+
+    kind: "TPU" | "GPU" | "CPU". devices: JAX devices. distribution: the `keras.distribution.DataParallel`
+    in force (None on one device). policy: the Keras dtype policy name set globally.
+    """
+    kind: str
+    devices: tuple
+    distribution: object
+    policy: str
+
+    @property
+    def num_devices(self):
+        return len(self.devices)
+
+    def per_device_batch(self, global_batch):
+        """Images per device for a global batch (ValueError when it does not split evenly)."""
+        return check_global_batch(global_batch, self.num_devices)
+
+    def describe(self):
+        platform = self.devices[0].device_kind if self.devices else "?"
+        spread = "DataParallel" if self.distribution is not None else "no distribution"
+        return f"{self.num_devices} x {self.kind} ({platform}), {spread}, policy {self.policy}"
+
+    def as_dict(self):
+        return {"backend": keras.backend.backend(), "kind": self.kind, "devices": self.num_devices,
+                "policy": self.policy}
+
+
+def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devices=None, marks=None,
+          host_threads=None):
+    """Find the devices, put data parallelism and the precision policy in force; call it first.
+
+    Args:
+        allow_cpu: run on the CPU even where an accelerator exists but JAX cannot see it (else refuse).
+        gpu_float16: on a GPU, compute in float16 (mixed_float16) instead of float32.
+        policy: "auto" (bfloat16 on TPU, float32 elsewhere unless gpu_float16) or a Keras policy name.
+        verbose: print one line saying what the run is on.
+        devices, marks: JAX devices and `accelerator_marks()` (default: this machine's; for tests).
+        host_threads: TensorFlow threads per CPU op for the input pipeline (None: 1 with an
+            accelerator, whose host only feeds it; TensorFlow's default otherwise).
+    Returns:
+        `Runtime`.
+    Raises:
+        AcceleratorNotVisible: a TPU/GPU is present but JAX runs on the CPU (and allow_cpu is False).
+    """
+    import jax  # noqa: PLC0415 - started here, not at import
+
+    devices = tuple(jax.devices() if devices is None else devices)
+    kind = device_kind(devices[0].platform)
+    warning = check_visible(kind, accelerator_marks() if marks is None else marks, allow_cpu)
+    name = mixed_precision_policy(kind, gpu_float16) if policy == "auto" else policy
     keras.mixed_precision.set_global_policy(name)
-    return name
+    distribution = keras.distribution.DataParallel(devices=list(devices)) if len(devices) > 1 else None
+    keras.distribution.set_distribution(distribution)
+    if kind != "CPU" or host_threads is not None:
+        configure_host_threads(1 if host_threads is None else host_threads, verbose=False)
+    result = Runtime(kind, devices, distribution, name)
+    if verbose:
+        if warning:
+            print(warning)
+        print(f"kitlib: running on {result.describe()} (Keras {keras.__version__} on JAX {jax.__version__})")
+    return result
+
+
+def configure_host_threads(intra_op, verbose=True):
+    """Threads per TensorFlow CPU op for the input pipeline; call before TensorFlow's first op.
+
+    A GPU/TPU host's CPUs only feed the accelerator: ``tf.data`` already runs many map calls in parallel,
+    and splitting each op over an intra-op pool on top of that costs more CPU than it saves (measured:
+    bench/README.md). On a CPU-only machine leave TensorFlow's default (0).
+
+    Returns:
+        The setting in force afterwards (0: TensorFlow's default). Once TensorFlow's runtime has started
+        the setting is fixed: then nothing changes, and that is what is returned (and printed).
+    """
+    from kitlib.compat import tf  # noqa: PLC0415
+
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if intra_op == current:
+        return current
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    except RuntimeError:  # the runtime has started: the pool exists and cannot be resized
+        if verbose:
+            print(f"kitlib: TensorFlow already started; threads per CPU op stay at {current or 'the default'}")
+        return current
+    if verbose:
+        print(f"kitlib: {intra_op or 'default (one per core)'} thread(s) per CPU op")
+    return intra_op
+
+
+def check_environment(verbose=True):
+    """The first cell's check: Keras 3 on JAX, and TensorFlow for input (else the pip line to run).
+
+    Returns:
+        dict of versions. Raises ImportError with the fix when something is missing.
+    """
+    import jax  # noqa: PLC0415
+
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+    except ImportError as err:
+        raise ImportError(
+            "TensorFlow is missing (Colab's TPU runtime ships none); kitlib reads data with tf.data. "
+            f"Run this once, then restart the runtime:\n    !{TF_INSTALL_HINT}") from err
+    versions = {"python": sys.version.split()[0], "keras": keras.__version__, "backend": keras.backend.backend(),
+                "jax": jax.__version__, "tensorflow": tf.__version__}
+    if verbose:
+        print("kitlib environment: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return versions
 
 
 def on_kaggle():
@@ -180,23 +244,17 @@ def on_kaggle():
     return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or os.path.isdir("/kaggle/working")
 
 
-def find_data_dir(local=None, gcs=False, competition=COMPETITION):
+def find_data_dir(local=None, competition=COMPETITION):
     """The folder holding the competition's files (``train_tfrecords/``, ``train.csv`` ...).
 
     Args:
         local: fallback folder; default ``data/sample`` in the repo (the bundled sample).
-        gcs: a remote (non-VM) TPU cannot read ``/kaggle/input``: return the GCS path from
-            ``kaggle_datasets.KaggleDatasets()`` instead (only exists inside Kaggle).
         competition: the competition slug under ``/kaggle/input``.
     Returns:
-        A path (local or ``gs://``) as a string.
+        A local path. A TPU VM reads ``/kaggle/input`` directly: no GCS copy is needed.
     """
     attached = os.path.join(KAGGLE_INPUT, competition)
     if os.path.isdir(attached):
-        if gcs:
-            from kaggle_datasets import KaggleDatasets  # exists only on Kaggle
-
-            return KaggleDatasets().get_gcs_path(competition)
         return attached
     if local is None:
         local = os.path.join(repo_root(), DEFAULT_LOCAL_DATA)

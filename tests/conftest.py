@@ -1,20 +1,18 @@
-"""Shared fixtures. The CPU is split into 2 logical devices before TensorFlow initialises, so
-cross-replica code is tested under a real MirroredStrategy (REFERENCE.md: the way to test it here)."""
+"""Shared fixtures. Keras runs on JAX (set before anything imports Keras). Tests in this process see
+one CPU device; code that runs distributed is tested on 8 simulated devices in a subprocess
+(`run_on_devices`), since XLA's device count is fixed once JAX starts."""
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "jax"
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-_cpu = tf.config.list_physical_devices("CPU")[0]
-try:
-    tf.config.set_logical_device_configuration(
-        _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-except RuntimeError:  # already initialised (e.g. a test imported TF ops first): keep what exists
-    pass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,12 +23,16 @@ def sample_dir():
     return os.path.join(REPO, "data", "sample")
 
 
-@pytest.fixture(scope="session")
-def mirrored_strategy():
-    """MirroredStrategy over two logical CPU devices."""
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest could not split the CPU into 2 logical devices"
-    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def run_on_devices(code, devices=8, timeout=600, env=None):
+    """Run `code` in a fresh Python whose JAX sees `devices` CPU devices; returns its last stdout line
+    parsed as JSON (the code prints ``json.dumps(result)`` last). Fails the test with its stderr."""
+    environ = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environ, cwd=REPO, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"subprocess on {devices} device(s) failed (rc {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def load_bench(name):

@@ -1,0 +1,111 @@
+"""Backbones, the one home: images float [N, H, W, 3] in [0, 1] -> features [N, F], as Keras 3 models.
+
+    build(name)        a fresh backbone: "small_cnn" (CPU tests, demos), "resnet50" (SwAV's), or a BiT
+                       ResNetV2 name ("BiT-M-R50x1", "R50x1", ...; see `kitlib.resnetv2`).
+    save(model, path)  the backbone as a ``.keras`` file (what ``pretrain`` exports).
+    load(source)       any backbone the kit can read, every weight trainable:
+                       - a kit ``.keras`` backbone (``pretrain``'s ``backbone.keras``),
+                       - an official BiT ``.npz`` (``BiT-M-R50x1.npz``; architecture from the name or shapes),
+                       - a BiT TF2 SavedModel directory, or a TF-Hub / Kaggle Models handle that resolves
+                         to one (attached under /kaggle/input, or downloaded when online).
+All of them take [0, 1] inputs; the same weights through any route give the same features.
+"""
+
+import os
+
+from kitlib.compat import keras
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # inputs are [0, 1]; the backbone standardises them itself
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_CNN_WIDTHS = (32, 64, 128)       # CPU tests and demos: three stride-2 conv blocks
+SMALL_CNN_BN_MOMENTUM = 0.9            # PyTorch's 0.1: moving statistics settle within a short run
+KIT_NAMES = ("small_cnn", "resnet50")
+
+
+def _standardize(inputs):
+    return keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD],
+                                      name="standardize")(inputs)
+
+
+def build(name="resnet50"):
+    """A randomly initialised backbone: float [N, H, W, 3] in [0, 1] (any H, W) -> features [N, F].
+
+    Args:
+        name: "resnet50" (keras.applications, F = 2048, SwAV's), "small_cnn" (3 conv-BN-ReLU blocks,
+            F = 128: CPU tests and demos), or a BiT name such as "BiT-M-R50x1" (GroupNorm + WS).
+    Returns:
+        keras.Model; BatchNorm (where there is any) follows the ``training`` argument.
+    """
+    if name not in KIT_NAMES:
+        from kitlib import resnetv2  # noqa: PLC0415
+
+        if resnetv2.parse_name(name, default=None) is None:
+            raise ValueError(f"unknown backbone {name!r}; use one of {', '.join(KIT_NAMES)} or a BiT name "
+                             "such as 'BiT-M-R50x1'")
+        return resnetv2.build(name)
+    inputs = keras.Input((None, None, 3), name="images")
+    x = _standardize(inputs)
+    if name == "resnet50":
+        resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3),
+                                             pooling="avg")
+        features = resnet(x)
+    else:
+        for width in SMALL_CNN_WIDTHS:
+            x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization(momentum=SMALL_CNN_BN_MOMENTUM)(x)
+            x = keras.layers.ReLU()(x)
+        features = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, features, name=name)
+
+
+def save(model, path):
+    """Write a backbone as a ``.keras`` file (float32 weights); returns the path."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"a backbone is saved as a .keras file; got {path!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model.save(path)
+    return path
+
+
+def _is_saved_model(path):
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def load(source, **resolve_kwargs):
+    """A backbone from disk (or a handle), every weight trainable: [N, H, W, 3] in [0, 1] -> [N, F].
+
+    Args:
+        source: a ``.keras`` file, a BiT ``.npz``, a BiT TF2 SavedModel directory, or a TF-Hub /
+            Kaggle Models handle (``google/bit/tensorFlow2/m-r50x1``, ``https://tfhub.dev/...``).
+        resolve_kwargs: passed to `kitlib.bit.resolve_backbone` for handles (cache_dir, input_root).
+    Returns:
+        keras.Model.
+    Raises:
+        FileNotFoundError / ValueError naming the file and what was found instead.
+    """
+    source = os.fspath(source)
+    if source.endswith(".keras"):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"backbone file {source!r} does not exist")
+        from kitlib import resnetv2  # noqa: F401,PLC0415 - registers the BiT layers for deserialisation
+
+        model = keras.saving.load_model(source, compile=False)
+        model.trainable = True
+        return model
+    if source.endswith(".npz"):
+        from kitlib import resnetv2  # noqa: PLC0415
+
+        return resnetv2.from_npz(source)
+    if not _is_saved_model(source):
+        from kitlib import bit  # noqa: PLC0415
+
+        if os.path.isdir(source):
+            kit_file = os.path.join(source, "backbone.keras")
+            if os.path.isfile(kit_file):  # a pretrain output folder
+                return load(kit_file)
+            raise ValueError(f"{source!r} is a folder but holds neither saved_model.pb nor backbone.keras; "
+                             "give a .keras / .npz file, a BiT SavedModel folder or a handle")
+        source = bit.resolve_backbone(source, **resolve_kwargs)
+    from kitlib import resnetv2  # noqa: PLC0415
+
+    return resnetv2.from_saved_model(source)
