@@ -83,11 +83,13 @@ viz.plot_crop_distributions(stats);"""),
 
 For SwAV training, `multicrop_batches` shuffles encoded records, crops, batches with
 `drop_remainder=True` (static shapes for TPU) and prefetches. With `augment="device"` the host only
-decodes and crops; the colour work then runs on the accelerator in the train step with
-`augment.ColorAugment()` (see `bench/pipeline.py` for when each mode is faster)."""),
+decodes, crops and flips; the colour work then runs on the accelerator in the train step with
+`augment.ColorAugment()`, a Keras 3 layer (JAX, jitted with the step; the same jitter, grayscale
+and blur as the host, each image with its own draws; see `bench/pipeline.py` for when each mode is
+faster). Here it runs once on a batch, fed numpy from `tf.data`."""),
     ("code", """batches = augment.multicrop_batches(records, CONFIG, batch_size=4, augment="device", seed=SEED)
-crops = next(iter(batches))
-colored = augment.ColorAugment()(crops, training=True)
+crops = [c.numpy() for c in next(iter(batches))]     # tf.data feeds the host; Keras/JAX takes numpy
+colored = augment.ColorAugment(seed=SEED)(crops, training=True)
 print([tuple(c.shape) for c in colored])"""),
 ]
 

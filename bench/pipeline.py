@@ -39,7 +39,8 @@ Pipelines:
                         for 800x600 with the default max_upscale=2), full SwAV augmentation on the
                         host; "max_upscale=1" decodes every crop window at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
-                        the train step; "+ColorAugment here" runs that layer on this CPU too.
+                        the train step; "+ColorAugment here" runs that layer on this CPU too, as
+                        the train step runs it (Keras 3 on JAX, jitted; see `color_step`).
 
 When each mode wins: the host needs about ``images/s x CPU-ms / 1000`` cores. At one thread per op
 the host mode costs ~4.0-5.5 CPU-ms per image with 2x224+3x96 crops and ~4.9-7.4 ms with 2x224+6x96,
@@ -51,8 +52,9 @@ these noisy 115 KB JPEGs are bound by entropy decoding, which a reduced scale do
       (3 / 6 small crops), the device mode's host part ~1000 / ~840.
     * TPU VM (~96 vCPUs): host mode feeds thousands of images/s, so keep the accelerator's time
       for the model and augment on the host.
-    * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work batched,
-      op by op, without skipping the crops whose coin says "no", and is slower ("+ColorAugment here").
+    * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work jitted,
+      batched with static shapes, without skipping the crops whose coin says "no", and is slower
+      ("+ColorAugment here"; figures for it before 2026-11-30 are of the old TensorFlow layer).
 """
 
 import argparse
@@ -192,6 +194,26 @@ def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
     return tf.data.Dataset.zip(tuple(loaders)).batch(BATCH).prefetch(AUTO)
 
 
+# ============ the device mode's colour work, here on the CPU ============
+
+def color_step(layer):
+    """A ``per_batch`` step that runs ``layer`` (`augment.ColorAugment`) on a batch of crops as the JAX
+    train step does: jitted, its SeedGenerator state threaded through ``stateless_call`` (fresh draws
+    every batch), fed numpy (``.numpy()`` of the tf.data batch); it waits for the result and returns
+    it (a list of float32 [B, S, S, 3] jax arrays)."""
+    import jax
+
+    apply = jax.jit(lambda state, crops: layer.stateless_call([], state, crops, training=True))
+    state = [v.value for v in layer.non_trainable_variables]
+
+    def step(batch):
+        nonlocal state
+        out, state = apply(state, [crops.numpy() for crops in batch])
+        return jax.block_until_ready(out)
+
+    return step
+
+
 # ============ timing ============
 
 def _images_in(element):
@@ -263,8 +285,7 @@ def main(argv=None):
         print(f"wrote {written} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s; "
               f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed, the shards read endlessly\n")
         records = data.load_dataset(shards, decode=False).repeat()
-        layer = augment.ColorAugment()
-        color_on_cpu = tf.function(lambda crops: layer(list(crops), training=True))
+        color_on_cpu = color_step(augment.ColorAugment())
         rows = [
             ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
             (SEED_ROW, seed_pipeline(shards), None),

@@ -48,3 +48,14 @@ def test_within_rounds_is_the_median_of_per_round_ratios(bench):
     seed = [(100.0, 16.0, 8.0), (100.0, 20.0, 8.0), (100.0, 18.0, 8.0)]
     wall, cpu = bench.within_rounds(runs, seed)
     assert wall == pytest.approx(4.0) and cpu == pytest.approx(np.median([4.0, 4.0, 4.5]))
+
+
+def test_color_step_runs_the_layer_jitted_on_tf_batches_with_fresh_draws(bench):
+    from kitlib import augment
+
+    step = bench.color_step(augment.ColorAugment(seed=0, jitter_p=1.0, blur_p=0.0))  # "+ColorAugment here"
+    batch = (tf.fill([4, 8, 8, 3], 0.5) + tf.range(3, dtype=tf.float32) / 10, tf.fill([4, 4, 4, 3], 0.3))
+    first, second = step(batch), step(batch)
+    assert [tuple(c.shape) for c in first] == [(4, 8, 8, 3), (4, 4, 4, 3)] and first[0].dtype == "float32"
+    assert all(0.0 <= float(c.min()) and float(c.max()) <= 1.0 for c in first)
+    assert not np.allclose(first[0], second[0]), "every batch draws anew"
