@@ -64,9 +64,15 @@ def with_dtype_policy(model, policy=None):
               if not isinstance(layer, keras.layers.InputLayer)]
     if all(layer.dtype_policy.name == policy.name for layer in layers):
         return model
-    config = _replace_policies(keras.saving.serialize_keras_object(model), keras.dtype_policies.serialize(policy))
+    return _rebuild(model, lambda config: _replace_policies(config, keras.dtype_policies.serialize(policy)))
+
+
+def _rebuild(model, edit=lambda config: config):
+    """A new uncompiled model from ``model``'s serialized graph (``edit``-ed), with its weights."""
+    config = dict(keras.saving.serialize_keras_object(model))
+    config.pop("compile_config", None)  # the copy carries no loss / optimizer (custom ones need not load)
     _register_kit_layers()
-    rebuilt = keras.saving.deserialize_keras_object(config)
+    rebuilt = keras.saving.deserialize_keras_object(edit(config))
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 
@@ -88,9 +94,8 @@ def save_classifier(model, out_dir, class_names, image_size, from_logits=True):
     if probe.shape[-1] != len(class_names):
         raise ValueError(f"the model outputs {probe.shape[-1]} classes but {len(class_names)} class names were given")
     portable = with_dtype_policy(model, "float32")
-    if portable is model:  # already float32: an uncompiled copy of the graph, so no optimizer is saved
-        portable = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-        portable.set_weights(model.get_weights())
+    if portable is model:  # already float32: an uncompiled copy, so neither optimizer nor loss is saved
+        portable = _rebuild(model)
     os.makedirs(out_dir, exist_ok=True)
     portable.save(os.path.join(out_dir, MODEL_FILE))
     meta = {"class_names": class_names, "image_size": int(image_size),
@@ -107,11 +112,21 @@ def _softmax(logits):
     return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _device_multiple():
-    """Batches fed to a model must split evenly over the devices of the distribution in force."""
+def device_count():
+    """Devices of the Keras distribution in force (``runtime.setup``'s DataParallel), 1 without one:
+    every batch a model sees must split evenly over them."""
     distribution = keras.distribution.distribution()
     mesh = getattr(distribution, "device_mesh", None)
     return int(np.prod(mesh.shape)) if mesh is not None else 1
+
+
+def shard_batch(batch):
+    """A numpy batch [B, ...] laid out over the distribution's devices along B (as ``fit`` does with
+    its batches), so ``predict_on_batch`` runs data-parallel; unchanged without a distribution."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return batch
+    return keras.distribution.distribute_tensor(batch, distribution.get_data_layout(batch.shape))
 
 
 class Classifier:
@@ -145,13 +160,13 @@ class Classifier:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected images [N, {self.image_size}, {self.image_size}, 3], got {list(images.shape)}")
-        multiple = _device_multiple()
+        multiple = device_count()
         chunk = -(-max(1, int(batch_size)) // multiple) * multiple
         parts = []
         for start in range(0, len(images), chunk):
             part = images[start:start + chunk]
             padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], np.float32)])
-            out = np.asarray(self.model.predict_on_batch(padded), np.float32)[:len(part)]
+            out = np.asarray(self.model.predict_on_batch(shard_batch(padded)), np.float32)[:len(part)]
             parts.append(_softmax(out) if self.outputs == "logits" else out)
         return np.concatenate(parts) if parts else np.zeros([0, len(self.class_names)], np.float32)
 

@@ -1,14 +1,21 @@
-"""Fine-tune a BiT / SwAV backbone with the BiT-HyperRule: ``python -m kitlib finetune``.
+"""Fine-tune a backbone with the BiT-HyperRule on Keras 3 (JAX): ``python -m kitlib finetune``.
 
-One run: read the data (Cassava TFRecords, JPEG folder + CSV, one folder per class, or a tfds
-name), split off validation, derive the ``HyperRule`` from the TRAINING size, build backbone + zero
-head under the strategy, ``fit()`` for exactly the rule's steps (ModelCheckpoint on the best
-validation accuracy, CSVLogger, TensorBoard), evaluate (accuracy, per-class report, confusion
-matrix) and export with ``kitlib.export.save_classifier``:
+One run, one ``FinetuneConfig`` (printed once, saved as ``config.json``): read the data (Cassava
+TFRecords, JPEG folder + CSV, one folder per class, or a tfds name), split off validation, derive the
+``HyperRule`` from the TRAINING size and the GLOBAL batch, load the backbone (``backbones.load``: a
+BiT ``.npz`` / SavedModel / handle, or the SwAV ``backbone.keras``) and put a zero-initialised head on
+it, ``fit()`` for exactly the rule's steps (SGD momentum 0.9, MixUp in the tf.data pipeline, the best
+validation accuracy checkpointed and restored, CSV log, progress bar), evaluate (accuracy, per-class
+report, confusion matrix) and export the classifier (``kitlib.export``):
 
-    out_dir/saved_model/, classifier.json   the classifier (class names + image size)
-    out_dir/finetune.json                   the run's settings, rule and validation metrics
-    out_dir/history.csv, tensorboard/, checkpoints/
+    out/classifier.keras, classifier.json   the classifier (float32) + class names and image size
+    out/config.json                         the run's settings, the rule, the devices
+    out/finetune.json                       config, history, validation accuracy, report, confusion matrix
+    out/history.csv, checkpoints/best.weights.h5, tensorboard/ (when tensorboard is installed)
+
+Distribution: call ``runtime.setup()`` first. With several devices its ``keras.distribution.DataParallel``
+replicates the model (built after it) and ``fit`` splits every batch over the devices; the loss and the
+metrics inside the compiled step are over the global batch, so 8 devices train like 1.
 """
 
 import dataclasses
@@ -19,13 +26,11 @@ import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 from kitlib import bit, data, export, losses
-from kitlib.compat import keras
+from kitlib.compat import keras, tf
 
 TFDS_PREFIX = "tfds:"
-_MAX_STEPS_PER_EXECUTION = 32  # TPU: run several steps per host round trip
 
 
 # ============ data sources ============
@@ -96,7 +101,7 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     elif tf.io.gfile.isdir(os.path.join(source, "train_tfrecords")):  # local or gs:// (remote TPU)
         files = data.list_tfrecords(source, "train")
         train_files, val_files = data.split_files(files, val_fraction, seed) if val_fraction else (files, [])
-        train = data.load_dataset(train_files, decode=decode)
+        train = _read_shards(train_files, decode)
         val = data.load_dataset(val_files, ordered=True, decode=decode) if val_files else None
         return Source(train, val, _cassava_class_names(source), data.count_data_items(train_files),
                       data.count_data_items(val_files), _first_image_hw(train), "tfrecords")
@@ -119,6 +124,19 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     return Source(train, val, tuple(class_names), total - val_size, val_size, _first_image_hw(train), kind)
 
 
+def _read_shards(files, decode=False):
+    """The records of every shard, in a fixed order that still mixes them: one record of each shard in
+    turn (round robin; a shard that runs out is skipped). The kit's parallel reader interleaves shards
+    as they stream in, in an order that changes from run to run; fine-tuning wants its batches to be a
+    function of the seed (the same run on 1 device and on 8), and a shuffle buffer over ALL shards, not
+    over one shard read after the other."""
+    if len(files) == 1:
+        return data.load_dataset(files, ordered=True, decode=decode)
+    shards = [data.load_dataset([path], ordered=True, decode=decode) for path in files]
+    turns = tf.data.Dataset.range(len(shards)).repeat()
+    return tf.data.Dataset.choose_from_datasets(shards, turns, stop_on_empty_dataset=False)
+
+
 def _first_image_hw(dataset):
     """(h, w) of the first image: what ``get_resolution`` decides on (Cassava: 600 x 800)."""
     with data.explain_errors():
@@ -129,25 +147,91 @@ def _first_image_hw(dataset):
     raise data.DataError("the training split is empty; lower val_fraction or add data")
 
 
+# ============ the run's settings ============
+
+_MAX_STEPS_PER_EXECUTION = 32  # TPU: several steps per host round trip
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run depends on (printed once, saved in ``config.json``).
+
+    Attributes:
+        data_dir: see ``load_source``. backbone: a ``backbones.load`` source (.keras file or pretrain
+            output folder, BiT .npz, BiT SavedModel folder, TF-Hub / Kaggle Models handle). out_dir: outputs.
+        global_batch_size: B over all devices, a multiple of the device count (the rule scales steps by
+            512/B and the lr by B/512).
+        steps: override the rule's number of steps (phases keep their fractions).
+        loss: "ce" or "bitempered"; label_smoothing, t1, t2 as in ``kitlib.losses``.
+        val_fraction: held-out share for validation and the best checkpoint, in [0, 1).
+        base_lr: lr at batch 512 (BiT: 0.003). resolution: optional (resize, crop) instead of the rule's.
+        evaluations: about how many validation rounds (Keras epochs) the run has.
+        seed: split (TFRecords), shuffle, crops, flips and MixUp. tfds_data_dir: where tfds:NAME is prepared.
+        steps_per_execution: steps per compiled call (None: up to 32 on TPU, 1 elsewhere).
+        restore_best: end with the best-validation weights (else the last ones).
+        mixed_precision: "auto" (bfloat16 on TPU, float32 elsewhere) or a Keras policy name; used when
+            ``finetune`` sets the runtime up itself. allow_cpu: run on the CPU even where an accelerator
+            exists that JAX cannot see. verbose: 0 silent, 1 progress bar, 2 one line per round.
+    """
+
+    data_dir: str
+    backbone: str
+    out_dir: str
+    global_batch_size: int = 512
+    steps: int = None
+    loss: str = "ce"
+    label_smoothing: float = 0.0
+    t1: float = losses.T1_CASSAVA
+    t2: float = losses.T2_CASSAVA
+    val_fraction: float = 0.2
+    base_lr: float = bit.BASE_LR
+    resolution: tuple = None
+    evaluations: int = 10
+    seed: int = 0
+    tfds_data_dir: str = None
+    steps_per_execution: int = None
+    restore_best: bool = True
+    mixed_precision: str = "auto"
+    allow_cpu: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        self.data_dir, self.backbone, self.out_dir = (os.fspath(v) for v in (self.data_dir, self.backbone,
+                                                                            self.out_dir))
+        if self.resolution is not None:
+            self.resolution = tuple(int(v) for v in self.resolution)
+            if len(self.resolution) != 2:
+                raise ValueError(f"resolution is (resize, crop), got {self.resolution}")
+        if self.global_batch_size < 1 or (self.steps is not None and self.steps < 2) or self.evaluations < 1:
+            raise ValueError(f"need global_batch_size >= 1, steps >= 2 (or None) and evaluations >= 1; got "
+                             f"{self.global_batch_size}, {self.steps}, {self.evaluations}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        self.loss_fn()  # unknown loss, bad temperatures or smoothing: refused before any data is read
+
+    def loss_fn(self):
+        """The per-example loss ``fn(y_true [B, C], logits [B, C]) -> [B]`` this config names."""
+        return losses.make_loss(self.loss, self.label_smoothing, self.t1, self.t2)
+
+    def as_dict(self):
+        values = dataclasses.asdict(self)
+        values["resolution"] = list(self.resolution) if self.resolution else None
+        return values
+
+
 # ============ model, training, evaluation ============
 
 
-def build_model(backbone, num_classes, rule, loss_fn, strategy=None, steps_per_execution=1):
-    """Backbone + zero head, compiled with the rule's SGD, all inside ``strategy.scope()``.
+def compile_classifier(model, rule, loss_fn, steps_per_execution=1):
+    """Compile with the rule's SGD(momentum 0.9), ``loss_fn`` and weighted accuracy.
 
-    Args:
-        backbone: handle or local directory (see ``bit.load_backbone``).
-        num_classes: C.
-        rule: a ``bit.HyperRule`` (crop size, lr schedule).
-        loss_fn: ``fn(y_true [B, C], logits [B, C]) -> [B]`` (``kitlib.losses.make_loss``).
-        strategy: a ``tf.distribute.Strategy`` (default: the current one).
+    The loss is averaged over the real examples of a batch (``mean_with_sample_weight``: zero-weight
+    padding of the last validation batch does not count); accuracy is a weighted metric, so padded
+    rows never count either. Returns the model.
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = bit.build_classifier(bit.load_backbone(backbone), num_classes, rule.crop)
-        model.compile(optimizer=rule.optimizer(), loss=loss_fn,
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                      steps_per_execution=steps_per_execution)
+    model.compile(optimizer=rule.optimizer(), loss=losses.PerExampleLoss(loss_fn),
+                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                  steps_per_execution=steps_per_execution)
     return model
 
 
@@ -161,52 +245,88 @@ def evaluation_rounds(total_steps, evaluations=10):
     return epochs, total_steps // epochs
 
 
+def steps_per_execution_for(kind, steps_per_epoch, wanted=None):
+    """Steps per compiled call: ``wanted``, else the largest divisor of steps_per_epoch <= 32 on a TPU
+    (fewer host round trips), 1 elsewhere. Always divides steps_per_epoch."""
+    limit = wanted or (_MAX_STEPS_PER_EXECUTION if kind == "TPU" else 1)
+    return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+def best_checkpoint_path(out_dir):
+    return os.path.join(out_dir, "checkpoints", "best.weights.h5")
+
+
 def training_callbacks(out_dir, monitor="val_accuracy"):
-    """ModelCheckpoint (best ``monitor``, weights to ``out_dir/checkpoints/best``), CSVLogger
+    """ModelCheckpoint (best ``monitor``: weights to ``checkpoints/best.weights.h5``), CSVLogger
     (``history.csv``) and TensorBoard (``tensorboard/``; only when the tensorboard package is installed,
     as on Kaggle/Colab: TensorFlow >= 2.20 no longer pulls it in)."""
+    os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
     callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoints", "best"), monitor=monitor,
-                                        mode="max", save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(best_checkpoint_path(out_dir), monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv")),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), profile_batch=0))
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False))
     else:
         print("finetune: tensorboard is not installed, so no TensorBoard logs (pip install tensorboard)")
     return callbacks
 
 
-def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verbose=1, restore_best=True):
+def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verbose=1, restore_best=True,
+          validation_steps=None):
     """``fit()`` for exactly ``rule.total_steps`` steps with checkpoint / CSV / TensorBoard callbacks.
 
     Args:
-        model: compiled classifier (``build_model``).
-        train_batches: endless (images, one-hot labels) batches (``bit.train_dataset``).
-        val_batches: evaluation batches (``bit.eval_dataset``) or None.
-        out_dir: gets ``checkpoints/best``, ``history.csv`` and ``tensorboard/``.
+        model: compiled classifier (``compile_classifier``).
+        train_batches: endless (images, one-hot labels) batches of the global batch (``bit.train_dataset``).
+        val_batches: padded evaluation batches (``bit.eval_dataset(..., pad=True)``) or None.
+        out_dir: gets ``checkpoints/best.weights.h5``, ``history.csv`` and ``tensorboard/``.
         evaluations: about how many times to validate during the run.
         restore_best: load the best-validation weights at the end (else keep the last).
+        validation_steps: batches in ``val_batches`` when known (Keras then needs not run into its end).
     Returns:
         the Keras ``History``.
     """
     os.makedirs(out_dir, exist_ok=True)
     epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, evaluations)
-    best = os.path.join(out_dir, "checkpoints", "best")
     callbacks = training_callbacks(out_dir, "val_accuracy" if val_batches is not None else "accuracy")
     with data.explain_errors():
         history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=val_batches, callbacks=callbacks, verbose=verbose)
-    if restore_best and tf.io.gfile.exists(best + ".index"):
+                            validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
+                            verbose=verbose)
+    best = best_checkpoint_path(out_dir)
+    if restore_best and os.path.isfile(best):
         model.load_weights(best)
     return history
+
+
+def predict_batches(model, batches):
+    """Logits and labels of labelled batches, padding dropped.
+
+    Args:
+        model: classifier, images [b, S, S, 3] -> logits [b, C].
+        batches: (images, one-hot labels [b, C]) or padded (images, labels, weights [b]) batches;
+            under a distribution each batch must split over the devices (``eval_dataset(pad=True)``).
+    Returns:
+        (logits float32 [N, C], labels int [N]) numpy, over the real examples only.
+    """
+    logits, labels = [], []
+    with data.explain_errors():
+        for batch in batches:
+            images, onehot = np.asarray(batch[0]), np.asarray(batch[1])
+            keep = np.asarray(batch[2]) > 0 if len(batch) > 2 else np.ones(len(images), bool)
+            out = np.asarray(model.predict_on_batch(export.shard_batch(images)), np.float32)
+            logits.append(out[keep])
+            labels.append(np.argmax(onehot[keep], axis=-1))
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 def evaluate(model, batches, class_names):
     """Accuracy, per-class report and confusion matrix (scikit-learn) on labelled batches.
 
     Args:
-        batches: (images, one-hot labels [b, C]) batches.
+        batches: see ``predict_batches``.
         class_names: C names.
     Returns:
         dict: "accuracy" (float), "report" (str), "per_class" (sklearn dict), "confusion_matrix"
@@ -214,12 +334,8 @@ def evaluate(model, batches, class_names):
     """
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-    true, pred = [], []
-    with data.explain_errors():
-        for images, labels in batches:
-            true.append(np.argmax(labels, axis=-1))
-            pred.append(np.argmax(model(images, training=False), axis=-1))
-    y_true, y_pred = np.concatenate(true), np.concatenate(pred)
+    logits, y_true = predict_batches(model, batches)
+    y_pred = np.argmax(logits, axis=-1)
     labels = list(range(len(class_names)))
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0)
     return {
@@ -236,64 +352,100 @@ def evaluate(model, batches, class_names):
 
 @dataclasses.dataclass
 class FinetuneResult:
-    model: object
+    model: object  # the Keras classifier (best-validation weights unless restore_best=False)
     rule: bit.HyperRule
     source: Source
-    history: object
+    history: object  # keras History
     evaluation: dict  # None without a validation split
     out_dir: str
+    config: FinetuneConfig
 
 
-def finetune(data_source, backbone, out_dir, batch_size=512, steps=None, loss="ce", label_smoothing=0.0,
-             t1=losses.T1_CASSAVA, t2=losses.T2_CASSAVA, val_fraction=0.2, base_lr=bit.BASE_LR,
-             resolution=None, evaluations=10, seed=0, strategy=None, tfds_data_dir=None, verbose=1):
-    """Fine-tune ``backbone`` on ``data_source`` with the BiT-HyperRule and export the classifier.
+def _check_backbone_source(source):
+    """Fail in seconds, before any data is read, on a handle that cannot be reached."""
+    if not os.path.exists(os.path.expanduser(source)):
+        bit.resolve_backbone(source)
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def _write_json(path, record):
+    with open(path, "w") as f:
+        json.dump(_json_ready(record), f, indent=1)
+
+
+def finetune(config=None, rt=None, **fields):
+    """Fine-tune ``config.backbone`` on ``config.data_dir`` with the BiT-HyperRule and export the classifier.
 
     Args:
-        data_source: see ``load_source``.
-        backbone: TF Hub / Kaggle Models handle or local SavedModel directory (``bit.load_backbone``).
-        out_dir: where the classifier and the run's records go.
-        batch_size: global batch B (the rule scales steps by 512/B and the lr by B/512).
-        steps: override the rule's number of steps (phases keep their fractions).
-        loss: "ce" or "bitempered"; label_smoothing, t1, t2 as in ``kitlib.losses``.
-        val_fraction: held-out share for validation and the best checkpoint.
-        base_lr: lr at batch 512.
-        resolution: optional (resize, crop) instead of ``get_resolution`` (e.g. a CPU smoke run).
-        strategy: ``tf.distribute.Strategy`` (default: the current one).
+        config: a ``FinetuneConfig``; or leave it out and pass its fields as keywords
+            (``finetune(data_dir=..., backbone=..., out_dir=..., global_batch_size=16)``).
+        rt: the ``runtime.setup()`` result; None: set the runtime up here (``config.allow_cpu``,
+            ``config.mixed_precision``). Build nothing Keras before it: the distribution and the dtype
+            policy apply to models built afterwards.
     Returns:
         a ``FinetuneResult``.
+    Raises:
+        ValueError: bad settings, a global batch that does not split over the devices, unreadable data
+        (``data.DataError``) or an unreachable backbone handle, each saying what to do.
     """
-    loss_fn = losses.make_loss(loss, label_smoothing, t1, t2)  # validate before any data is read
-    backbone_path = bit.resolve_backbone(backbone)  # an unreachable handle fails here, in seconds
-    source = load_source(data_source, val_fraction, seed, tfds_data_dir)
-    rule = bit.HyperRule(source.image_hw, source.train_size, batch_size, base_lr, steps, resolution)
-    settings = {"data": os.fspath(data_source), "backbone": os.fspath(backbone), "loss": loss,
-                "label_smoothing": label_smoothing, "t1": t1, "t2": t2, "val_fraction": val_fraction,
-                "seed": seed, "source": source.kind, "train_size": source.train_size,
-                "val_size": source.val_size, "rule": rule.as_dict()}
-    if verbose:
-        print("finetune settings:\n" + json.dumps(settings, indent=1))
-    strategy = strategy or tf.distribute.get_strategy()
-    steps_per_execution = 1
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        steps_per_execution = min(_MAX_STEPS_PER_EXECUTION, evaluation_rounds(rule.total_steps, evaluations)[1])
+    from kitlib import backbones, runtime  # noqa: PLC0415
+
+    if config is None:
+        config = FinetuneConfig(**fields)
+    elif fields:
+        config = dataclasses.replace(config, **fields)
+    loss_fn = config.loss_fn()
+    rt = rt or runtime.setup(allow_cpu=config.allow_cpu, policy=config.mixed_precision,
+                             verbose=bool(config.verbose))
+    runtime.check_global_batch(config.global_batch_size, rt.num_devices)
+    _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
+    source = load_source(config.data_dir, config.val_fraction, config.seed, config.tfds_data_dir)
+    rule = bit.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
+                         config.steps, config.resolution)
+    epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, config.evaluations)
+    steps_per_execution = steps_per_execution_for(rt.kind, steps_per_epoch, config.steps_per_execution)
+    record = {"config": config.as_dict(), "backend": keras.backend.backend(), "device_kind": rt.kind,
+              "devices": rt.num_devices, "global_batch_size": config.global_batch_size,
+              "per_device_batch": config.global_batch_size // rt.num_devices,
+              "policy": keras.config.dtype_policy().name, "steps_per_execution": steps_per_execution,
+              "evaluation_rounds": epochs, "source": source.kind, "class_names": list(source.class_names),
+              "train_size": source.train_size, "val_size": source.val_size, "rule": rule.as_dict()}
+    if config.verbose:
+        print("finetune settings:\n" + "\n".join(f"  {k}: {json.dumps(_json_ready(v))}" for k, v in record.items()))
+    os.makedirs(config.out_dir, exist_ok=True)
+    _write_json(os.path.join(config.out_dir, "config.json"), record)
+
     num_classes = len(source.class_names)
-    model = build_model(backbone_path, num_classes, rule, loss_fn, strategy, steps_per_execution)
-    train_batches = bit.train_dataset(source.train, rule, num_classes, seed=seed)
-    val_batches = (bit.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes)
+    model = bit.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
+    compile_classifier(model, rule, loss_fn, steps_per_execution)
+    train_batches = bit.train_dataset(source.train, rule, num_classes, seed=config.seed)
+    val_batches = (bit.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
                    if source.val is not None else None)
-    history = train(model, rule, train_batches, val_batches, out_dir, evaluations, verbose)
+    history = train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations, config.verbose,
+                    config.restore_best, validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
     evaluation = evaluate(model, val_batches, source.class_names) if val_batches is not None else None
-    export.save_classifier(model, out_dir, source.class_names, rule.crop)
-    record = dict(settings, history={k: [float(v) for v in vs] for k, vs in history.history.items()})
+    export.save_classifier(model, config.out_dir, source.class_names, rule.crop)
+
+    record["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     if evaluation is not None:
         record["val_accuracy"] = evaluation["accuracy"]
-        record["confusion_matrix"] = evaluation["confusion_matrix"].tolist()
-        if verbose:
+        record["confusion_matrix"] = evaluation["confusion_matrix"]
+        record["per_class"] = evaluation["per_class"]
+        if config.verbose:
             print(f"validation accuracy {evaluation['accuracy']:.4f}\n{evaluation['report']}")
-    with open(os.path.join(out_dir, "finetune.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    return FinetuneResult(model, rule, source, history, evaluation, os.fspath(out_dir))
+    _write_json(os.path.join(config.out_dir, "finetune.json"), record)
+    return FinetuneResult(model, rule, source, history, evaluation, config.out_dir, config)
 
 
 # ============ CLI ============
@@ -304,10 +456,12 @@ def add_arguments(parser):
                         help="folder with train_tfrecords/, or train.csv + train_images/, or one sub-folder "
                              "per class; or tfds:NAME")
     parser.add_argument("--backbone", required=True,
-                        help="local SavedModel folder (e.g. /kaggle/input/bit/tensorflow2/m-r50x1/1 or the "
-                             "SwAV export), https://tfhub.dev/google/bit/m-r50x1/1, or google/bit/tensorFlow2/m-r50x1")
+                        help="a .keras backbone or pretrain output folder (runs/swav), a BiT .npz "
+                             "(BiT-M-R50x1.npz), a BiT SavedModel folder (/kaggle/input/bit/tensorflow2/m-r50x1/1), "
+                             "https://tfhub.dev/google/bit/m-r50x1/1 or google/bit/tensorFlow2/m-r50x1")
     parser.add_argument("--out", required=True, help="output folder (classifier, history, checkpoints)")
-    parser.add_argument("--batch-size", type=int, default=512, help="global batch (BiT: 512; steps scale by 512/B)")
+    parser.add_argument("--batch-size", type=int, default=512,
+                        help="GLOBAL batch, a multiple of the device count (BiT: 512; steps scale by 512/B)")
     parser.add_argument("--steps", type=int, default=None, help="override the rule's number of steps")
     parser.add_argument("--loss", choices=losses.LOSSES, default="ce",
                         help="ce, or bitempered for noisy labels (Amid et al. 2019)")
@@ -321,18 +475,25 @@ def add_arguments(parser):
     parser.add_argument("--evaluations", type=int, default=10, help="validation rounds during the run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tfds-data-dir", default=None, help="where a tfds:NAME dataset is prepared")
+    parser.add_argument("--mixed-precision", default="auto",
+                        help="auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy such as mixed_float16")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
 
 
 def run(args):
-    from kitlib import runtime
+    from kitlib import runtime  # noqa: PLC0415
 
     try:
-        result = finetune(args.data, args.backbone, args.out, batch_size=args.batch_size, steps=args.steps,
-                          loss=args.loss, label_smoothing=args.label_smoothing, t1=args.t1, t2=args.t2,
-                          val_fraction=args.val_fraction, base_lr=args.base_lr, resolution=args.resolution,
-                          evaluations=args.evaluations, seed=args.seed, strategy=runtime.get_strategy(),
-                          tfds_data_dir=args.tfds_data_dir)
-    except ValueError as err:  # DataError, an unreachable backbone, bad options: the message says what to do
+        config = FinetuneConfig(
+            data_dir=args.data, backbone=args.backbone, out_dir=args.out, global_batch_size=args.batch_size,
+            steps=args.steps, loss=args.loss, label_smoothing=args.label_smoothing, t1=args.t1, t2=args.t2,
+            val_fraction=args.val_fraction, base_lr=args.base_lr, resolution=args.resolution,
+            evaluations=args.evaluations, seed=args.seed, tfds_data_dir=args.tfds_data_dir,
+            mixed_precision=args.mixed_precision, allow_cpu=args.allow_cpu)
+        result = finetune(config)
+    except (ValueError, FileNotFoundError, runtime.AcceleratorNotVisible) as err:
+        # DataError, an unreachable backbone, a batch that does not split, bad options: the message says what to do
         print(f"finetune: error: {err}", file=sys.stderr)
         return 2
     print(f"saved the classifier ({len(result.source.class_names)} classes, {result.rule.crop}px) to {result.out_dir}")

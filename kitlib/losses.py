@@ -185,3 +185,18 @@ def make_loss(name="ce", label_smoothing=0.0, t1=T1_CASSAVA, t2=T2_CASSAVA):
             return bi_tempered_logistic_loss(y_true, logits, t1, t2, label_smoothing)
         return bitempered_loss
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+class PerExampleLoss(keras.losses.Loss):
+    """A Keras ``Loss`` around a per-example function (``make_loss``), reduced over the batch.
+
+    The default reduction "mean_with_sample_weight" divides the weighted sum by the sum of the weights,
+    so zero-weight padding (the last validation batch) changes nothing; without weights it is the mean.
+    """
+
+    def __init__(self, fn, name=None, reduction="mean_with_sample_weight"):
+        super().__init__(name=name or fn.__name__, reduction=reduction)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)

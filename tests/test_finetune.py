@@ -1,21 +1,24 @@
-"""kitlib.finetune: data sources, exact step counts, callbacks, evaluation and the ``finetune`` command."""
+"""kitlib.finetune on Keras 3 (JAX): data sources, exact step counts, the config, callbacks, a fine-tuning run
+that learns and exports, the ``finetune`` command, and 8 devices training like 1."""
 
 import csv
 import importlib.util
 import json
 import os
+import types
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import run_on_devices
 
 from kitlib import bit, cli, data, export, finetune
-from kitlib.compat import keras
+from kitlib.compat import keras, tf
 
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
-    return bit.make_tiny_backbone(str(tmp_path_factory.mktemp("tiny") / "backbone"), width=4)
+    """A seeded small_cnn backbone saved as .keras."""
+    return bit.make_tiny_backbone(str(tmp_path_factory.mktemp("tiny") / "backbone.keras"))
 
 
 @pytest.mark.parametrize("total, wanted", [(500, 10), (4000, 10), (20, 4), (37, 10), (7, 10)])
@@ -74,32 +77,84 @@ def test_missing_data_folder_fails_with_what_to_pass(tmp_path):
 def test_callbacks_checkpoint_best_validation_and_log_csv(tmp_path):
     callbacks = finetune.training_callbacks(str(tmp_path))
     checkpoint = next(c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint))
-    assert checkpoint.monitor == "val_accuracy" and checkpoint.save_best_only
+    assert checkpoint.monitor == "val_accuracy" and checkpoint.save_best_only and checkpoint.save_weights_only
+    assert checkpoint.filepath == finetune.best_checkpoint_path(str(tmp_path)) and checkpoint.filepath.endswith(".weights.h5")
     assert any(isinstance(c, keras.callbacks.CSVLogger) for c in callbacks)
     has_tensorboard = any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks)
     assert has_tensorboard == (importlib.util.find_spec("tensorboard") is not None)
 
 
+@pytest.mark.parametrize("kind, steps_per_epoch, wanted, expected", [
+    ("CPU", 50, None, 1), ("GPU", 50, None, 1), ("TPU", 50, None, 25), ("TPU", 64, None, 32), ("TPU", 7, None, 7),
+    ("TPU", 37, None, 1), ("CPU", 50, 10, 10), ("CPU", 50, 8, 5)])
+def test_steps_per_execution_divides_the_round_and_is_large_only_on_tpu(kind, steps_per_epoch, wanted, expected):
+    assert finetune.steps_per_execution_for(kind, steps_per_epoch, wanted) == expected
+
+
+def test_config_refuses_bad_settings_before_any_data_is_read_and_serialises(tmp_path):
+    config = finetune.FinetuneConfig("nowhere", "backbone.keras", str(tmp_path), resolution=[72, 64])
+    assert config.resolution == (72, 64) and json.loads(json.dumps(config.as_dict()))["resolution"] == [72, 64]
+    for bad, message in (({"loss": "focal"}, "unknown loss"), ({"label_smoothing": 1.0}, "label_smoothing"),
+                         ({"loss": "bitempered", "t1": 1.5}, "t1"), ({"val_fraction": 1.0}, "val_fraction"),
+                         ({"steps": 1}, "steps"), ({"resolution": (64,)}, "resize, crop")):
+        with pytest.raises(ValueError, match=message):
+            finetune.FinetuneConfig("nowhere", "backbone.keras", str(tmp_path), **bad)
+
+
+def test_a_global_batch_that_does_not_split_over_the_devices_is_refused_naming_both(tmp_path):
+    eight = types.SimpleNamespace(kind="TPU", num_devices=8)  # what runtime.setup returns on a v5e-8
+    with pytest.raises(ValueError, match=r"12.*8"):
+        finetune.finetune(data_dir=str(tmp_path / "nowhere"), backbone="x.keras", out_dir=str(tmp_path / "out"),
+                          global_batch_size=12, rt=eight)
+    assert not (tmp_path / "out").exists()
+
+
+def _images(n, size, seed=0):
+    return np.random.default_rng(seed).random([n, size, size, 3], dtype=np.float32)
+
+
 @pytest.mark.slow
-def test_finetune_command_trains_exports_and_restores_the_best_checkpoint(sample_dir, tiny_backbone, tmp_path):
+def test_finetuning_the_tiny_backbone_lowers_the_loss_and_writes_the_classifier(sample_dir, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    result = finetune.finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(out), global_batch_size=16,
+                               steps=24, resolution=(40, 32), evaluations=4, base_lr=4.0, verbose=0)
+    loss = result.history.history["loss"]
+    assert len(loss) == 4 and loss[-1] < loss[0] - 0.2 and loss[0] == pytest.approx(np.log(5), abs=0.1)
+    # 4 rounds of 6 steps = the rule's 24; the restored best checkpoint (optimizer state included) is
+    # the first round with the best validation accuracy
+    best_round = int(np.argmax(result.history.history["val_accuracy"]))
+    assert result.model.optimizer.iterations.numpy() == 6 * (best_round + 1)
+    for name in ("classifier.keras", "classifier.json", "config.json", "finetune.json", "history.csv",
+                 "checkpoints/best.weights.h5"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert (config["backend"], config["devices"], config["global_batch_size"]) == ("jax", 1, 16)
+    assert config["rule"]["total_steps"] == 24 and config["config"]["backbone"] == tiny_backbone
+    # the model in memory is the best-validation checkpoint, and the reloaded classifier predicts as it does
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["val_accuracy"] == pytest.approx(max(record["history"]["val_accuracy"]), abs=1e-6)
+    assert np.sum(record["confusion_matrix"]) == 25 and record["val_accuracy"] > 0.2  # above chance (5 classes)
+    classifier = export.load_classifier(str(out))
+    assert classifier.class_names == data.CLASS_NAMES and classifier.image_size == 32
+    images = _images(5, 32)
+    np.testing.assert_allclose(classifier.predict_proba(images, batch_size=4),
+                               keras.ops.softmax(result.model(images)), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_finetune_command_with_the_bi_tempered_loss_trains_and_exports(sample_dir, tiny_backbone, tmp_path):
     out = tmp_path / "run"
     code = cli.main(["finetune", "--data", sample_dir, "--backbone", tiny_backbone, "--out", str(out),
-                     "--batch-size", "8", "--steps", "8", "--resolution", "72", "64", "--evaluations", "2",
+                     "--batch-size", "8", "--steps", "8", "--resolution", "40", "32", "--evaluations", "2",
                      "--loss", "bitempered", "--label-smoothing", "0.1"])
     assert code == 0
-    classifier = export.load_classifier(str(out))
-    assert classifier.class_names == data.CLASS_NAMES and classifier.image_size == 64
-    probs = classifier.predict_proba(np.random.default_rng(0).random([3, 64, 64, 3], np.float32))
-    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-
     record = json.loads((out / "finetune.json").read_text())
+    assert record["config"]["loss"] == "bitempered" and record["train_size"] == 75
     assert record["rule"]["total_steps"] == 8 and record["rule"]["batch_size"] == 8
-    assert record["train_size"] == 75 and record["loss"] == "bitempered"
     with open(out / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
-    # the exported model is the best-validation checkpoint: its accuracy is the best seen in training
-    assert record["val_accuracy"] == pytest.approx(max(record["history"]["val_accuracy"]), abs=1e-6)
-    assert np.sum(record["confusion_matrix"]) == 25
+    probs = export.load_classifier(str(out)).predict_proba(_images(3, 32))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
 def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_dir, tmp_path, monkeypatch, capsys):
@@ -108,6 +163,35 @@ def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_
                      "--out", str(tmp_path / "run"), "--batch-size", "8", "--steps", "4"])
     assert code == 2
     assert "attach" in capsys.readouterr().err
+
+
+_DEVICES_RUN = """
+import json
+import numpy as np
+from kitlib import export, finetune, runtime
+rt = runtime.setup(allow_cpu=True, verbose=False)
+result = finetune.finetune(data_dir={data!r}, backbone={backbone!r},
+                           out_dir={out!r}, global_batch_size=16, steps=6, resolution=(40, 32), evaluations=2,
+                           base_lr=4.0, restore_best=False, verbose=0, rt=rt)
+images = np.random.default_rng(1).random([5, 32, 32, 3], dtype=np.float32)  # 5 rows: padded to split over 8
+probs = export.load_classifier({out!r}).predict_proba(images, batch_size=4)
+print(json.dumps({{"devices": rt.num_devices, "distributed": rt.distribution is not None,
+                  "history": result.history.history, "probs": probs.tolist()}}))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
+    runs = {n: run_on_devices(_DEVICES_RUN.format(data=sample_dir, backbone=tiny_backbone,
+                                                  out=str(tmp_path / f"out{n}")), devices=n) for n in (8, 1)}
+    assert (runs[8]["devices"], runs[8]["distributed"], runs[1]["devices"]) == (8, True, 1)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(runs[8]["history"][key], runs[1]["history"][key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert runs[1]["history"]["loss"][-1] != runs[1]["history"]["loss"][0]  # it trained
+    weights = [keras.saving.load_model(str(tmp_path / f"out{n}" / "classifier.keras")).get_weights() for n in (8, 1)]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(runs[8]["probs"], runs[1]["probs"], atol=1e-5)
 
 
 def test_tfds_source_offline_and_unprepared_fails_at_once_with_advice(tmp_path):
