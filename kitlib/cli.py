@@ -52,5 +52,11 @@ def main(argv=None):
     sub = argparse.ArgumentParser(prog=f"python -m kitlib {argv[0]}", description=commands[argv[0]][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    code = module.run(args)
+    from kitlib.runtime import AcceleratorNotVisible  # noqa: PLC0415
+
+    try:
+        code = module.run(args)
+    except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
+        print(err, file=sys.stderr)
+        return 3
     return 0 if code is None else int(code)

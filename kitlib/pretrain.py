@@ -189,14 +189,20 @@ def save_state(model, path, epochs_done):
 
 
 def restore_state(model, path):
-    """Load `save_state`'s file into a model built the same way; returns the epochs it had done."""
+    """Load `save_state`'s file into a model built the same way; returns the epochs it had done.
+
+    Variables are matched in order and checked by shape (layer names carry per-process counters).
+    """
     with np.load(path) as saved:
         variables = _state_variables(model)
         paths = [str(p) for p in saved["paths"]]
-        if paths != [v.path for v in variables]:
-            missing = sorted(set(paths) ^ {v.path for v in variables})[:5]
-            raise ValueError(f"checkpoint {path} does not fit this model (variables differ: {missing}); "
-                             "use a new --out, or delete that folder to start over.")
+        shapes = [saved[f"v{i:05d}"].shape for i in range(len(paths))]
+        wrong = [f"{v.path} {tuple(v.shape)} vs saved {p} {s}" for v, p, s in zip(variables, paths, shapes)
+                 if tuple(v.shape) != tuple(s)]
+        if len(paths) != len(variables) or wrong:
+            raise ValueError(f"checkpoint {path} does not fit this model ({len(paths)} saved variables, "
+                             f"{len(variables)} here; {'; '.join(wrong[:3])}); use a new --out, or delete that "
+                             "folder to start over.")
         for i, variable in enumerate(variables):
             variable.assign(saved[f"v{i:05d}"])
         return int(saved["epochs_done"])
@@ -409,6 +415,9 @@ def pretrain(config, rt=None, print_fn=print):
                                  f"the last good checkpoint is {state_path}. Lower base_lr and rerun.")
     backbone_path = export_backbone(net, os.path.join(config.out_dir, "backbone.keras"))
     history = read_history(history_path)
+    if not history:  # no epoch trained (epochs=0): the columns alone
+        with open(history_path, "w") as f:
+            f.write("epoch,loss\n")
     collapsed = bool(history) and abs(history[-1]["loss"] - model.ln_k) <= monitor.tolerance * model.ln_k
     return PretrainResult(model, net, history, backbone_path, model.ln_k, collapsed, config)
 

@@ -1,6 +1,7 @@
-"""SwAV pretraining end to end: learning on the sample, resume after kill -9, export, CLI, monitors."""
+"""SwAV pretraining end to end on Keras 3 + JAX: learning on the sample, resume after kill -9, export,
+the CLI contract, refusing a hidden accelerator, the config's resolved settings, monitors."""
 
-import argparse
+import csv
 import json
 import math
 import os
@@ -9,26 +10,19 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from kitlib import data, evaluate, pretrain
+from kitlib import backbones, data, evaluate, pretrain, runtime
 from kitlib.compat import keras
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A run small enough for CPU CI that still learns: crops only (on 100 images and ~120 steps the full
-# SwAV colour augmentation leaves the loss at ln K), crops large enough to hold leaf texture, and
-# K = 10 x the 5 classes (swav.suggest_num_prototypes).
-LEARNING_RUN = dict(epochs=40, batch_size=32, backbone="small_cnn", prototypes=50, hidden_dim=512,
-                    output_dim=128, crops="2x64@0.3-1,2x32@0.1-0.3", augmentation="none", base_lr=10.0,
-                    warmup_epochs=0, seed=0, verbose=0)
-
 
 @pytest.mark.slow
-def test_short_pretraining_on_the_sample_learns_and_exports(sample_dir, tmp_path):
-    result = pretrain.pretrain(sample_dir, str(tmp_path), **LEARNING_RUN)
+def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(sample_dir, tmp_path):
+    result = pretrain.pretrain(pretrain.PretrainConfig.smoke(data_dir=sample_dir, out_dir=str(tmp_path), verbose=0))
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 40 and result.ln_k == pytest.approx(math.log(50))
     assert losses[-1] < 0.85 * result.ln_k and not result.collapsed  # clearly below the floor
@@ -40,18 +34,16 @@ def test_short_pretraining_on_the_sample_learns_and_exports(sample_dir, tmp_path
     knn_random, knn_swav = evaluate.knn_accuracy(x0, y), evaluate.knn_accuracy(x1, y)
     assert knn_swav > knn_random + 0.05, (knn_random, knn_swav)
 
-    # the exported backbone is the trained one, trainable through hub.KerasLayer
-    loaded = pretrain.load_backbone(result.backbone_dir, trainable=True)
-    assert len(loaded.trainable_weights) == len(result.backbone.trainable_weights)
-    images = tf.random.uniform([3, 64, 64, 3])
-    np.testing.assert_allclose(loaded(images).numpy(), result.backbone(images, training=False).numpy(),
-                               rtol=1e-4, atol=1e-5)
+    loaded = backbones.load(result.backbone_path)  # the exported file is the trained backbone
+    images = np.random.default_rng(0).random((3, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(result.backbone(images, training=False)),
+                               rtol=1e-5, atol=1e-6)
     rows = pretrain.read_history(os.path.join(tmp_path, "history.csv"))
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert {"loss", "ln_k", "usage_entropy", "lr"} <= set(rows[0])
 
 
-def test_random_init_backbone_is_the_seeded_start_of_pretraining():
+def test_random_init_backbone_is_seeded():
     a = pretrain.random_init_backbone("small_cnn", seed=3)
     b = pretrain.random_init_backbone("small_cnn", seed=3)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
@@ -64,74 +56,127 @@ TINY_RUN = ["--epochs", "8", "--batch-size", "8", "--backbone", "small_cnn", "--
             "--queue-start-epoch", "0", "--seed", "1", "--verbose", "0"]
 
 
+def _cli(argv, env=None, **kwargs):
+    environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "kitlib", "pretrain"] + argv, cwd=REPO, capture_output=True,
+                          text=True, env=environ, timeout=300, **kwargs)
+
+
+def _parse(argv):
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    pretrain.add_arguments(parser)
+    return pretrain.config_from_args(parser.parse_args(argv))
+
+
 @pytest.mark.slow
 def test_rerun_after_kill_9_resumes_step_count_queue_and_history(sample_dir, tmp_path):
     out = str(tmp_path / "run")
     argv = ["--data", sample_dir, "--out", out] + TINY_RUN
     log = open(tmp_path / "first_run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "kitlib", "pretrain"] + argv, cwd=REPO, stdout=log, stderr=log)
-    state = os.path.join(out, "checkpoints", "checkpoint")
-    deadline = time.time() + 90
+    state = os.path.join(out, "checkpoints", "state.npz")
+    deadline = time.time() + 120
     while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # kill -9 as soon as the first epoch is saved
     proc.wait()
     log.close()
-    saved = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
-    assert saved is not None, (tmp_path / "first_run.log").read_text()[-2000:]
-    done_before = int(saved.rsplit("-", 1)[1])
+    assert os.path.exists(state), (tmp_path / "first_run.log").read_text()[-2000:]
+    with np.load(state) as saved:
+        done_before = int(saved["epochs_done"])
+        paths = [str(p) for p in saved["paths"]]
+        queue_before = saved[f"v{[i for i, p in enumerate(paths) if p.endswith('/queue')][0]:05d}"]
     assert 1 <= done_before < 8, "the run finished before it could be killed"
-
-    parser = argparse.ArgumentParser()
-    pretrain.add_arguments(parser)
-    args = parser.parse_args(argv)
-    reader = tf.train.load_checkpoint(saved)
-    queue_key = [k for k in reader.get_variable_to_shape_map() if "queue" in k and "OPTIMIZER" not in k][0]
-    queue_before = reader.get_tensor(queue_key)
     assert np.abs(queue_before).max() > 0  # the queue was being filled when the run was killed
 
-    def rerun(epochs):
-        return pretrain.pretrain(args.data, args.out, epochs=epochs, batch_size=args.batch_size,
-                                 backbone=args.backbone, prototypes=args.prototypes, crops=args.crops,
-                                 augmentation=args.augmentation, hidden_dim=args.hidden_dim,
-                                 output_dim=args.output_dim, max_steps_per_epoch=args.max_steps_per_epoch,
-                                 queue_length=args.queue_length, queue_start_epoch=args.queue_start_epoch,
-                                 seed=args.seed, verbose=0)
+    config = _parse(argv)
+    restored = pretrain.pretrain(pretrain.dataclasses.replace(config, epochs=done_before))  # nothing to train
+    assert int(restored.model.optimizer.iterations) == int(restored.model.step) == done_before * 2
+    np.testing.assert_array_equal(np.asarray(restored.model.queue), queue_before)
 
-    restored = rerun(epochs=done_before)  # nothing left to train: just what the checkpoint holds
-    assert int(restored.model.optimizer.iterations.numpy()) == done_before * 2
-    np.testing.assert_array_equal(restored.model.queue.numpy(), queue_before)
-
-    result = rerun(epochs=args.epochs)  # the same command again
-    assert int(result.model.optimizer.iterations.numpy()) == 8 * 2  # continued, not restarted
+    result = pretrain.pretrain(config)  # the same command again
+    assert int(result.model.optimizer.iterations) == 8 * 2  # continued, not restarted
     assert [r["epoch"] for r in result.history] == list(range(1, 9))  # each epoch once
-    assert os.path.isdir(os.path.join(out, "backbone"))
+    assert os.path.isfile(os.path.join(out, "backbone.keras"))
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["prototypes"] == 10
 
     # a rerun whose shapes differ is refused with a way out
     with pytest.raises(ValueError, match="prototypes"):
-        pretrain.pretrain(sample_dir, out, **{**dict(epochs=8, batch_size=8, backbone="small_cnn",
-                                                     hidden_dim=16, output_dim=8, queue_length=16),
-                                              "prototypes": 20})
+        pretrain.pretrain(pretrain.dataclasses.replace(config, prototypes=20))
+
+
+@pytest.mark.slow
+def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_path):
+    out = tmp_path / "zero"
+    done = _cli(["--data", sample_dir, "--out", str(out), "--epochs", "0", "--batch-size", "16",
+                 "--backbone", "small_cnn", "--prototypes", "10", "--crops", "2x32@0.3-1,2x16@0.1-0.3",
+                 "--augmentation", "none", "--seed", "5"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert (config["backend"], config["devices"], config["global_batch_size"]) == ("jax", 1, 16)
+    with open(out / "history.csv") as f:
+        assert next(csv.reader(f))[:2] == ["epoch", "loss"]  # no epoch trained: the header alone
+    loaded = backbones.load(str(out / "backbone.keras"))
+    images = np.random.default_rng(1).random((2, 32, 48, 3)).astype(np.float32)
+    expected = pretrain.random_init_backbone("small_cnn", seed=5)(images, training=False)
+    features = np.asarray(loaded(images))
+    assert features.shape == (2, 128)
+    np.testing.assert_allclose(features, np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("env, hardware", [({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, "TPU")])
+def test_cli_on_a_tpu_vm_where_jax_sees_no_tpu_exits_before_training(sample_dir, tmp_path, env, hardware):
+    done = _cli(["--data", sample_dir, "--out", str(tmp_path / "o")] + TINY_RUN, env=env)
+    assert done.returncode != 0
+    assert f"has a {hardware}" in done.stderr and "jax[tpu]" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written or trained
 
 
 def test_export_of_a_mixed_precision_backbone_is_float32_and_trainable(tmp_path):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        backbone = pretrain.build_backbone("small_cnn")
+        backbone = backbones.build("small_cnn")
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    path = pretrain.export_backbone(backbone, str(tmp_path / "backbone"))
-    loaded = pretrain.load_backbone(path, trainable=True)
-    images = tf.random.uniform([2, 40, 56, 3])  # any size
-    with tf.GradientTape() as tape:
-        features = loaded(images, training=True)
-        loss = tf.reduce_sum(features)
-    assert features.dtype == tf.float32 and features.shape == (2, 128)
-    grads = tape.gradient(loss, loaded.trainable_weights)
-    assert loaded.trainable_weights and all(g is not None for g in grads)
+    assert backbone.layers[2].compute_dtype == "bfloat16"
+    loaded = backbones.load(pretrain.export_backbone(backbone, str(tmp_path / "backbone.keras")))
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    images = np.random.default_rng(2).random((2, 40, 56, 3)).astype(np.float32)  # any size
+
+    def total(trainable):
+        features, _ = loaded.stateless_call(trainable, [v.value for v in loaded.non_trainable_variables], images)
+        return keras.ops.sum(features)
+
+    grads = jax.grad(total)([v.value for v in loaded.trainable_variables])
+    assert len(grads) == len(backbone.trainable_variables) and all(float(np.abs(g).sum()) > 0 for g in grads)
+
+
+def test_config_resolves_from_the_data_and_the_devices():
+    config = pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=100, global_batch_size=256)
+    cpu = config.resolve(num_images=21_397, num_devices=1, kind="CPU")
+    assert (cpu.max_steps_per_epoch, cpu.freeze_prototypes_niters, cpu.warmup_epochs) == (83, 83, 10)
+    assert (cpu.base_lr, cpu.final_lr, cpu.prototypes) == pytest.approx((0.6, 0.0006, 3000))
+    assert cpu.augmentation == "host"
+    tpu = config.resolve(num_images=21_397, num_devices=8, kind="TPU")
+    assert tpu.augmentation == "device" and tpu.global_batch_size == 256
+    with pytest.raises(ValueError, match=r"global batch 12 .* 8 device"):
+        pretrain.PretrainConfig(global_batch_size=12).resolve(1000, num_devices=8)
+    with pytest.raises(ValueError, match="no full batch"):
+        pretrain.PretrainConfig(data_dir="d", global_batch_size=1000).resolve(100)
+
+
+def test_cli_flags_fill_one_config_and_smoke_keeps_the_flags_given():
+    config = _parse(["--data", "d", "--out", "o", "--crops", "2x224@0.14-1,6x96@0.05-0.14", "--prototypes", "50",
+                     "--batch-size", "16", "--backbone", "small_cnn"])
+    assert (config.epochs, config.prototypes, config.global_batch_size, config.optimizer) == (100, 50, 16, "lars")
+    assert (config.data_dir, config.out_dir, config.backbone) == ("d", "o", "small_cnn")
+    smoke = _parse(["--data", "d", "--out", "o", "--smoke", "--epochs", "3"])
+    assert (smoke.epochs, smoke.backbone, smoke.prototypes) == (3, "small_cnn", 50)
 
 
 class _FakeModel:
@@ -153,12 +198,6 @@ def test_collapse_monitor_warns_at_ln_k_and_stops_on_nan():
     assert monitor.model.stop_training and monitor.nan_epoch == 3 and "nan" in messages[-1]
 
 
-def test_cli_flags_cover_the_notebook_config():
-    parser = argparse.ArgumentParser()
-    pretrain.add_arguments(parser)
-    args = parser.parse_args(["--data", "d", "--out", "o", "--crops", "2x224@0.14-1,6x96@0.05-0.14",
-                              "--prototypes", "50", "--batch-size", "16", "--backbone", "small_cnn"])
-    assert (args.epochs, args.prototypes, args.batch_size, args.optimizer) == (100, 50, 16, "lars")
-    with pytest.raises(ValueError, match="no full batch"):
-        pretrain.pretrain(os.path.join(REPO, "data", "sample"), "/nonexistent/never", batch_size=1000,
-                          verbose=0)
+def test_runtime_default_is_one_cpu_device_here():
+    rt = runtime.setup(verbose=False)
+    assert (rt.kind, rt.num_devices, rt.distribution, rt.policy) == ("CPU", 1, None, "float32")
