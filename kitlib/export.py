@@ -69,10 +69,9 @@ def with_dtype_policy(model, policy=None):
 
 def _rebuild(model, edit=lambda config: config):
     """A new uncompiled model from ``model``'s serialized graph (``edit``-ed), with its weights."""
-    config = dict(keras.saving.serialize_keras_object(model))
-    config.pop("compile_config", None)  # the copy carries no loss / optimizer (custom ones need not load)
     _register_kit_layers()
-    rebuilt = keras.saving.deserialize_keras_object(edit(config))
+    # get_config: the graph alone, no compile config (a loss or optimizer need not be serialisable)
+    rebuilt = model.__class__.from_config(edit(model.get_config()))
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 

@@ -1,12 +1,14 @@
-"""kitlib.export: the saved classifier reloads offline and predicts exactly what the Keras model did."""
+"""kitlib.export: the saved classifier (.keras + classifier.json) reloads offline and predicts exactly what
+the Keras model did; dtype policies move between float32 files and bfloat16 compute."""
 
 import json
 import os
+import socket
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from kitlib import export
 from kitlib.compat import keras
 from kitlib.export import load_classifier, save_classifier
 
@@ -14,21 +16,73 @@ from kitlib.export import load_classifier, save_classifier
 def _tiny_classifier(size=16, classes=3):
     inputs = keras.Input([size, size, 3])
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(classes)(x))
+    return keras.Model(inputs, keras.layers.Dense(classes, dtype="float32")(x))
 
 
-def test_saved_classifier_reloads_with_softmax_of_the_model_logits(tmp_path):
+def _images(n=5, size=16, seed=0):
+    return np.random.default_rng(seed).random([n, size, size, 3], dtype=np.float32)
+
+
+def test_saved_classifier_reloads_offline_and_predicts_the_softmax_of_the_model_logits(tmp_path, monkeypatch):
     model = _tiny_classifier()
-    images = np.random.default_rng(0).random([5, 16, 16, 3]).astype(np.float32)
+    model.compile(keras.optimizers.SGD(0.1), lambda y, p: keras.ops.mean((y - p) ** 2, -1))  # a local loss fn
+    model.fit(_images(8), np.eye(3, dtype=np.float32)[np.arange(8) % 3], batch_size=4, verbose=0)
     save_classifier(model, str(tmp_path), ["a", "b", "c"], 16)
+    assert sorted(os.listdir(tmp_path)) == ["classifier.json", "classifier.keras"]
+    with open(os.path.join(tmp_path, "classifier.json")) as f:
+        assert json.load(f) == {"class_names": ["a", "b", "c"], "image_size": 16, "outputs": "logits",
+                                "model": "classifier.keras"}
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a classifier must not touch the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
     loaded = load_classifier(str(tmp_path))
     assert loaded.class_names == ("a", "b", "c") and loaded.image_size == 16
-    probs = loaded.predict_proba(images, batch_size=2)
-    np.testing.assert_allclose(probs, tf.nn.softmax(model(images)).numpy(), atol=1e-5)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    with open(os.path.join(tmp_path, "classifier.json")) as f:
-        assert json.load(f) == {"class_names": ["a", "b", "c"], "image_size": 16}
+    assert getattr(loaded.model, "optimizer", None) is None  # saved without the training state
+    images = _images(5)
+    np.testing.assert_array_equal(loaded.model.predict_on_batch(images), model.predict_on_batch(images))
+    probs = loaded.predict_proba(images, batch_size=2)  # chunks of 2, the last one padded
+    np.testing.assert_allclose(probs, keras.ops.softmax(model(images)), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert loaded.predict_proba(np.zeros([0, 16, 16, 3], np.float32)).shape == (0, 3)
+
+
+def test_a_classifier_that_outputs_probabilities_is_not_softmaxed_twice(tmp_path):
+    inputs = keras.Input([8, 8, 3])
+    probs_model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(inputs)))
+    save_classifier(probs_model, str(tmp_path), list("abcd"), 8, from_logits=False)
+    images = _images(3, 8)
+    np.testing.assert_allclose(load_classifier(str(tmp_path)).predict_proba(images), probs_model(images), atol=1e-6)
+
+
+def test_a_bfloat16_classifier_is_saved_in_float32_with_the_same_weights(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _tiny_classifier()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.layers[1].compute_dtype == "bfloat16"
+    save_classifier(model, str(tmp_path), list("abc"), 16)
+    loaded = load_classifier(str(tmp_path)).model
+    assert all(layer.dtype_policy.name == "float32" for layer in loaded.layers[1:])
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # float32 arithmetic on the bfloat16 model's weights: the outputs agree to bfloat16 precision
+    np.testing.assert_allclose(loaded(_images()), model(_images()), atol=0.02)
+
+
+def test_with_dtype_policy_rebuilds_every_layer_and_returns_a_model_already_in_it_unchanged():
+    model = _tiny_classifier()
+    assert export.with_dtype_policy(model, "float32") is model
+    mixed = export.with_dtype_policy(model, "mixed_bfloat16")
+    assert mixed is not model and all(layer.compute_dtype == "bfloat16" for layer in mixed.layers[1:])
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    for a, b in zip(mixed.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert mixed.layers[0].dtype == "float32"  # the input stays float32 images
 
 
 def test_wrong_image_size_and_class_count_are_refused(tmp_path):
@@ -42,4 +96,8 @@ def test_wrong_image_size_and_class_count_are_refused(tmp_path):
 
 def test_loading_a_folder_that_is_not_a_classifier_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="kitlib finetune --out"):
+        load_classifier(str(tmp_path))
+    (tmp_path / "saved_model").mkdir()  # what the tf_keras kit exported
+    (tmp_path / "classifier.json").write_text(json.dumps({"class_names": ["a"], "image_size": 8}))
+    with pytest.raises(FileNotFoundError, match="older kit.*fine-tune again"):
         load_classifier(str(tmp_path))
