@@ -1,4 +1,5 @@
-"""kitlib.runtime and the package itself: strategy detection on CPU, policies, data lookup, no import side effects."""
+"""kitlib.runtime and the package itself: devices, refusal of a hidden accelerator, data parallelism,
+policies, the environment check, data lookup, no import side effects."""
 
 import json
 import os
@@ -6,26 +7,80 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
 
 from kitlib import runtime
+from tests.conftest import run_on_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_get_strategy_on_cpu_is_the_default_strategy(capsys):
-    strategy = runtime.get_strategy()
-    assert strategy.num_replicas_in_sync == 1
-    assert runtime.device_kind(strategy) == "CPU"
-    assert "CPU (default strategy), 1 replica" in capsys.readouterr().out
+class _Device:
+    def __init__(self, platform, device_kind="fake"):
+        self.platform, self.device_kind = platform, device_kind
 
 
-def test_accelerator_attached_reads_the_marks_of_a_tpu():
-    no_path = lambda path: False  # noqa: E731
-    assert runtime.accelerator_attached({"TPU_NAME": "grpc://10.0.0.2:8470"}, no_path)  # Kaggle/Colab remote TPU
-    assert runtime.accelerator_attached({"COLAB_TPU_ADDR": "10.0.0.2:8470"}, no_path)
-    assert runtime.accelerator_attached({}, lambda path: path == "/dev/accel0")        # TPU VM
-    assert not runtime.accelerator_attached({"TPU_NAME": ""}, no_path)                  # this box: no GPU either
+def _no_files(pattern):
+    return []
+
+
+def test_accelerator_marks_read_the_environment_and_device_files():
+    kaggle_tpu = runtime.accelerator_marks({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, _no_files)
+    assert kaggle_tpu == {"TPU": ["ISTPUVM=1", "TPU_PROCESS_ADDRESSES=local"], "GPU": []}
+    files = {"/dev/accel*": ["/dev/accel1", "/dev/accel0"], "/dev/nvidia[0-9]*": ["/dev/nvidia0"]}
+    marks = runtime.accelerator_marks({"TPU_NAME": ""}, lambda pattern: files.get(pattern, []))
+    assert marks == {"TPU": ["/dev/accel0", "/dev/accel1"], "GPU": ["/dev/nvidia0"]}
+    assert not runtime.accelerator_attached({}, _no_files)
+    assert runtime.accelerator_marks() == {"TPU": [], "GPU": []}  # this box: neither
+
+
+@pytest.mark.parametrize("hardware, marks, fix", [
+    ("TPU", {"TPU": ["ISTPUVM=1"], "GPU": []}, "jax[tpu]==0.7.2"),
+    ("GPU", {"TPU": [], "GPU": ["/dev/nvidia0"]}, "jax[cuda12]==0.7.2"),
+])
+def test_a_hidden_accelerator_is_refused_with_the_fix_unless_cpu_is_allowed(hardware, marks, fix):
+    with pytest.raises(runtime.AcceleratorNotVisible, match=rf"has a {hardware} .* JAX sees only the CPU") as err:
+        runtime.check_visible("CPU", marks)
+    assert fix in str(err.value) and "allow_cpu=True" in str(err.value)
+    assert "WARNING" in runtime.check_visible("CPU", marks, allow_cpu=True)
+    assert runtime.check_visible(hardware, marks) is None  # JAX does see it
+    assert runtime.check_visible("CPU", {"TPU": [], "GPU": []}) is None  # a plain CPU machine
+
+
+def test_setup_refuses_before_touching_keras_state_on_a_tpu_vm_without_jax_tpu():
+    from kitlib.compat import keras
+
+    with pytest.raises(runtime.AcceleratorNotVisible, match="TPU"):
+        runtime.setup(devices=[_Device("cpu")], marks={"TPU": ["/dev/accel0"], "GPU": []}, verbose=False)
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_setup_on_this_machine_is_one_cpu_device_in_float32(capsys):
+    rt = runtime.setup()
+    assert (rt.kind, rt.num_devices, rt.distribution, rt.policy) == ("CPU", 1, None, "float32")
+    assert rt.as_dict()["backend"] == "jax"
+    assert "running on 1 x CPU" in capsys.readouterr().out
+
+
+def test_setup_on_eight_devices_puts_data_parallelism_in_force():
+    result = run_on_devices("""
+        import json, keras
+        from kitlib import runtime
+        rt = runtime.setup(verbose=False)
+        dist = keras.distribution.distribution()
+        try:
+            rt.per_device_batch(12)
+            error = None
+        except ValueError as err:
+            error = str(err)
+        print(json.dumps({"n": rt.num_devices, "dp": type(dist).__name__, "mesh": list(dist.device_mesh.shape),
+                          "per_device": rt.per_device_batch(64), "error": error}))
+    """)
+    assert (result["n"], result["dp"], result["mesh"], result["per_device"]) == (8, "DataParallel", [8], 8)
+    assert "global batch 12" in result["error"] and "8 device(s)" in result["error"]
+
+
+def test_device_kind_of_jax_platforms():
+    assert [runtime.device_kind(p) for p in ("tpu", "gpu", "cuda", "rocm", "cpu")] == ["TPU", "GPU", "GPU", "GPU", "CPU"]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
@@ -43,7 +98,7 @@ def test_configure_host_threads_before_and_after_tensorflow_starts():
     probe = r'''
 import tensorflow as tf
 from kitlib import runtime
-assert runtime.configure_host_threads(None) == 0          # CPU only: TensorFlow's pool stays
+assert runtime.configure_host_threads(0) == 0          # TensorFlow's default pool
 assert runtime.configure_host_threads(1) == 1
 assert tf.config.threading.get_intra_op_parallelism_threads() == 1
 print(float(tf.constant(2.0) * 3))                          # the runtime starts here
@@ -56,18 +111,6 @@ assert runtime.configure_host_threads(0) == 1               # too late now: unch
     assert "already started; threads per CPU op stay at 1" in done.stdout
 
 
-def test_get_strategy_says_when_threads_per_op_can_no_longer_change(capsys):
-    runtime.get_strategy(host_threads=1)  # this test process has long started TensorFlow
-    out = capsys.readouterr().out
-    assert "CPU (default strategy), 1 replica(s), default thread(s) per CPU op (1 wanted" in out
-    assert tf.config.threading.get_intra_op_parallelism_threads() == 0
-
-
-def test_device_kind_of_a_mirrored_cpu_strategy(mirrored_strategy):
-    assert mirrored_strategy.num_replicas_in_sync == 2
-    assert runtime.device_kind(mirrored_strategy) == "CPU"
-
-
 @pytest.mark.parametrize("kind, float16, expected", [
     ("TPU", False, "mixed_bfloat16"), ("TPU", True, "mixed_bfloat16"),
     ("GPU", False, "float32"), ("GPU", True, "mixed_float16"),
@@ -77,11 +120,19 @@ def test_mixed_precision_policy_per_device(kind, float16, expected):
     assert runtime.mixed_precision_policy(kind, gpu_float16=float16) == expected
 
 
-def test_set_mixed_precision_on_cpu_sets_float32():
-    from kitlib.compat import keras
+def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_missing():
+    versions = runtime.check_environment(verbose=False)
+    assert versions["backend"] == "jax" and versions["keras"].startswith("3.")
+    probe = "import sys; sys.modules['tensorflow'] = None\nfrom kitlib import runtime\nruntime.check_environment()"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode != 0 and "pip install tensorflow-cpu==2.20.0" in done.stderr
 
-    assert runtime.set_mixed_precision(tf.distribute.get_strategy(), gpu_float16=True) == "float32"
-    assert keras.mixed_precision.global_policy().name == "float32"
+
+def test_kitlib_refuses_another_keras_backend_with_the_fix():
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    done = subprocess.run([sys.executable, "-c", "import kitlib.compat"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+    assert done.returncode != 0 and "KERAS_BACKEND='tensorflow'" in done.stderr and "'jax'" in done.stderr
 
 
 def test_find_data_dir_falls_back_to_the_bundled_sample(sample_dir):
@@ -98,14 +149,16 @@ def test_importing_kitlib_changes_no_global_state():
     probe = r'''
 import json, logging, random, warnings
 import numpy as np, matplotlib
+import os; os.environ["KERAS_BACKEND"] = "jax"
+import keras
 import tensorflow as tf
-import tf_keras
 def state():
     return {
         "rcparams": {k: repr(v) for k, v in matplotlib.rcParams.items()},
         "root_handlers": len(logging.getLogger().handlers), "root_level": logging.getLogger().level,
         "tf_log_level": tf.get_logger().level,
-        "policy": tf_keras.mixed_precision.global_policy().name,
+        "policy": keras.mixed_precision.global_policy().name,
+        "distribution": repr(keras.distribution.distribution()),
         "np_random": repr(np.random.get_state()[1][:4]), "py_random": random.getstate()[1][:4],
         "warnings": len(warnings.filters),
     }
