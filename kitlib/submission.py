@@ -1,7 +1,8 @@
 """Predict the test images with test-time augmentation (TTA) and write ``submission.csv``, offline.
 
 Cassava was a code competition: with the internet off, a notebook reads ``test_images/*.jpg``, runs
-the fine-tuned classifier (``kitlib.export``: a local SavedModel plus ``classifier.json``) and writes
+the fine-tuned classifier (``kitlib.export``: a local ``classifier.keras`` plus ``classifier.json``, run
+by Keras 3 on JAX; TensorFlow only decodes and resizes the images) and writes
 ``submission.csv`` with the header ``image_id,label``. Top solutions averaged the class
 probabilities of several views of each image (flips and crops); ``predict`` does the same.
 
@@ -27,9 +28,9 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from kitlib import bit, data, export
+from kitlib.compat import tf
 
 KAGGLE_INPUT = "/kaggle/input"
 HEADER = ("image_id", "label")
@@ -370,10 +371,11 @@ def class_histogram(labels, class_names):
 
 
 def make_stand_in_classifier(out_dir, class_names=data.CLASS_NAMES, image_size=_STAND_IN_SIZE, seed=0):
-    """Save an UNTRAINED tiny conv net as a classifier (CPU smoke runs of the submission path only).
+    """Save an UNTRAINED tiny Keras 3 conv net as a classifier (CPU smoke runs of the submission path only).
 
     Its predictions are meaningless; it exists so that notebooks and tests run without a fine-tuned
-    model. Weights come from seeded initialisers (no global seed is touched).
+    model. Weights come from seeded initialisers (no global seed is touched); it is saved exactly as
+    ``finetune`` saves a real one (``export.save_classifier``).
     Returns:
         out_dir, loadable with ``export.load_classifier``.
     """
@@ -510,14 +512,20 @@ def add_arguments(parser):
     parser.add_argument("--sample-submission", default="auto",
                         help="sample_submission.csv to match ids and order (auto: DATA/sample_submission.csv "
                              "when present; 'none' to skip)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="predict on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
 
 
 def run(args):
+    from kitlib import runtime  # noqa: PLC0415
+
     sample = None if args.sample_submission == "none" else args.sample_submission
     try:
+        runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several
         predict_and_write(args.model, args.data, args.out, tta=args.tta, kind=args.source,
                           batch_size=args.batch_size, sample_submission=sample)
-    except (ValueError, FileNotFoundError) as err:  # DataError, a refused submission, a missing model
+    except (ValueError, FileNotFoundError, runtime.AcceleratorNotVisible) as err:
+        # DataError, a refused submission, a missing model, an accelerator JAX cannot see
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
     return 0

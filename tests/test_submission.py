@@ -1,14 +1,16 @@
-"""kitlib.submission: TTA averages probabilities, sources agree, and only valid submissions get written."""
+"""kitlib.submission: TTA averages probabilities, sources agree, only valid submissions get written, and
+the Keras 3 classifier predicts the same on 8 devices as on 1."""
 
 import csv
+import json
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import run_on_devices
 
 from kitlib import cli, data, submission
-from kitlib.compat import keras
+from kitlib.compat import keras, tf
 from kitlib.export import load_classifier, save_classifier
 
 SAMPLE_IDS_HEAD = ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # sample_submission.csv's first rows
@@ -18,6 +20,17 @@ SAMPLE_IDS_HEAD = ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # samp
 def tiny_model_dir(tmp_path_factory):
     """An untrained 5-class classifier at 32 px (outputs differ per image, which is all these tests need)."""
     return submission.make_stand_in_classifier(str(tmp_path_factory.mktemp("model")), image_size=32)
+
+
+def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(tiny_model_dir, tmp_path):
+    assert sorted(os.listdir(tiny_model_dir)) == ["classifier.json", "classifier.keras"]
+    with open(os.path.join(tiny_model_dir, "classifier.json")) as f:
+        assert json.load(f)["class_names"] == list(data.CLASS_NAMES)
+    again = load_classifier(submission.make_stand_in_classifier(str(tmp_path / "again"), image_size=32))
+    images = np.random.default_rng(0).random([4, 32, 32, 3], dtype=np.float32)
+    probs = load_classifier(tiny_model_dir).predict_proba(images)
+    np.testing.assert_array_equal(again.predict_proba(images), probs)  # same seed, same weights
+    assert np.ptp(probs, axis=0).max() > 1e-4  # the outputs differ from image to image
 
 
 def _rows(path):
@@ -234,6 +247,27 @@ def test_cli_predict_writes_a_valid_submission_and_prints_the_histogram(tiny_mod
     assert "Cassava Mosaic Disease (CMD)" in printed and "15 images x 3 view(s)" in printed
     ids, _ = submission.validate_submission(out, os.path.join(sample_dir, "sample_submission.csv"))
     assert len(ids) == 15
+
+
+_PREDICT_RUN = """
+import json
+from kitlib import cli, submission
+assert cli.main(["predict", "--data", {data!r}, "--model", {model!r}, "--out", {out!r}, "--tta", "flip",
+                 "--batch-size", "4"]) == 0
+ids, labels = submission.validate_submission({out!r}, {sample!r})
+probs = submission.predict({model!r}, {data!r}, tta="flip", batch_size=4)[1]
+print(json.dumps({{"ids": ids, "labels": labels, "probs": probs.tolist()}}))
+"""
+
+
+@pytest.mark.slow
+def test_predict_on_eight_devices_writes_what_one_device_writes(tiny_model_dir, sample_dir, tmp_path):
+    sample = os.path.join(sample_dir, "sample_submission.csv")
+    runs = {n: run_on_devices(_PREDICT_RUN.format(data=sample_dir, model=tiny_model_dir, sample=sample,
+                                                  out=str(tmp_path / f"sub{n}.csv")), devices=n) for n in (8, 1)}
+    assert runs[8]["ids"] == runs[1]["ids"] == submission.read_sample_ids(sample)
+    assert runs[8]["labels"] == runs[1]["labels"]
+    np.testing.assert_allclose(runs[8]["probs"], runs[1]["probs"], atol=1e-6)  # batches of 4 padded to 8 rows
 
 
 def test_cli_reports_a_bad_option_without_a_traceback(tiny_model_dir, sample_dir, tmp_path, capsys):
