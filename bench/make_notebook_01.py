@@ -27,45 +27,58 @@ the same run is one command: `python -m kitlib pretrain --data DIR --out DIR`.""
     ("md", """\
 ## Setup
 
-The runtime is detected, not configured: a Kaggle/Colab **TPU** gives a `TPUStrategy` (8 replicas, bfloat16),
-several GPUs a `MirroredStrategy`, otherwise one device. The code below is the same in all three cases.
-With a TPU or GPU attached, `get_strategy` (the first TensorFlow call here) also runs each CPU op on one
-thread: the host's CPUs then only feed the accelerator, and `tf.data`'s parallel map calls use them better
-than ops split over a thread pool (more images per second from the same cores; README, Performance).
-
-With `SMOKE=1` (CI, a 2-core CPU) the run shrinks to the bundled synthetic sample, a small CNN,
-small crops **without colour augmentation** and a few hundred steps: every step below runs in well under a
-minute. (On 100 images and a few hundred steps the full SwAV colour jitter leaves nothing learnable and
-the loss sits at ln K; on the real data and a real schedule it is what makes the features good.)"""),
+The kit computes with **Keras 3 on JAX** on every device and reads data with `tf.data` on the host.
+`runtime.setup()` finds what JAX computes on: a Kaggle **TPU v5e-8** gives 8 devices, bfloat16 and a
+`keras.distribution.DataParallel` over them (each step then sees the *global* batch, so Sinkhorn, the loss and
+the projection head's BatchNorm are global with no extra code); a GPU or the CPU gives one device in float32.
+It **refuses to run** on a machine that has a TPU or GPU which JAX cannot see, instead of training for hours
+on the host CPU, and says what to install. The code below is the same everywhere."""),
     ("code", """\
 import tempfile
 
 import numpy as np
 
-from kitlib import augment, data, evaluate, pretrain, runtime, swav, viz
+from kitlib import augment, backbones, data, evaluate, pretrain, runtime, swav, viz
 
-STRATEGY = runtime.get_strategy()  # TPU, several GPUs, or the default strategy (1 GPU / CPU)
-print("device kind:", runtime.device_kind(STRATEGY), "- mixed precision:",
-      runtime.mixed_precision_policy(runtime.device_kind(STRATEGY)))"""),
+RT = runtime.setup()  # devices, DataParallel when there are several, precision policy"""),
+    ("md", """\
+One config object holds the whole run (`pretrain.PretrainConfig`; the command line has the same fields as
+flags). These are the real settings: the paper's ResNet-50, 2 x 224 + 6 x 96 crops, LARS with warmup and
+cosine, K = 10 x the 5 classes. `augmentation="auto"` runs the colour jitter, grayscale and blur inside the
+compiled step on a TPU/GPU (the host then only decodes and crops) and in `tf.data` on a CPU. `global_batch_size`
+is the batch over all devices: 512 is 64 per TPU v5e core."""),
     ("code", """\
-SMOKE = os.environ.get("SMOKE") == "1"  # CI smoke run: sample data, small CNN, a few hundred CPU steps
-DATA_DIR = runtime.find_data_dir()      # the competition on Kaggle, else data/sample (synthetic, same layout)
-OUT_DIR = tempfile.mkdtemp(prefix="kit01_") if SMOKE else (
-    "/kaggle/working/swav" if runtime.on_kaggle() else os.path.join(runtime.repo_root(), "runs", "01_swav"))
-BACKBONE = "small_cnn" if SMOKE else "resnet50"  # the paper's ResNet-50 (random init), or a CPU-sized CNN
-CROPS = "2x64@0.3-1,2x32@0.1-0.3" if SMOKE else "2x224@0.14-1,6x96@0.05-0.14"  # SwAV's 2x224 + 6x96
-AUGMENTATION = "none" if SMOKE else "host"  # SwAV colour jitter/grayscale/blur in tf.data ("device": on the TPU)
-PROTOTYPES = swav.suggest_num_prototypes(len(data.CLASS_NAMES))  # K = 10 x 5 classes (paper: 3000 on ImageNet)
-EPOCHS = 30 if SMOKE else 100
-BATCH_SIZE = 32 if SMOKE else 64  # per replica: 64 x 8 TPU cores = 512 images (x 8 crops) per step
-BASE_LR = 10.0 if SMOKE else None  # None: 0.6 at batch 256, 4.8 at 4096 (LARS); a short run needs more
-WARMUP_EPOCHS = 0 if SMOKE else 10  # linear warmup, then cosine to BASE_LR / 1000
-EPSILON = 0.05          # Sinkhorn entropy; lower it (0.03) if the loss sits at ln K
-TEMPERATURE = 0.1       # softmax temperature of the predictions
-QUEUE_LENGTH = 0        # the batch (512) is already 10 x K: no queue needed (paper: 3840 at batch 256)
-STEPS_PER_EXECUTION = 1 if SMOKE else 32  # steps per compiled call: keeps a TPU busy
-KNN_IMAGES = 2000       # labelled images for the frozen-feature evaluation
-SEED = 0"""),
+DATA_DIR = runtime.find_data_dir()  # the competition on Kaggle, else data/sample (synthetic, same layout)
+OUT_DIR = "/kaggle/working/swav" if runtime.on_kaggle() else os.path.join(runtime.repo_root(), "runs", "01_swav")
+CONFIG = pretrain.PretrainConfig(
+    data_dir=DATA_DIR, out_dir=OUT_DIR,
+    backbone="resnet50",                       # the paper's, from random initialisation
+    crops="2x224@0.14-1,6x96@0.05-0.14",       # SwAV's 2 x 224 + 6 x 96 (scale = share of the image's area)
+    augmentation="auto",                       # colour on the accelerator (TPU/GPU), in tf.data on a CPU
+    prototypes=swav.suggest_num_prototypes(len(data.CLASS_NAMES)),  # K = 10 x 5 classes (paper: 3000)
+    epochs=100,
+    global_batch_size=512,                     # over all devices: 64 per TPU v5e core
+    warmup_epochs=10,                          # then cosine to base_lr / 1000 (base_lr from the batch: LARS)
+    epsilon=0.05,                              # Sinkhorn entropy; lower it (0.03) if the loss sits at ln K
+    queue_length=0,                            # the batch is already 10 x K: no queue needed
+    steps_per_execution=32,                    # steps per compiled call: keeps a TPU busy
+    knn_every=0,
+    seed=0,
+)
+KNN_IMAGES = 2000  # labelled images for the frozen-feature evaluation"""),
+    ("md", """\
+### CI smoke run
+
+With `SMOKE=1` (CI, a 2-core CPU) the run becomes the kit's one smoke preset, `PretrainConfig.smoke()`, the
+same the demo and the tests use: the bundled sample, a small CNN, small crops **without colour
+augmentation** and a few hundred steps. (On 100 images and a few hundred steps the full SwAV colour jitter
+leaves nothing learnable and the loss sits at ln K; on the real data and schedule it is what makes the
+features good.)"""),
+    ("code", """\
+SMOKE = os.environ.get("SMOKE") == "1"
+if SMOKE:
+    CONFIG = pretrain.PretrainConfig.smoke(data_dir=DATA_DIR, out_dir=tempfile.mkdtemp(prefix="kit01_"))
+print(CONFIG)"""),
     ("md", """\
 ## Multi-crop: every crop of a row must come from one image
 
@@ -75,8 +88,9 @@ dataset per crop and zipped them, so its crops came from five different images, 
 nothing to learn, and its loss ended exactly at ln K (2.713 with 15 prototypes; ln 15 = 2.708).
 `kitlib.augment.multicrop` cuts all crops of an example from one decoded image. Check each row below."""),
     ("code", """\
-train_files = data.list_tfrecords(DATA_DIR)
-preview = next(iter(pretrain.training_batches(train_files, CROPS, 8, AUGMENTATION, seed=SEED)))
+train_files = data.list_tfrecords(CONFIG.data_dir)
+preview_mode = "none" if CONFIG.augmentation == "none" else "host"  # "device" colours only inside the step
+(preview,) = next(iter(pretrain.training_batches(train_files, CONFIG.crops, 8, preview_mode, seed=CONFIG.seed)))
 fig = viz.plot_swav_crops(preview, examples=4)"""),
     ("md", """\
 ## Why Sinkhorn
@@ -87,30 +101,27 @@ a batch, every prototype must receive the same total share of images. Sinkhorn-K
 alternately rescaling the rows (prototypes, to 1/K each) and the columns (images, to 1/B each) of
 exp(scores / ε); three iterations suffice. Below, all four images prefer prototype 0, yet the codes spread
 them over both prototypes. `kitlib.swav.sinkhorn` works in the log domain (exact down to ε = 0.01, where a
-plain `exp(score / ε)` overflows) and, on several replicas, sums over the global batch."""),
+plain `exp(score / ε)` overflows) and, under data parallelism, sums over the global batch."""),
     ("code", """\
 scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.1], [0.6, 0.4]], np.float32)  # 4 images x 2 prototypes
 print("argmax assignment:", scores.argmax(axis=1))
 print("Sinkhorn codes (each row sums to 1, each column to B/K = 2):")
-print(np.round(swav.sinkhorn(scores, epsilon=EPSILON, n_iters=50).numpy(), 3))"""),
+print(np.round(np.asarray(swav.sinkhorn(scores, epsilon=CONFIG.epsilon, n_iters=50)), 3))"""),
     ("md", """\
 ## Pretrain
 
-`pretrain.pretrain` builds the model inside the strategy's scope (`SwAVModel`: backbone → projection head
-2048 → 128 → L2-normalised → K prototypes), with LARS (trust 0.001, weight decay 1e-6 except on BatchNorm
-and biases), warmup + cosine learning rate, prototypes frozen for the first epoch, and calls `fit`: a
-progress bar, the loss with **ln K beside it**, and the **prototype-usage entropy** (ln K when all are used).
-Each epoch is checkpointed to `OUT_DIR/checkpoints` and logged to `OUT_DIR/history.csv`; if the session dies,
-run the cell again: it resumes from the last saved epoch (step count, optimiser momentum, queue included).
+`pretrain.pretrain` builds the model (`SwAVModel`: backbone → projection head 2048 → 128 → L2-normalised →
+K prototypes, unit-norm after every update), with LARS (trust 0.001, weight decay 1e-6 except on BatchNorm
+and biases), warmup + cosine learning rate, prototypes frozen for the first epoch, and calls Keras's `fit`:
+a progress bar, the loss, and the **prototype-usage entropy** (ln K when all are used); `history.csv` keeps
+**ln K beside the loss**. Each epoch is checkpointed to `OUT_DIR/checkpoints/state.npz` and logged to
+`OUT_DIR/history.csv`; if the session dies, run the cell again: it resumes from the last saved epoch (step
+count, optimiser momentum, queue included).
 
 What could go wrong: the loss stays at ln K (the run prints a warning naming the usual causes), or becomes
 NaN (the run stops and keeps the last good checkpoint)."""),
     ("code", """\
-result = pretrain.pretrain(DATA_DIR, OUT_DIR, epochs=EPOCHS, batch_size=BATCH_SIZE, backbone=BACKBONE,
-                           prototypes=PROTOTYPES, crops=CROPS, augmentation=AUGMENTATION, base_lr=BASE_LR,
-                           warmup_epochs=WARMUP_EPOCHS, epsilon=EPSILON, temperature=TEMPERATURE,
-                           queue_length=QUEUE_LENGTH, steps_per_execution=STEPS_PER_EXECUTION,
-                           strategy=STRATEGY, seed=SEED, verbose=2)"""),
+result = pretrain.pretrain(CONFIG, RT)"""),
     ("md", """\
 ## Loss against ln K
 
@@ -126,8 +137,8 @@ fig = viz.plot_swav_history(result.history, result.ln_k)"""),
 Which prototype does each big crop match best? A healthy run uses many prototypes; a few tall bars and a long
 empty tail mean the clusters are collapsing onto a handful of prototypes."""),
     ("code", """\
-usage_batches = pretrain.training_batches(train_files, CROPS, BATCH_SIZE * STRATEGY.num_replicas_in_sync,
-                                          AUGMENTATION, seed=SEED)
+usage_batches = pretrain.training_batches(train_files, CONFIG.crops, CONFIG.global_batch_size, preview_mode,
+                                          seed=CONFIG.seed)
 usage = swav.prototype_usage(result.model, usage_batches, steps=4)
 fig = viz.plot_prototype_usage(usage)"""),
     ("md", """\
@@ -138,24 +149,24 @@ leave-one-out on the labelled images, and a logistic-regression probe, for the p
 **the same backbone at its random initialisation** (same seed). Pretraining must beat the latter."""),
     ("code", """\
 labelled = data.load_dataset(train_files, ordered=True)
-image_size = augment.parse_multicrop_spec(CROPS).size_crops[0]  # the big crops
-backbones = {"random init": pretrain.random_init_backbone(BACKBONE, SEED), "SwAV": result.backbone}
-quality = evaluate.compare_backbones(backbones, labelled, image_size=image_size, max_images=KNN_IMAGES)
+image_size = augment.parse_multicrop_spec(CONFIG.crops).size_crops[0]  # the big crops
+compared = {"random init": pretrain.random_init_backbone(CONFIG.backbone, CONFIG.seed), "SwAV": result.backbone}
+quality = evaluate.compare_backbones(compared, labelled, image_size=image_size, max_images=KNN_IMAGES)
 print(quality)
 fig = viz.plot_feature_quality(quality)"""),
     ("md", """\
 ## Export
 
-`OUT_DIR/backbone` is a TF2 SavedModel in the reusable format: `hub.KerasLayer(path, trainable=True)` loads it
-with its variables trainable, input float32 images [N, H, W, 3] in [0, 1] of any size, output features. It is
-saved in float32 even after bfloat16 training. Notebook 02 fine-tunes it exactly like a BiT handle
-(`python -m kitlib finetune --backbone OUT_DIR/backbone ...`); on Kaggle, save this notebook's version and
-attach its output."""),
+`OUT_DIR/backbone.keras` is the trained backbone as a Keras 3 file, saved in float32 even after bfloat16
+training: `kitlib.backbones.load(path)` gives a model mapping float images [N, H, W, 3] in [0, 1] of any size
+to features [N, F], every weight trainable. Notebook 02 fine-tunes it exactly like a BiT model
+(`python -m kitlib finetune --backbone OUT_DIR/backbone.keras ...`); on Kaggle, save this notebook's version
+and attach its output."""),
     ("code", """\
-loaded = pretrain.load_backbone(result.backbone_dir, trainable=True)
-check = preview[0][:4]
-difference = np.abs(loaded(check).numpy() - result.backbone(check, training=False).numpy()).max()
-print(f"{result.backbone_dir}: {len(loaded.trainable_weights)} trainable variables; "
+loaded = backbones.load(result.backbone_path)
+check = np.asarray(preview[0][:4])
+difference = np.abs(np.asarray(loaded(check)) - np.asarray(result.backbone(check, training=False))).max()
+print(f"{result.backbone_path}: {len(loaded.trainable_weights)} trainable variables; "
       f"max difference to the model in memory {difference:.1e}")"""),
 ]
 
