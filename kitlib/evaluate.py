@@ -9,6 +9,7 @@ split, kNN is leave-one-out and the probe is k-fold cross-validated.
 
 import numpy as np
 
+from kitlib import export
 from kitlib.compat import keras, tf
 
 KNN_K = 20              # neighbours (InstDisc / DINO)
@@ -36,33 +37,42 @@ def _image_label(*element):
     return image, label
 
 
+def _pad_rows(batch, rows):
+    """batch [n, ...] zero-padded to [rows, ...] (rows >= n)."""
+    return np.concatenate([batch, np.zeros((rows - len(batch),) + batch.shape[1:], batch.dtype)])
+
+
 def extract_features(backbone, dataset, image_size=224, batch_size=64, max_images=None):
-    """Frozen-backbone features of a labelled dataset.
+    """Frozen-backbone features of a labelled dataset: tf.data decodes and resizes, the Keras 3 model
+    (JAX) computes on numpy batches.
 
     Args:
-        backbone: Keras model, images float32 [N, S, S, 3] in [0, 1] -> features [N, F]; run with
-            ``training=False`` (BatchNorm in inference mode) through ``predict`` (any strategy).
+        backbone: Keras model, images float32 [N, S, S, 3] in [0, 1] -> features [N, F]; run in inference
+            mode (BatchNorm uses its moving statistics) through ``predict_on_batch`` (compiled once: every
+            batch is padded to ``batch_size`` rows, a multiple of the devices, and laid out over them when
+            a ``DataParallel`` distribution is in force).
         dataset: unbatched ``kitlib.data.load_dataset`` dicts ("image" uint8 or bytes, "label") or
             (image, label) pairs.
         image_size: side S (shorter side resized to S, centre crop).
-        batch_size: images per predict batch. max_images: optional cap (first N images).
+        batch_size: images per forward pass. max_images: optional cap (first N images).
     Returns:
-        (features float32 [N, F], labels int64 [N]) numpy arrays.
+        (features float32 [N, F], labels int64 [N]) numpy arrays, in the dataset's order.
     """
     pairs = dataset.map(_image_label, num_parallel_calls=tf.data.AUTOTUNE)
     if max_images:
         pairs = pairs.take(max_images)
-    # labels ride through predict next to their images: one pass, so any read order stays aligned
-    inputs = pairs.map(lambda im, y: ((_resize_center(im, image_size), tf.cast(y, tf.int32)),),
-                       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    with backbone.distribute_strategy.scope():
-        images = keras.Input((image_size, image_size, 3))
-        label_in = keras.Input((), dtype=tf.int32)
-        extractor = keras.Model([images, label_in], [backbone(images, training=False),
-                                                     keras.layers.Identity()(label_in)])
-    features, labels = extractor.predict(inputs, verbose=0)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    return np.asarray(features, np.float32).reshape(len(labels), -1), labels
+    multiple = export.device_count()
+    batch_size = -(-max(1, int(batch_size)) // multiple) * multiple
+    batches = (pairs.map(lambda im, y: (_resize_center(im, image_size), tf.cast(y, tf.int64)),
+                         num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    features, labels = [], []
+    for images, y in batches.as_numpy_iterator():
+        out = backbone.predict_on_batch(export.shard_batch(_pad_rows(images, batch_size)))
+        features.append(np.asarray(out, np.float32)[:len(images)].reshape(len(images), -1))
+        labels.append(y.reshape(-1))
+    if not labels:
+        raise ValueError("extract_features: the dataset is empty")
+    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
 def _unit(x):
@@ -156,7 +166,9 @@ def compare_backbones(backbones, dataset, image_size=224, k=KNN_K, probe=True, m
 class KNNMonitor(keras.callbacks.Callback):
     """Adds ``knn_acc`` (frozen-feature kNN accuracy) to the epoch logs every `every` epochs.
 
-    Put it before loggers (CSV, history) in the callback list so they record it.
+    Put it before loggers (CSV, history) in the callback list so they record it. It reads the weights
+    the backbone has at the end of the epoch (Keras writes the compiled step's state back to the
+    variables before ``on_epoch_end``).
 
     Args:
         backbone: the backbone being trained. dataset: labelled split (see `extract_features`).

@@ -1,11 +1,14 @@
-"""Frozen-feature evaluation: weighted kNN, linear probe, feature extraction, per-epoch monitor."""
+"""Frozen-feature evaluation: weighted kNN, linear probe, feature extraction with a Keras 3 model (JAX) fed
+from tf.data (1 and 8 devices), the per-epoch monitor inside a real fit()."""
+
+import csv
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import run_on_devices
 
 from kitlib import data, evaluate
-from kitlib.compat import keras
+from kitlib.compat import keras, tf
 
 
 def blobs(per_class=10, classes=3, dim=8, spread=0.05, seed=0):
@@ -77,3 +80,61 @@ def test_extract_features_accepts_image_label_pairs_and_caps_images():
     pairs = tf.data.Dataset.from_tensor_slices((tf.cast(images, tf.uint8), tf.range(6)))
     x, y = evaluate.extract_features(mean_colour_backbone(), pairs, image_size=16, max_images=4)
     assert x.shape == (4, 3) and list(y) == [0, 1, 2, 3]
+
+
+def test_extract_features_equals_the_model_on_the_same_resized_images_in_inference_mode():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, [7, 24, 24, 3], dtype=np.uint8)
+    pairs = tf.data.Dataset.from_tensor_slices((images, np.arange(7)))
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.BatchNormalization(moving_mean_initializer="ones")(x)  # inference mode: uses these
+    backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    features, labels = evaluate.extract_features(backbone, pairs, image_size=24, batch_size=3)  # 3 + 3 + 1 padded
+    assert features.shape == (7, 4) and list(labels) == list(range(7))
+    expected = backbone(images.astype(np.float32) / 255.0, training=False)  # 24 px already: no resize
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+def test_knn_monitor_logs_knn_acc_from_inside_fit_into_the_history_and_csv(sample_dir, tmp_path):
+    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
+    backbone = keras.Model(inputs, features)
+    model = keras.Sequential([backbone, keras.layers.Dense(5)])
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    log = str(tmp_path / "history.csv")
+    callbacks = [evaluate.KNNMonitor(backbone, labelled, image_size=32, max_images=40),
+                 keras.callbacks.CSVLogger(log)]
+    images = np.random.default_rng(0).random([16, 32, 32, 3], dtype=np.float32)
+    history = model.fit(images, np.arange(16) % 5, batch_size=8, epochs=2, callbacks=callbacks, verbose=0)
+    assert len(history.history["knn_acc"]) == 2 and all(0 <= a <= 1 for a in history.history["knn_acc"])
+    with open(log) as f:
+        assert [float(row["knn_acc"]) for row in csv.DictReader(f)] == history.history["knn_acc"]
+
+
+_FEATURES_RUN = """
+import json
+from kitlib import data, evaluate, runtime
+from kitlib.compat import keras
+runtime.setup(allow_cpu=True, verbose=False)
+inputs = keras.Input((None, None, 3))
+conv = keras.layers.Conv2D(3, 3, kernel_initializer="ones", bias_initializer="zeros")
+backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv(inputs)))
+labelled = data.load_dataset(data.list_tfrecords({sample!r}), ordered=True)
+x, y = evaluate.extract_features(backbone, labelled, image_size=32, batch_size=12)  # 100 = 8 x 12 + 4 padded
+print(json.dumps({{"devices": keras.distribution.distribution() is not None, "x": x.tolist(), "y": y.tolist()}}))
+"""
+
+
+@pytest.mark.slow
+def test_features_on_eight_devices_equal_those_on_one(sample_dir):
+    eight = run_on_devices(_FEATURES_RUN.format(sample=sample_dir), devices=8)
+    assert eight["devices"] and len(eight["y"]) == 100
+    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 3, kernel_initializer="ones", bias_initializer="zeros")
+    backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv(inputs)))
+    x, y = evaluate.extract_features(backbone, labelled, image_size=32, batch_size=12)
+    assert eight["y"] == y.tolist()
+    np.testing.assert_allclose(eight["x"], x, rtol=1e-5)
