@@ -1,37 +1,27 @@
 """The whole kit in one command: SwAV pretraining -> BiT-HyperRule fine-tuning -> TTA submission.
 
 ``python -m kitlib demo --data data/sample --out runs/demo`` runs, on the bundled sample and two CPU
-cores in about a minute, the same functions the notebooks and the other commands call:
+cores in about a minute, the same functions the notebooks and the other commands call, all on Keras 3
+(JAX) with TensorFlow reading the data:
 
-    1. ``kitlib.pretrain.pretrain``   a small backbone learns from multi-crops of unlabelled images
-    2. ``kitlib.finetune.finetune``   that backbone, exported as a hub-format SavedModel, is fine-tuned
-                                      with the BiT-HyperRule (steps shortened for the demo)
+    1. ``kitlib.pretrain.pretrain``   a small backbone learns from multi-crops of unlabelled images and
+                                      is exported as ``pretrain/backbone.keras``
+    2. ``kitlib.finetune.finetune``   that backbone + a zero head, fine-tuned with the BiT-HyperRule
+                                      (steps shortened for the demo), saved as ``finetune/classifier.keras``
     3. ``kitlib.submission.predict_and_write``   test images -> TTA -> validated submission.csv
 
 and writes the pictures that tell whether each step worked: the SwAV loss against ln K, the
-fine-tuning schedule, the confusion matrix. The defaults are sized for a CPU smoke run; on real data
-and an accelerator use the three commands with their real settings.
+fine-tuning schedule, the confusion matrix. The settings are the CPU smoke presets
+(``PretrainConfig.smoke``, ``FinetuneConfig.smoke``, each departure from the papers explained there);
+on real data and an accelerator use the three commands with their real settings.
 """
 
 import json
 import os
 import time
 
-# CPU-sized defaults: about a minute in all on 2 cores. Each departs from the paper for a reason.
-DEMO_BACKBONE = "small_cnn"
-DEMO_CROPS = "2x64@0.3-1,2x32@0.1-0.3"  # the paper's 2 big + several small crops, scaled down for a CPU
-DEMO_AUGMENTATION = "none"  # random resized crops only: in 120 CPU steps on 100 synthetic images the full
-#                             colour jitter/blur makes the small CNN collapse to ln K (measured); the
-#                             notebooks and the pretrain command default to the full SwAV augmentation
 DEMO_PRETRAIN_EPOCHS = 40
-DEMO_PRETRAIN_BATCH = 32
-DEMO_PRETRAIN_LR = 10.0  # LARS trust ratio 0.001 makes the effective step ~lr * 1e-3 * |w|/|g|
-DEMO_PROTOTYPES = 50  # ~10x the 5 classes (REFERENCE: K ≈ 10x classes for small data)
 DEMO_FINETUNE_STEPS = 60
-DEMO_FINETUNE_BATCH = 16
-DEMO_FINETUNE_BASE_LR = 1.0  # per 512 images; BiT's 0.003 suits a pretrained R50 at 480 px, not a
-#                              small CNN at 64 px in 60 steps (0.003 -> 20 % val accuracy, 1.0 -> ~90 %)
-DEMO_RESOLUTION = (80, 64)  # (resize, crop) instead of BiT's (512, 480) for a CPU
 DEMO_TTA = "flip"
 
 
@@ -44,32 +34,34 @@ def _save(figure, path):
 
 
 def run_demo(data_dir, out_dir, pretrain_epochs=DEMO_PRETRAIN_EPOCHS, finetune_steps=DEMO_FINETUNE_STEPS,
-             seed=0, verbose=1):
+             seed=0, verbose=1, allow_cpu=False, rt=None):
     """Pretrain, fine-tune and predict on ``data_dir`` (competition layout); returns a summary dict.
 
-    Everything goes under ``out_dir``: ``pretrain/`` (checkpoints, history.csv, backbone/),
-    ``finetune/`` (the classifier, finetune.json), ``submission.csv`` and the plots ``*.png``.
+    Everything goes under ``out_dir``: ``pretrain/`` (config.json, checkpoints, history.csv,
+    backbone.keras), ``finetune/`` (classifier.keras + classifier.json, config.json, finetune.json,
+    history.csv), ``submission.csv``, the plots ``*.png`` and ``summary.json``.
+
+    Args:
+        rt: a ``runtime.setup()`` result; None: set up here (``allow_cpu`` as in ``runtime.setup``).
     """
-    from kitlib import finetune, pretrain, submission, viz
+    from kitlib import finetune, pretrain, runtime, submission, viz
 
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     say = print if verbose else (lambda *a, **k: None)
+    rt = rt or runtime.setup(allow_cpu=allow_cpu, verbose=bool(verbose))
 
     say("== 1/3 SwAV pretraining ==")
-    swav = pretrain.pretrain(
-        data_dir, os.path.join(out_dir, "pretrain"), epochs=pretrain_epochs, batch_size=DEMO_PRETRAIN_BATCH,
-        backbone=DEMO_BACKBONE, prototypes=DEMO_PROTOTYPES, crops=DEMO_CROPS, augmentation=DEMO_AUGMENTATION,
-        hidden_dim=512, output_dim=128, base_lr=DEMO_PRETRAIN_LR, warmup_epochs=0, seed=seed,
-        verbose=2 if verbose else 0)
+    swav = pretrain.pretrain(pretrain.PretrainConfig.smoke(
+        data_dir=data_dir, out_dir=os.path.join(out_dir, "pretrain"), epochs=pretrain_epochs, seed=seed,
+        verbose=2 if verbose else 0), rt)
     plots = {"swav_loss": _save(viz.plot_swav_history(swav.history, swav.ln_k),
                                 os.path.join(out_dir, "swav_loss.png"))}
 
     say("== 2/3 BiT-HyperRule fine-tuning of the SwAV backbone ==")
-    tuned = finetune.finetune(
-        data_dir, swav.backbone_dir, os.path.join(out_dir, "finetune"), batch_size=DEMO_FINETUNE_BATCH,
-        steps=finetune_steps, resolution=DEMO_RESOLUTION, base_lr=DEMO_FINETUNE_BASE_LR, seed=seed,
-        verbose=2 if verbose else 0)
+    tuned = finetune.finetune(finetune.FinetuneConfig.smoke(
+        data_dir, swav.backbone_path, os.path.join(out_dir, "finetune"), steps=finetune_steps, seed=seed,
+        verbose=2 if verbose else 0), rt)
     plots["schedule"] = _save(viz.plot_bit_schedules([tuned.rule]), os.path.join(out_dir, "schedule.png"))
     if tuned.evaluation is not None:
         plots["confusion_matrix"] = _save(
@@ -81,10 +73,14 @@ def run_demo(data_dir, out_dir, pretrain_epochs=DEMO_PRETRAIN_EPOCHS, finetune_s
         tuned.out_dir, data_dir, os.path.join(out_dir, "submission.csv"), tta=DEMO_TTA, verbose=verbose)
 
     summary = {
+        "devices": rt.num_devices,
+        "device_kind": rt.kind,
         "swav_final_loss": swav.history[-1]["loss"] if swav.history else None,
         "ln_k": swav.ln_k,
         "swav_collapsed": swav.collapsed,
+        "backbone": swav.backbone_path,
         "finetune_val_accuracy": tuned.evaluation["accuracy"] if tuned.evaluation else None,
+        "classifier": tuned.out_dir,
         "submission": prediction.path,
         "predicted_images": len(prediction.image_ids),
         "plots": plots,
@@ -102,10 +98,12 @@ def add_arguments(parser):
     parser.add_argument("--pretrain-epochs", type=int, default=DEMO_PRETRAIN_EPOCHS)
     parser.add_argument("--finetune-steps", type=int, default=DEMO_FINETUNE_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
 
 
 def run(args):
     from kitlib import runtime
 
     data_dir = args.data or runtime.find_data_dir()
-    run_demo(data_dir, args.out, args.pretrain_epochs, args.finetune_steps, args.seed)
+    run_demo(data_dir, args.out, args.pretrain_epochs, args.finetune_steps, args.seed, allow_cpu=args.allow_cpu)

@@ -524,8 +524,8 @@ def run(args):
         runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several
         predict_and_write(args.model, args.data, args.out, tta=args.tta, kind=args.source,
                           batch_size=args.batch_size, sample_submission=sample)
-    except (ValueError, FileNotFoundError, runtime.AcceleratorNotVisible) as err:
-        # DataError, a refused submission, a missing model, an accelerator JAX cannot see
+    except (ValueError, FileNotFoundError) as err:
+        # DataError, a refused submission, a missing model (a TPU/GPU JAX cannot see: kitlib.cli, exit code 3)
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
     return 0

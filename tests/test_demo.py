@@ -1,4 +1,4 @@
-"""The README's main job: pretrain -> fine-tune -> submission on the bundled sample, end to end."""
+"""The README's main job: pretrain -> fine-tune -> submission on the bundled sample, end to end, on Keras 3."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kitlib import cli
+from kitlib import cli, export
 from kitlib.submission import validate_submission
 
 
@@ -14,7 +14,7 @@ from kitlib.submission import validate_submission
 def test_demo_command_writes_a_valid_submission_and_the_plots(sample_dir, tmp_path):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--data", sample_dir, "--out", str(out), "--pretrain-epochs", "2",
-                     "--finetune-steps", "10"]) == 0
+                     "--finetune-steps", "12"]) == 0
     sample = os.path.join(sample_dir, "sample_submission.csv")
     ids, labels = validate_submission(str(out / "submission.csv"), sample)
     with open(sample) as f:
@@ -23,6 +23,9 @@ def test_demo_command_writes_a_valid_submission_and_the_plots(sample_dir, tmp_pa
     for name in ("swav_loss.png", "schedule.png", "confusion_matrix.png"):
         assert (out / name).stat().st_size > 5_000, name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["predicted_images"] == 15
-    assert os.path.isfile(out / "pretrain" / "backbone" / "saved_model.pb")
-    assert os.path.isfile(out / "finetune" / "classifier.json")
+    assert summary["predicted_images"] == 15 and summary["devices"] == 1
+    # the SwAV backbone is what was fine-tuned, and the classifier is what predicted
+    assert summary["backbone"] == str(out / "pretrain" / "backbone.keras") and os.path.isfile(summary["backbone"])
+    record = json.loads((out / "finetune" / "finetune.json").read_text())
+    assert record["config"]["backbone"] == summary["backbone"] and record["rule"]["total_steps"] == 12
+    assert export.load_classifier(str(out / "finetune")).image_size == 64
