@@ -261,11 +261,12 @@ def test_train_step_under_mixed_precision_keeps_codes_and_loss_in_float32(policy
 
 _SAME_RUN = """
 import json, numpy as np, keras
-from kitlib import runtime
+from kitlib import augment, runtime
 from tests import test_swav as t
 rt = runtime.setup(verbose=False)
 keras.utils.set_random_seed(0)
-model = t.make_model(steps_per_execution=2, freeze_prototypes_niters=2, queue_length=32, queue_start_step=1)
+model = t.make_model(steps_per_execution=2, freeze_prototypes_niters=2, queue_length=32, queue_start_step=1,
+                     crop_augment=augment.ColorAugment(seed=3))  # colour augmentation inside the step
 history = model.fit(t.crop_batches(batch=16), epochs=3, steps_per_epoch=2, verbose=0).history
 print(json.dumps({"devices": rt.num_devices, "distributed": rt.distribution is not None,
                   "loss": history["loss"], "usage": history["usage_entropy"],
@@ -276,6 +277,7 @@ print(json.dumps({"devices": rt.num_devices, "distributed": rt.distribution is n
 
 @pytest.mark.slow
 def test_eight_devices_train_to_the_same_losses_weights_and_queue_as_one():
+    # queue, frozen prototypes, several steps per execution and the device colour augmentation included
     one, eight = run_on_devices(_SAME_RUN, devices=1), run_on_devices(_SAME_RUN, devices=8)
     assert (one["devices"], one["distributed"], eight["devices"], eight["distributed"]) == (1, False, 8, True)
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=2e-4)
