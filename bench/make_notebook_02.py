@@ -20,8 +20,12 @@ MixUp → fine-tune backbone + zero-initialised head → accuracy, per-class rep
 save the classifier that notebook 04 (submission) loads.
 
 Everything with a loop or a rule in it lives in `kitlib` (`kitlib/bit.py`, `kitlib/finetune.py`,
-`kitlib/losses.py`) and is tested there; the same run is one command:
-`python -m kitlib finetune --data DIR --backbone HANDLE_OR_DIR --out DIR`."""),
+`kitlib/losses.py`, `kitlib/backbones.py`) and is tested there; the same run is one command:
+`python -m kitlib finetune --data DIR --backbone SOURCE --out DIR`.
+
+The compute runs on **Keras 3 with the JAX backend** on every device (TPU v5e-8, GPU, CPU); TensorFlow only
+reads and augments the images (`tf.data`). On several devices the batch is split over them
+(`keras.distribution.DataParallel`) and the model sees the **global** batch."""),
     ("code", BOOTSTRAP),
     ("md", """\
 ## BiT in one page
@@ -42,28 +46,36 @@ uniform prediction and the pretrained features are not disturbed by a random hea
 layer with SGD, momentum 0.9. The models take images in **[0, 1]** and return a feature vector
 (2048 × width for the R50/R101/R152 families).
 
-**Where the weights come from.** TF Hub handles such as `https://tfhub.dev/google/bit/m-r50x1/1` now
-resolve to Kaggle Models (`google/bit/tensorFlow2/m-r50x1`). The competition runs with the **internet off**,
-so on Kaggle attach the model (*Add Input → Models → BiT → TensorFlow 2 → m-r50x1*) and it appears under
-`/kaggle/input/bit/tensorflow2/m-r50x1/1`; `kitlib.bit.load_backbone` finds it from the handle. A handle it
-cannot reach fails at once with that advice instead of retrying for minutes."""),
+**Where the weights come from.** A TF-Hub SavedModel cannot run on JAX, so the kit has BiT's ResNet-v2
+(GroupNorm + weight standardisation) as a Keras 3 model of its own (`kitlib.resnetv2`) and fills it with
+the published weights: an official `.npz` (`BiT-M-R50x1.npz`), or the variables of the TF2 SavedModel
+behind a handle. TF Hub handles such as `https://tfhub.dev/google/bit/m-r50x1/1` resolve to Kaggle Models
+(`google/bit/tensorFlow2/m-r50x1`). The competition runs with the **internet off**, so on Kaggle attach the
+model (*Add Input → Models → BiT → TensorFlow 2 → m-r50x1*) and it appears under
+`/kaggle/input/bit/tensorflow2/m-r50x1/1`; `kitlib.backbones.load` finds it from the handle. A handle it
+cannot reach fails at once with that advice instead of retrying for minutes. The SwAV backbone of
+notebook 01 (`backbone.keras`) loads the same way and fine-tunes with the same rule."""),
     ("md", """\
 ## Setup
 
 One cell of settings. With `SMOKE=1` (CI, a CPU) the backbone is a **tiny random conv net** that
-`kitlib.bit.make_tiny_backbone` exports in the same hub format as BiT, the run is shortened to a few
-dozen steps at 128 px, and the data is the bundled synthetic sample: every step below runs, in seconds,
-but the numbers say nothing about BiT."""),
+`kitlib.bit.make_tiny_backbone` saves as a Keras 3 `.keras` file, the way notebook 01 exports the SwAV
+backbone; the run is shortened to a few dozen steps at 64 px (the settings of `FinetuneConfig.smoke`), and
+the data is the bundled synthetic sample: every step below runs, in seconds, but the numbers say nothing
+about BiT.
+
+`runtime.setup()` comes first: it finds the devices, puts data parallelism and the precision policy
+(bfloat16 on TPU) in force, and refuses to run on the CPU of a machine whose accelerator JAX cannot see."""),
     ("code", """\
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 from IPython.display import Markdown, display
 
-from kitlib import bit, export, finetune, losses, runtime, viz
+from kitlib import backbones, bit, export, finetune, losses, runtime, viz
+from kitlib.compat import keras
 
-STRATEGY = runtime.get_strategy()  # TPU, several GPUs, or the default strategy (1 GPU / CPU)"""),
+RT = runtime.setup()  # devices, DataParallel over them, bfloat16 on TPU; build Keras models after this"""),
     ("code", """\
 SMOKE = os.environ.get("SMOKE") == "1"  # CI smoke run: tiny stand-in backbone, few steps, data/sample
 ON_KAGGLE = runtime.on_kaggle()
@@ -71,13 +83,15 @@ DATA_DIR = runtime.find_data_dir()  # the competition on Kaggle, else data/sampl
 BIT_HANDLE = "google/bit/tensorFlow2/m-r50x1"  # BiT-M R50x1; attach it as a Kaggle input (internet is off)
 WORK_DIR = tempfile.mkdtemp(prefix="kit02_") if SMOKE else (
     "/kaggle/working" if ON_KAGGLE else os.path.join(runtime.repo_root(), "runs", "02_finetune_bit"))
-OUT_DIR = os.path.join(WORK_DIR, "bit_classifier")  # saved_model/ + classifier.json, read by notebook 04
+OUT_DIR = os.path.join(WORK_DIR, "bit_classifier")  # classifier.keras + classifier.json, read by notebook 04
 VAL_FRACTION = 0.2  # held out at shard level; the rule then sees the 80 % training split
-# global batch: BiT uses 512 (a TPU v3-8 holds it at 480 px); a 16 GB GPU needs ~16 with R50x1 at 480 px.
-# Whatever B is, the rule rescales steps, warmup, decays (x 512/B) and the learning rate (x B/512).
-BATCH_SIZE = 16 if SMOKE else {"TPU": 512, "GPU": 16, "CPU": 16}[runtime.device_kind(STRATEGY)]
+# GLOBAL batch over all devices, a multiple of their count: BiT uses 512 (64 per core of a TPU v5e-8, in
+# bfloat16); a 16 GB GPU needs ~16 with R50x1 at 480 px. Whatever B is, the rule rescales steps, warmup,
+# decays (x 512/B) and the learning rate (x B/512).
+BATCH_SIZE = 16 if SMOKE else {"TPU": 512, "GPU": 16, "CPU": 16}[RT.kind]
 STEPS = 40 if SMOKE else None  # None: the rule's own length
-RESOLUTION = (160, 128) if SMOKE else None  # None: the rule's (resize, crop) from the image size
+RESOLUTION = (80, 64) if SMOKE else None  # None: the rule's (resize, crop) from the image size
+BASE_LR = 1.0 if SMOKE else bit.BASE_LR  # lr at batch 512; the smoke value suits a random small CNN in 40 steps
 LOSS = "bitempered"  # Cassava's labels are noisy: bounded, heavy-tailed loss; "ce" is plain BiT
 LABEL_SMOOTHING = 0.1  # both the winners' ingredients against label noise; 0.0 with "ce" is plain BiT
 T1, T2 = losses.T1_CASSAVA, losses.T2_CASSAVA  # bi-tempered temperatures (0.8, 1.4)
@@ -85,8 +99,9 @@ EVALUATIONS = 4 if SMOKE else 10  # validation rounds (Keras epochs) during the 
 MIXUP_SHOW_ALPHA = 1.0  # only for the picture below (lambda uniform in [0, 1]); training uses the rule's alpha
 SEED = 0
 
-print(dict(SMOKE=SMOKE, ON_KAGGLE=ON_KAGGLE, DATA_DIR=DATA_DIR, OUT_DIR=OUT_DIR, BATCH_SIZE=BATCH_SIZE,
-           STEPS=STEPS, RESOLUTION=RESOLUTION, LOSS=LOSS, LABEL_SMOOTHING=LABEL_SMOOTHING, T1=T1, T2=T2))"""),
+print(dict(SMOKE=SMOKE, ON_KAGGLE=ON_KAGGLE, DEVICES=f"{RT.num_devices} x {RT.kind}", POLICY=RT.policy,
+           DATA_DIR=DATA_DIR, OUT_DIR=OUT_DIR, BATCH_SIZE=BATCH_SIZE, STEPS=STEPS, RESOLUTION=RESOLUTION,
+           BASE_LR=BASE_LR, LOSS=LOSS, LABEL_SMOOTHING=LABEL_SMOOTHING, T1=T1, T2=T2))"""),
     ("md", """\
 ## The BiT-HyperRule
 
@@ -120,7 +135,7 @@ folder with `train.csv`, a folder per class, or `tfds:NAME`. The rule is then bu
 size and the first image's size."""),
     ("code", """\
 source = finetune.load_source(DATA_DIR, VAL_FRACTION, SEED)
-rule = bit.HyperRule(source.image_hw, source.train_size, BATCH_SIZE, total_steps=STEPS, resolution=RESOLUTION)
+rule = bit.HyperRule(source.image_hw, source.train_size, BATCH_SIZE, BASE_LR, total_steps=STEPS, resolution=RESOLUTION)
 print(f"{source.kind}: {source.train_size} train / {source.val_size} validation images, "
       f"first image {source.image_hw}, classes {source.class_names}")
 print(rule)"""),
@@ -140,8 +155,10 @@ fig = viz.plot_bit_schedules([rule_b64, rule_b512, rule], labels=["Cassava 80 %,
 ## Input pipeline and MixUp
 
 Training images are resized to `rule.resize`², randomly cropped to `rule.crop`² and randomly flipped,
-with values in [0, 1] as the hub models expect; validation images are resized straight to the crop size.
-MixUp (Zhang et al. 2018) as BiT applies it: one λ ~ Beta(α, α) per batch, every image blended with the
+with values in [0, 1] as the kit's backbones expect; validation images are resized straight to the crop
+size. Every random choice (shuffle, crop, flip, λ) follows from the seed and the example's position, so a
+run gives the same batches on 1 device and on 8.
+MixUp (Zhang et al. 2018) as BiT applies it, in the `tf.data` pipeline: one λ ~ Beta(α, α) per batch, every image blended with the
 batch **reversed** and the one-hot labels blended alike, so label rows still sum to 1. With α = 0.1 most λ
 are close to 0 or 1 (mild mixing); below we use α = 1 (λ uniform) so the blend is visible. Top: a batch as
 the pipeline yields it; bottom: the same batch mixed (titles: the two largest label weights)."""),
@@ -155,34 +172,36 @@ fig = viz.plot_mixup_grid(*bit.mixup(images, labels, MIXUP_SHOW_ALPHA, seed=SEED
     ("md", """\
 ## Backbone + zero head
 
-On Kaggle `BIT_HANDLE` resolves to the attached model. In `SMOKE` mode we export the tiny stand-in
-first; its features are calibrated on a batch of training images (a data-dependent init) so that even
-forty steps learn something. `bit.build_classifier` puts a `Dense` head with all-zero weights on top: before
-any training every class has probability exactly 1/C, whatever the image."""),
+On Kaggle `BIT_HANDLE` resolves to the attached model; `backbones.load` also takes an official `.npz`
+(`BiT-M-R50x1.npz`) or the SwAV `backbone.keras` of notebook 01. In `SMOKE` mode we save the tiny stand-in
+first. `bit.build_classifier` puts a `Dense` head with all-zero weights on top (float32 logits, whatever the
+precision policy): before any training every class has probability exactly 1/C, whatever the image."""),
     ("code", """\
-calibration_images = next(iter(bit.eval_dataset(source.train, rule.crop, 64, num_classes)))[0]
-BACKBONE = bit.make_tiny_backbone(os.path.join(WORK_DIR, "tiny_backbone"), calibration_images=calibration_images) \\
-    if SMOKE else BIT_HANDLE
-preview = bit.build_classifier(bit.load_backbone(BACKBONE), num_classes, rule.crop)
+BACKBONE = bit.make_tiny_backbone(os.path.join(WORK_DIR, "tiny_backbone.keras")) if SMOKE else BIT_HANDLE
+preview = bit.build_classifier(backbones.load(BACKBONE), num_classes, rule.crop)
 preview.summary()
 print("head weights all zero:", not np.any(preview.get_layer("head").kernel.numpy()))
-print("probabilities before training:\\n", tf.nn.softmax(preview(calibration_images[:3])).numpy().round(3))"""),
+print("probabilities before training:\\n", np.asarray(keras.ops.softmax(preview(images[:3].numpy()))).round(3))
+del preview  # finetune builds its own"""),
     ("md", """\
 ## Fine-tune
 
-`finetune.finetune` is the whole run, the same function behind `python -m kitlib finetune`: it reads the
-data, builds the rule, creates backbone + head and the SGD optimizer inside `STRATEGY.scope()`, and runs
-`fit()` for exactly `rule.total_steps` steps, validating `EVALUATIONS` times (Keras "epochs" are evaluation
-rounds here) with `ModelCheckpoint` on the best validation accuracy, `CSVLogger` (`history.csv`) and
-TensorBoard logs in `OUT_DIR`. At the end it restores the best checkpoint, evaluates and saves.
+`finetune.finetune` is the whole run, the same function behind `python -m kitlib finetune`: one
+`FinetuneConfig` (printed once, saved as `config.json`); it reads the data, builds the rule, loads backbone
++ zero head and the SGD optimizer under the runtime's distribution and policy, and runs `fit()` for exactly
+`rule.total_steps` steps, validating `EVALUATIONS` times (Keras "epochs" are evaluation rounds here) with
+`ModelCheckpoint` on the best validation accuracy (`checkpoints/best.weights.h5`), `CSVLogger`
+(`history.csv`) and TensorBoard logs in `OUT_DIR`. At the end it restores the best checkpoint, evaluates
+and saves.
 
 What could go wrong: out of memory → lower `BATCH_SIZE` (the rule adapts); validation accuracy stuck at
 the majority class (CMD, 61.5 % of Cassava) → check that the learning rate reached its peak (schedule
 plot) and that the backbone is trainable (`Trainable params` above)."""),
     ("code", """\
-result = finetune.finetune(DATA_DIR, BACKBONE, OUT_DIR, batch_size=BATCH_SIZE, steps=STEPS, loss=LOSS,
-                           label_smoothing=LABEL_SMOOTHING, t1=T1, t2=T2, val_fraction=VAL_FRACTION,
-                           resolution=RESOLUTION, evaluations=EVALUATIONS, seed=SEED, strategy=STRATEGY)
+CONFIG = finetune.FinetuneConfig(
+    DATA_DIR, BACKBONE, OUT_DIR, global_batch_size=BATCH_SIZE, steps=STEPS, loss=LOSS, label_smoothing=LABEL_SMOOTHING,
+    t1=T1, t2=T2, val_fraction=VAL_FRACTION, base_lr=BASE_LR, resolution=RESOLUTION, evaluations=EVALUATIONS, seed=SEED)
+result = finetune.finetune(CONFIG, RT)
 fig = viz.plot_training_history(result.history.history)"""),
     ("md", """\
 ## Evaluate
@@ -196,15 +215,17 @@ fig = viz.plot_confusion_matrix(result.evaluation["confusion_matrix"], source.cl
     ("md", """\
 ## Save
 
-`finetune` saved the classifier with `export.save_classifier`: a SavedModel with a `serve` signature
-(images in [0, 1] → probabilities) plus `classifier.json` (class names, image size). Loading it needs
-neither TF Hub nor this notebook's code, which is what the offline submission notebook (04) needs: on
-Kaggle, save a version of this notebook and attach its output as a dataset. The check below reloads it and
-compares with the model in memory."""),
+`finetune` saved the classifier with `export.save_classifier`: `classifier.keras` (the Keras 3 model, in
+float32 whatever it trained in; images in [0, 1] → logits) plus `classifier.json` (class names, image
+size). Loading it needs Keras 3 and kitlib only (no network, no TF Hub), which is what the offline
+submission notebook (04) needs: on Kaggle, save a version of this notebook and attach its output as a
+dataset. The check below reloads it and compares with the model in memory (after bfloat16 training on a
+TPU the saved float32 model differs from the bfloat16 one in memory by ~1e-2; elsewhere by ~1e-7)."""),
     ("code", """\
 classifier = export.load_classifier(OUT_DIR)
-check_images = next(iter(val_batches))[0]
-difference = np.abs(classifier.predict_proba(check_images) - tf.nn.softmax(result.model(check_images)).numpy()).max()
+check_images = next(iter(val_batches))[0].numpy()
+in_memory = np.asarray(keras.ops.softmax(result.model.predict_on_batch(check_images)), np.float32)
+difference = np.abs(classifier.predict_proba(check_images) - in_memory).max()
 print(f"{OUT_DIR}: {sorted(os.listdir(OUT_DIR))}")
 print(f"{classifier.class_names}, {classifier.image_size}px; max difference to the model in memory {difference:.2e}")"""),
 ]

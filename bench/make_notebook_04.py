@@ -18,8 +18,12 @@ be attached as inputs:
 
 - the competition data (`/kaggle/input/cassava-leaf-disease-classification`),
 - `kitlib` (this repository uploaded as a dataset, `/kaggle/input/kitlib`),
-- the fine-tuned classifier from notebook 03 / `python -m kitlib finetune --out DIR` (a dataset holding
-  `saved_model/` and `classifier.json`: the class names and the image size the model expects).
+- the fine-tuned classifier from notebook 02 / `python -m kitlib finetune --out DIR` (a dataset holding
+  `classifier.keras` and `classifier.json`: the Keras 3 model, and the class names and the image size it
+  expects).
+
+The model runs on Keras 3 with the JAX backend (on a TPU v5e-8 every batch is split over the 8 cores);
+TensorFlow only decodes and resizes the images.
 
 Steps: find the data and the model → look at the views test-time augmentation (TTA) averages over →
 predict → write and validate the file → look at some predictions."""),
@@ -28,9 +32,13 @@ predict → write and validate the file → look at some predictions."""),
 ## Setup
 
 One cell of settings. `SMOKE=1` (CI, or any machine without a fine-tuned model) replaces the model by an
-**untrained stand-in** so the whole path runs on a CPU in seconds; its predictions are meaningless."""),
+**untrained stand-in** (a small Keras 3 classifier saved the way `finetune` saves a real one) so the whole
+path runs on a CPU in seconds; its predictions are meaningless. `runtime.setup()` finds the devices and
+spreads each batch over them."""),
     ("code", """\
 from kitlib import export, runtime, submission, viz
+
+RT = runtime.setup()  # devices and DataParallel over them; refuses a TPU/GPU that JAX cannot see
 
 SMOKE = os.environ.get("SMOKE") == "1"  # CI smoke run: the bundled sample and an untrained stand-in model
 ON_KAGGLE = runtime.on_kaggle()
@@ -42,12 +50,12 @@ OUT_CSV = os.path.join(WORK_DIR, "submission.csv")  # Kaggle scores /kaggle/work
 STAND_IN_DIR = os.path.join(WORK_DIR, "stand_in_model") if (SMOKE or not ON_KAGGLE) else None
 SOURCE = "images"  # test_images/: the folder Kaggle fills with the hidden test set ("tfrecords" reads test_tfrecords/)
 TTA = "flip"  # identity + left-right + up-down mirror; "flip+crops" adds the centre and 4 corner crops (8 passes)
-BATCH_SIZE = 8 if SMOKE else 32  # images per forward pass (each view is one more pass)
+BATCH_SIZE = 8 if SMOKE else 32  # images per forward pass (each view is one more pass), split over the devices
 SHOW = 12  # test images drawn with their predictions
 SAMPLE_SUBMISSION = os.path.join(DATA_DIR, "sample_submission.csv")  # ids and row order the file must follow
 
-print(dict(SMOKE=SMOKE, ON_KAGGLE=ON_KAGGLE, DATA_DIR=DATA_DIR, MODEL_DIR=MODEL_DIR, OUT_CSV=OUT_CSV,
-           SOURCE=SOURCE, TTA=TTA, BATCH_SIZE=BATCH_SIZE))"""),
+print(dict(SMOKE=SMOKE, ON_KAGGLE=ON_KAGGLE, DEVICES=f"{RT.num_devices} x {RT.kind}", DATA_DIR=DATA_DIR,
+           MODEL_DIR=MODEL_DIR, OUT_CSV=OUT_CSV, SOURCE=SOURCE, TTA=TTA, BATCH_SIZE=BATCH_SIZE))"""),
     ("md", """\
 ## The test images
 
@@ -65,7 +73,7 @@ print("first ids:", image_ids[:3], "size (H, W, 3):", images[0].shape)"""),
 ## The model
 
 `find_classifier` takes `MODEL_DIR`, or finds the one folder holding `classifier.json` among the attached
-inputs. It is read from disk only (a TF SavedModel: no Keras model code, no TF Hub, no network).
+inputs. It is read from disk only (`classifier.keras`, loaded by Keras 3: no TF Hub, no network).
 `check_class_names` refuses a model whose class order differs from the competition's label map: every
 label it writes would name another disease."""),
     ("code", """\
