@@ -269,6 +269,12 @@ def test_saved_model_and_every_route_agree(small, tmp_path):
     np.testing.assert_allclose(features(from_sm, images), feats, atol=1e-5)
     np.testing.assert_allclose(features(backbones.load(folder), images), feats, atol=1e-5)
     np.testing.assert_allclose(features(backbones.load(path), images), feats, atol=1e-5)
+    # the handle route: a Kaggle Models handle resolved to the model attached as a notebook input
+    attached = write_bit_saved_model(weights, tmp_path / "input" / "bit" / "tensorflow2" / "m-r50x1" / "1")
+    via_handle = backbones.load("google/bit/tensorFlow2/m-r50x1", input_root=str(tmp_path / "input"),
+                                reachable=lambda host: False)
+    assert os.path.isdir(attached)
+    np.testing.assert_allclose(features(via_handle, images), feats, atol=1e-5)
     keras_file = backbones.save(from_sm, str(tmp_path / "x.keras"))
     reloaded = backbones.load(keras_file)
     assert all(w.trainable for w in reloaded.weights) and len(reloaded.trainable_weights) == len(model.weights)
