@@ -165,15 +165,16 @@ def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_
     assert "attach" in capsys.readouterr().err
 
 
-_DEVICES_RUN = """
+_SHORT_RUN = dict(global_batch_size=16, steps=6, resolution=(40, 32), evaluations=2, base_lr=4.0, restore_best=False,
+                  verbose=0)
+_PROBE_IMAGES = 5  # rows for the reloaded classifier: not a multiple of 8, so predict_proba pads them
+_EIGHT_DEVICES = """
 import json
 import numpy as np
 from kitlib import export, finetune, runtime
 rt = runtime.setup(allow_cpu=True, verbose=False)
-result = finetune.finetune(data_dir={data!r}, backbone={backbone!r},
-                           out_dir={out!r}, global_batch_size=16, steps=6, resolution=(40, 32), evaluations=2,
-                           base_lr=4.0, restore_best=False, verbose=0, rt=rt)
-images = np.random.default_rng(1).random([5, 32, 32, 3], dtype=np.float32)  # 5 rows: padded to split over 8
+result = finetune.finetune(data_dir={data!r}, backbone={backbone!r}, out_dir={out!r}, rt=rt, **{kwargs!r})
+images = np.random.default_rng(1).random([{n}, 32, 32, 3], dtype=np.float32)
 probs = export.load_classifier({out!r}).predict_proba(images, batch_size=4)
 print(json.dumps({{"devices": rt.num_devices, "distributed": rt.distribution is not None,
                   "history": result.history.history, "probs": probs.tolist()}}))
@@ -182,16 +183,19 @@ print(json.dumps({{"devices": rt.num_devices, "distributed": rt.distribution is 
 
 @pytest.mark.slow
 def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
-    runs = {n: run_on_devices(_DEVICES_RUN.format(data=sample_dir, backbone=tiny_backbone,
-                                                  out=str(tmp_path / f"out{n}")), devices=n) for n in (8, 1)}
-    assert (runs[8]["devices"], runs[8]["distributed"], runs[1]["devices"]) == (8, True, 1)
+    eight = run_on_devices(_EIGHT_DEVICES.format(data=sample_dir, backbone=tiny_backbone, out=str(tmp_path / "out8"),
+                                                 kwargs=_SHORT_RUN, n=_PROBE_IMAGES), devices=8)
+    assert (eight["devices"], eight["distributed"]) == (8, True)
+    one = finetune.finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(tmp_path / "out1"), **_SHORT_RUN)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(runs[8]["history"][key], runs[1]["history"][key], rtol=1e-4, atol=1e-5, err_msg=key)
-    assert runs[1]["history"]["loss"][-1] != runs[1]["history"]["loss"][0]  # it trained
+        np.testing.assert_allclose(eight["history"][key], one.history.history[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert one.history.history["loss"][-1] != one.history.history["loss"][0]  # it trained
     weights = [keras.saving.load_model(str(tmp_path / f"out{n}" / "classifier.keras")).get_weights() for n in (8, 1)]
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(runs[8]["probs"], runs[1]["probs"], atol=1e-5)
+    images = np.random.default_rng(1).random([_PROBE_IMAGES, 32, 32, 3], dtype=np.float32)
+    np.testing.assert_allclose(eight["probs"], export.load_classifier(str(tmp_path / "out1")).predict_proba(images),
+                               atol=1e-5)
 
 
 def test_tfds_source_offline_and_unprepared_fails_at_once_with_advice(tmp_path):
