@@ -444,7 +444,7 @@ def finetune(config=None, rt=None, **fields):
     compile_classifier(model, rule, loss_fn, steps_per_execution)
     train_batches = bit.train_dataset(source.train, rule, num_classes, seed=config.seed)
     val_batches = (bit.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
-                   if source.val is not None else None)
+                   if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
     history = train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations, config.verbose,
                     config.restore_best, validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
     evaluation = evaluate(model, val_batches, source.class_names) if val_batches is not None else None
