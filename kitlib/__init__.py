@@ -1,12 +1,14 @@
 """kitlib: SwAV self-supervised pretraining and BiT fine-tuning for Cassava-style image data.
 
 Importing the package is cheap and changes no global state: no seeds, no matplotlib rcParams,
-no logging handlers, no mixed-precision policy. TensorFlow is imported by the submodules that
-need it (``kitlib.data``, ``kitlib.augment``, ...), never here.
+no logging handlers, no mixed-precision policy, no distribution. Compute runs on Keras 3 with the JAX
+backend; TensorFlow only reads data and is imported by the submodules that need it, never here.
 
 Modules, one concern each:
-    compat      Keras from one place (tf_keras on TF >= 2.16, tf.keras before).
-    runtime     distribution strategy, mixed-precision policy, where the data lives.
+    compat      Keras 3 on JAX from one place; TensorFlow for input only.
+    runtime     devices, DataParallel, precision policy, refusing a hidden accelerator, data paths.
+    backbones   every backbone (small CNN, ResNet-50, BiT) built, saved and loaded from any source.
+    resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
     data        Cassava TFRecords / JPEG folders / tfds: reading, writing, validating.
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
     augment     multi-crop SwAV augmentation: every crop of an example from one image.
@@ -14,7 +16,7 @@ Modules, one concern each:
     optim       LARS and the warmup-cosine schedule.
     pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.
     evaluate    kNN / linear-probe accuracy of frozen features.
-    bit         BiT-HyperRule, MixUp, input pipeline, backbones (TF Hub / Kaggle / local) + zero head.
+    bit         BiT-HyperRule, MixUp, input pipeline, resolving TF-Hub / Kaggle handles, zero head.
     losses      cross-entropy with label smoothing, bi-tempered logistic loss.
     finetune    ``python -m kitlib finetune``: data source -> rule -> fit -> evaluate -> export.
     export      the fine-tuned classifier on disk, read back offline.

@@ -17,7 +17,7 @@ at the coarsest libjpeg scale (1/2, 1/4, 1/8) that upsamples no crop more than `
 least its crop's resolution); records are shuffled encoded; blurs of small crops are two matrix
 products, of large ones a depthwise convolution; the map runs on a private thread pool
 (`pipeline_options`), best with one thread per CPU op (`kitlib.runtime.configure_host_threads`, which
-`get_strategy` applies when a GPU/TPU is attached). Colour work runs on the host
+`runtime.setup` applies when a GPU/TPU is attached). Colour work runs on the host
 (``augment=True``: `fused_color_augment`'s one colour pass per crop, clipped once, see there) or,
 with ``augment="device"``, in the train step through the `ColorAugment` layer (Keras 3, ``keras.ops``
 on JAX, jitted with the step: the op-by-op chain of `color_augment`, parameters in a `ColorConfig`)
@@ -728,7 +728,7 @@ def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, s
         dataset: ``kitlib.data.load_dataset(files, decode=False)`` (bytes are cheap to shuffle; a
             shuffle buffer of decoded 800x600 images holds 1.4 MB each) or any `multicrop` input.
         config: `MultiCropConfig`.
-        batch_size: images per batch (per replica batch x replicas for a distribution strategy).
+        batch_size: images per batch (the global batch under data parallelism).
         augment: True/"host": full SwAV augmentation on the host; "device": geometry and flips on the
             host, then call `ColorAugment` on each batch inside the train step; False: crops only.
         shuffle_buffer: records in the shuffle buffer (0: no shuffle).
