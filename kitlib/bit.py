@@ -354,11 +354,6 @@ def eval_dataset(dataset, crop, batch_size, num_classes, pad=False):
 # ============ backbone + zero head ============
 
 
-def _all_float32(model):
-    return all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers(include_self=False)
-               if not isinstance(layer, keras.layers.InputLayer))
-
-
 def build_classifier(backbone, num_classes, image_size, name="bit_classifier"):
     """images float32 [N, S, S, 3] in [0, 1] -> float32 logits [N, C]: backbone + zero-initialised head (BiT).
 
@@ -379,7 +374,7 @@ def build_classifier(backbone, num_classes, image_size, name="bit_classifier"):
         from kitlib import backbones  # noqa: PLC0415
 
         backbone = backbones.load(os.fspath(backbone))
-    if keras.config.dtype_policy().name != "float32" and _all_float32(backbone):
+    if keras.config.dtype_policy().name != "float32" and export.dtype_policies(backbone) == {"float32"}:
         backbone = export.with_dtype_policy(backbone)
     backbone.trainable = True
     inputs = keras.Input([image_size, image_size, 3], dtype="float32", name="images")

@@ -48,6 +48,19 @@ def _replace_policies(config, policy):
             for key, value in config.items()}
 
 
+def _layers(model):
+    """Every layer of ``model``, nested models' layers included (Input layers left out)."""
+    for layer in getattr(model, "layers", []):
+        if not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+            yield from _layers(layer)
+
+
+def dtype_policies(model):
+    """The names of the dtype policies ``model``'s layers compute in, e.g. {"float32"}."""
+    return {layer.dtype_policy.name for layer in _layers(model)}
+
+
 def with_dtype_policy(model, policy=None):
     """``model`` rebuilt with every layer on the Keras dtype ``policy``, carrying the same weights.
 
@@ -60,9 +73,7 @@ def with_dtype_policy(model, policy=None):
         ``model`` itself when every layer already computes in that policy's dtype.
     """
     policy = keras.dtype_policies.get(policy or keras.config.dtype_policy().name)
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if not isinstance(layer, keras.layers.InputLayer)]
-    if all(layer.dtype_policy.name == policy.name for layer in layers):
+    if dtype_policies(model) == {policy.name}:
         return model
     return _rebuild(model, lambda config: _replace_policies(config, keras.dtype_policies.serialize(policy)))
 
