@@ -16,6 +16,7 @@ COMMANDS = {
     "finetune": ("kitlib.finetune", "fine-tune a BiT / SwAV backbone with the BiT-HyperRule"),
     "predict": ("kitlib.submission", "predict test images with TTA and write submission.csv"),
     "demo": ("kitlib.demo", "the whole kit on the sample: pretrain -> fine-tune -> submission"),
+    "kaggle": ("kitlib.kaggle_cli", "Kaggle round trip: download, publish-kit, push a notebook, status, output"),
 }
 
 
