@@ -423,6 +423,9 @@ def finetune(config=None, rt=None, **fields):
                              verbose=bool(config.verbose))
     runtime.check_global_batch(config.global_batch_size, rt.num_devices)
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
+    # the run is a function of its config: TensorFlow's op-level seeds (shuffles) combine with the global
+    # seed, so whatever ran before in this process must not change the batches
+    keras.utils.set_random_seed(config.seed)
     source = load_source(config.data_dir, config.val_fraction, config.seed, config.tfds_data_dir)
     rule = bit.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
                          config.steps, config.resolution)
