@@ -27,6 +27,7 @@ def shards(tmp_path_factory):
     return data.write_tfrecords(examples(), str(tmp_path_factory.mktemp("stages")), shard_size=2)
 
 
+@pytest.mark.slow
 def test_every_stage_hands_the_batch_the_host_modes_shapes(stages, shards):
     pipelines = stages.stage_pipelines(shards, CONFIG)
     assert list(pipelines) == [*stages.STAGES, stages.FLOOR]
@@ -63,6 +64,7 @@ def test_report_gives_medians_and_what_each_stage_adds(stages):
     assert rows[stages.FLOOR] == ["2.10"]
 
 
+@pytest.mark.slow
 def test_measure_times_every_stage_once_per_round(stages, shards):
     pipelines = stages.stage_pipelines(shards, CONFIG)
     cpu = stages.measure(pipelines, rounds=2, seconds=0.05, rng=np.random.default_rng(0))

@@ -288,6 +288,7 @@ def test_classifier_head_starts_at_zero_and_fit_moves_every_backbone_weight(tiny
     assert np.any(head.kernel.numpy())
 
 
+@pytest.mark.slow
 def test_float32_backbone_computes_in_bfloat16_under_a_mixed_policy_with_float32_logits(tiny_backbone):
     keras.config.set_dtype_policy("mixed_bfloat16")  # what runtime.setup sets on a TPU
     try:

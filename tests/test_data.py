@@ -252,6 +252,7 @@ def test_sample_csv_matches_the_train_shards(sample_dir):
     assert sorted(np.bincount(list(rows.values()))) == [20] * 5
 
 
+@pytest.mark.slow
 def test_make_sample_reproduces_the_bundled_sample_byte_for_byte(tmp_path, sample_dir):
     from kitlib.sample import make_sample
 

@@ -602,6 +602,7 @@ def test_credentials_never_appear_in_any_output_or_file(stand_in, capsys, fake_e
     assert server.calls[0][2] == f"Basic {basic}"  # it was sent, to the (stand-in) server only
 
 
+@pytest.mark.slow
 def test_importing_the_module_does_not_import_kaggle(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(HOME=str(tmp_path), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)

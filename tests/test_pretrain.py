@@ -132,6 +132,7 @@ def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_
     np.testing.assert_allclose(features, np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env, hardware", [({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, "TPU")])
 def test_cli_on_a_tpu_vm_where_jax_sees_no_tpu_exits_before_training(sample_dir, tmp_path, env, hardware):
     done = _cli(["--data", sample_dir, "--out", str(tmp_path / "o")] + TINY_RUN, env=env)
@@ -140,6 +141,7 @@ def test_cli_on_a_tpu_vm_where_jax_sees_no_tpu_exits_before_training(sample_dir,
     assert not (tmp_path / "o").exists()  # refused before anything was written or trained
 
 
+@pytest.mark.slow
 def test_export_of_a_mixed_precision_backbone_is_float32_and_trainable(tmp_path):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -61,6 +61,7 @@ def test_setup_on_this_machine_is_one_cpu_device_in_float32(capsys):
     assert "running on 1 x CPU" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_setup_on_eight_devices_puts_data_parallelism_in_force():
     result = run_on_devices("""
         import json, keras
@@ -94,6 +95,7 @@ def test_usable_cores_follows_the_affinity_mask():
         os.sched_setaffinity(0, mask)
 
 
+@pytest.mark.slow
 def test_configure_host_threads_before_and_after_tensorflow_starts():
     probe = r'''
 import tensorflow as tf
@@ -120,6 +122,7 @@ def test_mixed_precision_policy_per_device(kind, float16, expected):
     assert runtime.mixed_precision_policy(kind, gpu_float16=float16) == expected
 
 
+@pytest.mark.slow
 def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_missing():
     versions = runtime.check_environment(verbose=False)
     assert versions["backend"] == "jax" and versions["keras"].startswith("3.")
@@ -128,6 +131,7 @@ def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_m
     assert done.returncode != 0 and "pip install tensorflow-cpu==2.20.0" in done.stderr
 
 
+@pytest.mark.slow
 def test_kitlib_refuses_another_keras_backend_with_the_fix():
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     done = subprocess.run([sys.executable, "-c", "import kitlib.compat"], capture_output=True, text=True,
@@ -145,6 +149,7 @@ def test_find_data_dir_says_how_to_get_data(tmp_path):
         runtime.find_data_dir(local=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow
 def test_importing_kitlib_changes_no_global_state():
     probe = r'''
 import json, logging, random, warnings

@@ -243,6 +243,7 @@ def test_batchnorm_follows_the_training_flag():
     assert np.abs(np.asarray(bn.moving_mean) - before).max() > 0  # training: batch statistics, updated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_train_step_under_mixed_precision_keeps_codes_and_loss_in_float32(policy):
     previous = keras.mixed_precision.global_policy()
