@@ -21,7 +21,7 @@ within a round.
 
 Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
 twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
-one thread per op, what `kitlib.runtime.get_strategy` sets when a GPU/TPU is attached. The kit's
+one thread per op, what `kitlib.runtime.setup` sets when a GPU/TPU is attached. The kit's
 host mode is faster at one thread per op; the seed is faster at one setting or the other from run
 to run. The last table sets the kit at one thread against the seed at its faster setting of that
 run (best passes, so across the two processes).

@@ -201,3 +201,11 @@ def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
 def test_tfds_source_offline_and_unprepared_fails_at_once_with_advice(tmp_path):
     with pytest.raises(data.DataError, match="not prepared"):
         finetune.load_source("tfds:cats_vs_dogs", tfds_data_dir=str(tmp_path))
+
+
+def test_suggested_global_batch_fits_the_devices_and_splits_over_them():
+    assert finetune.suggested_global_batch("TPU", 8) == 512  # BiT's own batch on a TPU v5e-8
+    assert finetune.suggested_global_batch("GPU", 2) == 32   # Kaggle's T4 x2
+    assert finetune.suggested_global_batch("CPU") == 16
+    for kind, n in (("TPU", 8), ("GPU", 1), ("GPU", 2)):
+        assert finetune.suggested_global_batch(kind, n) % n == 0

@@ -1,4 +1,6 @@
-"""Notebooks beyond nbmake's single-device run: notebook 01 (SwAV) on 8 simulated devices, the layout of
+"""The notebooks beyond nbmake's single-device run. They are edited in one place, the ``.ipynb`` files
+(what Kaggle and Colab users open and edit too), and committed clean: these tests check that, that all
+four start with the same bootstrap cell, and run notebook 01 (SwAV) on 8 simulated devices, the layout of
 Kaggle's TPU v5e-8, with the same cells."""
 
 import os
@@ -39,3 +41,32 @@ def test_notebook_01_smoke_run_trains_on_eight_simulated_devices(tmp_path):
     assert "running on 8 x CPU" in text and "DataParallel" in text
     assert "devices=8" in text  # the resolved config the run printed and saved
     assert "final loss" in text
+
+
+NOTEBOOKS = sorted(os.path.join(REPO, "notebooks", name) for name in os.listdir(os.path.join(REPO, "notebooks"))
+                   if name.endswith(".ipynb"))
+
+
+def _first_code_cell(nb):
+    return next(cell.source for cell in nb.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebooks_are_committed_clean_for_the_python3_kernel(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert "kaggle" not in nb.metadata  # no stale accelerator or docker image from a Kaggle download
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path}: {cell.get('id')} has outputs"
+        assert "KAGGLE_KEY" not in cell.source and "kaggle.json" not in cell.source
+
+
+def test_every_notebook_starts_with_the_same_bootstrap_cell():
+    first = {os.path.basename(p): _first_code_cell(nbformat.read(p, as_version=4)) for p in NOTEBOOKS}
+    assert len(first) == 4 and len(set(first.values())) == 1, "the first code cells differ"
+    bootstrap = next(iter(first.values()))
+    # the backend is chosen before anything imports Keras, and the environment is checked first
+    assert bootstrap.index('os.environ.setdefault("KERAS_BACKEND", "jax")') < bootstrap.index("from kitlib")
+    assert "runtime.check_environment()" in bootstrap
