@@ -481,7 +481,9 @@ def config_from_args(args, parser_defaults=None):
 def run(args):
     """Run ``python -m kitlib pretrain`` with parsed flags; returns 0."""
     result = pretrain(config_from_args(args))
-    last = result.history[-1] if result.history else {}
-    print(f"kitlib pretrain: done; final loss {last.get('loss', float('nan')):.4f} vs ln K {result.ln_k:.4f}; "
-          f"backbone exported to {result.backbone_path}")
+    if result.history:
+        print(f"kitlib pretrain: done; final loss {result.history[-1]['loss']:.4f} vs ln K {result.ln_k:.4f}; "
+              f"backbone exported to {result.backbone_path}")
+    else:
+        print(f"kitlib pretrain: no epoch trained; the random-init backbone is exported to {result.backbone_path}")
     return 0
