@@ -174,6 +174,8 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
     """
     import jax  # noqa: PLC0415 - started here, not at import
 
+    from kitlib.compat import tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
+
     devices = tuple(jax.devices() if devices is None else devices)
     kind = device_kind(devices[0].platform)
     warning = check_visible(kind, accelerator_marks() if marks is None else marks, allow_cpu)
