@@ -25,6 +25,7 @@ import urllib.parse
 import numpy as np
 
 from kitlib import export
+from kitlib.runtime import KAGGLE_INPUT
 from kitlib.compat import keras, tf
 
 ops = keras.ops
@@ -421,7 +422,6 @@ def make_tiny_backbone(path, name="small_cnn", seed=0):
 
 # ============ backbones: TF Hub, Kaggle Models, local SavedModel ============
 
-KAGGLE_INPUT = "/kaggle/input"
 _KAGGLE_MODELS_URL = "https://www.kaggle.com/models/"
 _TFHUB_PREFIX = "https://tfhub.dev/"
 # owner/model/framework/variation[/version], e.g. google/bit/tensorFlow2/m-r50x1/1

@@ -21,6 +21,8 @@ to get them as a ``DataError`` without TensorFlow's stack trace.
 
 import contextlib
 import csv
+import dataclasses
+import glob
 import json
 import os
 import re
@@ -40,7 +42,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _SHARD_COUNT = re.compile(r"-(\d+)\.tfrec(?:ord)?$")
 _DEFAULT_SHARD_SIZE = 1_000  # images per shard when writing; the competition used ~1,300
-AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE = tf.data.AUTOTUNE  # the kit's one spelling of tf.data.AUTOTUNE
+LABEL_MAP_FILE = "label_num_to_disease_map.json"
+TEST_SOURCE_KINDS = ("auto", "images", "tfrecords")
 
 
 class DataError(ValueError):
@@ -96,10 +100,34 @@ def resolve_files(filenames, what="TFRecord files"):
     return files
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitPaths:
+    """Where the competition layout keeps one split ("train" or "test") of a data dir (nothing is checked)."""
+
+    tfrecords_dir: str  # DATA_DIR/{split}_tfrecords
+    shards: str  # DATA_DIR/{split}_tfrecords/*.tfrec
+    images_dir: str  # DATA_DIR/{split}_images
+    csv: str  # DATA_DIR/{split}.csv (image_id,label; train only)
+    label_map: str  # DATA_DIR/label_num_to_disease_map.json
+
+
+def split_paths(data_dir, split="train"):
+    """The ``SplitPaths`` of ``split`` in ``data_dir``: the one walk of the layout training and test share."""
+    data_dir = os.fspath(data_dir)
+    tfrecords_dir = os.path.join(data_dir, f"{split}_tfrecords")
+    return SplitPaths(tfrecords_dir, os.path.join(tfrecords_dir, "*.tfrec"), os.path.join(data_dir, f"{split}_images"),
+                      os.path.join(data_dir, f"{split}.csv"), os.path.join(data_dir, LABEL_MAP_FILE))
+
+
+def class_names_of(data_dir):
+    """The class names of a data dir: its ``label_num_to_disease_map.json``, else Cassava's ``CLASS_NAMES``."""
+    path = split_paths(data_dir).label_map
+    return read_label_map(path) if os.path.isfile(path) else CLASS_NAMES
+
+
 def list_tfrecords(data_dir, split="train"):
     """The shards ``DATA_DIR/{split}_tfrecords/*.tfrec`` in name order."""
-    return resolve_files(os.path.join(os.fspath(data_dir), f"{split}_tfrecords", "*.tfrec"),
-                         what=f"{split} shards")
+    return resolve_files(split_paths(data_dir, split).shards, what=f"{split} shards")
 
 
 def count_data_items(filenames):
@@ -340,6 +368,87 @@ def explain_errors():
         raise
 
 
+# ============ test sets: a data dir, a JPEG folder, TFRecords, a dataset ============
+
+
+@dataclasses.dataclass
+class UnlabeledSource:
+    """Test images to predict, in a fixed order (``open_test_source``)."""
+
+    dataset: tf.data.Dataset  # dicts with "image" uint8 [H, W, 3] and "image_name", in a fixed order
+    count: int  # number of images, or None when unknown
+    kind: str  # "images", "tfrecords" or "dataset"
+    where: str  # what was read, for messages
+
+
+def _image_files(folder):
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _test_shards(files, where):
+    files = resolve_files(files, what="test TFRecord files")
+    try:
+        count = count_data_items(files)
+    except DataError:  # shard names without a count: progress without a total
+        count = None
+    return UnlabeledSource(load_dataset(files, labeled=False, ordered=True), count, "tfrecords", where)
+
+
+def _test_folder(folder):
+    return UnlabeledSource(load_jpeg_csv(folder), len(_image_files(folder)), "images", folder)
+
+
+def open_test_source(source, kind="auto"):
+    """The test images of ``source`` as an ``UnlabeledSource``, in a fixed order.
+
+    Args:
+        source: one of
+            - a data dir with ``test_images/`` and/or ``test_tfrecords/`` (the competition layout);
+              kind "auto" prefers ``test_images/`` (the folder Kaggle fills with the hidden test set);
+            - a folder of images (.jpg/.png/...), read in file-name order;
+            - a folder of ``*.tfrec`` shards, a glob pattern or a list of shard paths (file order,
+              then record order); records need "image" and "image_name";
+            - a ``tf.data.Dataset`` of kit dicts with "image" (uint8) and "image_name".
+        kind: "auto", "images" or "tfrecords".
+    Returns:
+        ``UnlabeledSource``.
+    """
+    if kind not in TEST_SOURCE_KINDS:
+        raise ValueError(f"kind={kind!r}; choose from {', '.join(TEST_SOURCE_KINDS)}")
+    if isinstance(source, tf.data.Dataset):
+        return UnlabeledSource(source, None, "dataset", "a tf.data.Dataset")
+    if isinstance(source, (list, tuple)):
+        return _test_shards(list(source), f"{len(source)} shard(s)")
+    source = os.fspath(source)
+    if not os.path.isdir(source):
+        return _test_shards(source, source)  # a glob pattern (or one shard)
+    test = split_paths(source, "test")
+    if kind in ("auto", "images") and os.path.isdir(test.images_dir):
+        return _test_folder(test.images_dir)
+    if kind in ("auto", "tfrecords") and glob.glob(test.shards):
+        return _test_shards(test.shards, test.shards)
+    if kind in ("auto", "images") and _image_files(source):
+        return _test_folder(source)
+    if kind in ("auto", "tfrecords") and glob.glob(os.path.join(source, "*.tfrec")):
+        pattern = os.path.join(source, "*.tfrec")
+        return _test_shards(pattern, pattern)
+    raise DataError(f"{source}: no test {'images or TFRecords' if kind == 'auto' else kind} found; pass a "
+                    "data dir with test_images/ or test_tfrecords/, a folder of images, or *.tfrec shards")
+
+
+def load_test_images(source, limit=None, kind="auto"):
+    """The first ``limit`` test images of ``source`` in prediction order: (ids [n] str, uint8 arrays [H, W, 3])."""
+    dataset = open_test_source(source, kind).dataset
+    if limit is not None:
+        dataset = dataset.take(limit)
+    ids, images = [], []
+    with explain_errors():
+        for example in dataset:
+            ids.append(example["image_name"].numpy().decode())
+            images.append(example["image"].numpy())
+    return ids, images
+
+
 # ============ other sources: JPEG folder + CSV, one folder per class, tfds ============
 
 
@@ -383,7 +492,7 @@ def load_jpeg_csv(images_dir, csv_path=None, num_classes=NUM_CLASSES, decode=Tru
     if not os.path.isdir(images_dir):
         raise DataError(f"{images_dir}: image folder not found")
     if csv_path is None:
-        names = sorted(n for n in os.listdir(images_dir) if n.lower().endswith(IMAGE_EXTENSIONS))
+        names = _image_files(images_dir)
         if not names:
             raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
         return _files_dataset([os.path.join(images_dir, n) for n in names], names, None, decode)

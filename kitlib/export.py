@@ -9,11 +9,15 @@ Loading reads two local files: no network, no TF Hub, no TensorFlow, so a Kaggle
 with the internet off reads it from an attached dataset. The kit's BiT layers (``kitlib.resnetv2``) are
 registered Keras objects; importing kitlib is all the loading side needs.
 
+``find_classifier`` finds the folder to load (given, attached under ``/kaggle/input``, or an untrained
+stand-in for smoke runs).
+
 ``with_dtype_policy`` rebuilds a model with another Keras dtype policy and the same weights: a
 backbone saved in float32 runs in bfloat16 on a TPU, and a classifier trained in bfloat16 is saved in
 float32 so a CPU/GPU reads it back without bfloat16 arithmetic.
 """
 
+import glob
 import importlib.util
 import json
 import os
@@ -21,10 +25,12 @@ import os
 import numpy as np
 
 from kitlib.compat import keras
+from kitlib.runtime import KAGGLE_INPUT
 
 META_FILE = "classifier.json"
 MODEL_FILE = "classifier.keras"
 OUTPUTS = ("logits", "probabilities")
+_STAND_IN_SIZE = 64  # side of the untrained stand-in classifier (CPU smoke runs)
 
 
 def _register_kit_layers():
@@ -184,3 +190,60 @@ class Classifier:
 def load_classifier(out_dir):
     """Load what ``save_classifier`` wrote (a local folder; nothing is downloaded)."""
     return Classifier(os.fspath(out_dir))
+
+
+# ============ finding the model: a local folder, an attached dataset, or a stand-in ============
+
+
+def make_stand_in_classifier(out_dir, class_names=None, image_size=_STAND_IN_SIZE, seed=0):
+    """Save an UNTRAINED tiny Keras 3 conv net as a classifier (CPU smoke runs of the submission path only).
+
+    Its predictions are meaningless; it exists so that notebooks and tests run without a fine-tuned
+    model. Weights come from seeded initialisers (no global seed is touched); it is saved exactly as
+    ``finetune`` saves a real one (``save_classifier``).
+    Args:
+        class_names: C names (None: Cassava's five, ``data.CLASS_NAMES``).
+    Returns:
+        out_dir, loadable with ``load_classifier``.
+    """
+    if class_names is None:
+        from kitlib.data import CLASS_NAMES as class_names  # noqa: PLC0415 (data imports TensorFlow)
+
+    init = keras.initializers
+    inputs = keras.Input([image_size, image_size, 3])
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=init.HeNormal(seed))(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=init.HeNormal(seed + 1))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    logits = keras.layers.Dense(len(class_names), kernel_initializer=init.GlorotNormal(seed + 2))(x)
+    return save_classifier(keras.Model(inputs, logits), out_dir, class_names, image_size)
+
+
+def find_classifier(model_dir=None, input_root=KAGGLE_INPUT, stand_in_dir=None):
+    """The classifier folder to use.
+
+    Args:
+        model_dir: a folder holding ``classifier.json`` (used as is when given).
+        input_root: searched (up to 4 levels: datasets and Kaggle Models) when ``model_dir`` is None;
+            exactly one folder there may hold ``classifier.json``.
+        stand_in_dir: when nothing is found, write an untrained stand-in here
+            (``make_stand_in_classifier``) instead of failing: for SMOKE runs away from Kaggle.
+    Returns:
+        the folder's path.
+    """
+    if model_dir is not None:
+        if not os.path.isfile(os.path.join(model_dir, META_FILE)):
+            raise FileNotFoundError(f"{model_dir}: no {META_FILE}; pass the folder that "
+                                    "`python -m kitlib finetune --out DIR` wrote")
+        return os.fspath(model_dir)
+    found = sorted(os.path.dirname(p) for depth in range(1, 5)
+                   for p in glob.glob(os.path.join(input_root, *["*"] * depth, META_FILE)))
+    if len(found) > 1:
+        raise ValueError(f"several classifiers under {input_root}: {', '.join(found)}; set the model folder")
+    if found:
+        return found[0]
+    if stand_in_dir is None:
+        raise FileNotFoundError(f"no {META_FILE} under {input_root}: attach the dataset holding the "
+                                "fine-tuned model (the folder `python -m kitlib finetune --out DIR` wrote)")
+    print(f"kitlib: no fine-tuned classifier found; writing an UNTRAINED stand-in to {stand_in_dir} "
+          "(its predictions are meaningless)")
+    return make_stand_in_classifier(stand_in_dir)

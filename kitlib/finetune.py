@@ -73,11 +73,6 @@ def _count(dataset):
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
-def _cassava_class_names(data_dir):
-    path = os.path.join(data_dir, "label_num_to_disease_map.json")
-    return data.read_label_map(path) if os.path.isfile(path) else data.CLASS_NAMES
-
-
 def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=False):
     """Open a data source and split it into train / validation.
 
@@ -95,19 +90,20 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     source = os.fspath(source)
+    train_paths = data.split_paths(source, "train")
     if source.startswith(TFDS_PREFIX):
         dataset, class_names = data.load_tfds(source[len(TFDS_PREFIX):], data_dir=tfds_data_dir)
         kind = "tfds"
-    elif tf.io.gfile.isdir(os.path.join(source, "train_tfrecords")):  # local or gs:// (remote TPU)
+    elif tf.io.gfile.isdir(train_paths.tfrecords_dir):  # local or gs://
         files = data.list_tfrecords(source, "train")
         train_files, val_files = data.split_files(files, val_fraction, seed) if val_fraction else (files, [])
         train = _read_shards(train_files, decode)
         val = data.load_dataset(val_files, ordered=True, decode=decode) if val_files else None
-        return Source(train, val, _cassava_class_names(source), data.count_data_items(train_files),
+        return Source(train, val, data.class_names_of(source), data.count_data_items(train_files),
                       data.count_data_items(val_files), _first_image_hw(train), "tfrecords")
-    elif os.path.isfile(os.path.join(source, "train.csv")) and os.path.isdir(os.path.join(source, "train_images")):
-        class_names = _cassava_class_names(source)
-        dataset = data.load_jpeg_csv(os.path.join(source, "train_images"), os.path.join(source, "train.csv"),
+    elif os.path.isfile(train_paths.csv) and os.path.isdir(train_paths.images_dir):
+        class_names = data.class_names_of(source)
+        dataset = data.load_jpeg_csv(train_paths.images_dir, train_paths.csv,
                                      num_classes=len(class_names), decode=decode)
         kind = "jpeg_csv"
     elif os.path.isdir(source):

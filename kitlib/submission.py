@@ -22,7 +22,6 @@ PROBABILITIES over the views (not logits).
 import collections
 import csv
 import dataclasses
-import glob
 import os
 import sys
 import time
@@ -32,10 +31,8 @@ import numpy as np
 from kitlib import bit, data, export
 from kitlib.compat import tf
 
-KAGGLE_INPUT = "/kaggle/input"
 HEADER = ("image_id", "label")
 SAMPLE_SUBMISSION = "sample_submission.csv"
-LABEL_MAP = "label_num_to_disease_map.json"
 DEFAULT_BATCH_SIZE = 32  # images per forward pass; every view of a batch is a further pass
 _PREFETCH_BATCHES = 2  # resized batches ready ahead of the model (32 x 480 px: ~90 MB; ~190 MB with crops)
 _PROGRESS_INTERVAL_S = 2.0  # progress bar refresh; piped to a log, each refresh is one line
@@ -50,8 +47,6 @@ TTA_PRESETS = {
     "flip+crops": VIEWS,
 }
 DEFAULT_TTA = "flip"
-SOURCE_KINDS = ("auto", "images", "tfrecords")
-_STAND_IN_SIZE = 64  # side of the untrained stand-in classifier (CPU smoke runs)
 _SHOWN = 5  # examples quoted in an error message
 
 
@@ -119,87 +114,6 @@ def tta_views(image, image_size, tta=DEFAULT_TTA, resize_per_crop=RESIZE_PER_CRO
     return tf.concat([_view(full[None], zoomed[None], view, image_size) for view in names], axis=0)
 
 
-# ============ sources: a JPEG folder, TFRecords, a data dir ============
-
-
-@dataclasses.dataclass
-class Source:
-    dataset: tf.data.Dataset  # dicts with "image" uint8 [H, W, 3] and "image_name", in a fixed order
-    count: int  # number of images, or None when unknown
-    kind: str  # "images" or "tfrecords"
-    where: str  # what was read, for messages
-
-
-def _image_files(folder):
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(data.IMAGE_EXTENSIONS))
-
-
-def _tfrecords(files, where):
-    files = data.resolve_files(files, what="test TFRecord files")
-    try:
-        count = data.count_data_items(files)
-    except data.DataError:  # shard names without a count: progress without a total
-        count = None
-    return Source(data.load_dataset(files, labeled=False, ordered=True), count, "tfrecords", where)
-
-
-def _folder(folder):
-    return Source(data.load_jpeg_csv(folder), len(_image_files(folder)), "images", folder)
-
-
-def open_source(source, kind="auto"):
-    """The test images of ``source`` as a ``Source``, in a fixed order.
-
-    Args:
-        source: one of
-            - a data dir with ``test_images/`` and/or ``test_tfrecords/`` (the competition layout);
-              kind "auto" prefers ``test_images/`` (the folder Kaggle fills with the hidden test set);
-            - a folder of images (.jpg/.png/...), read in file-name order;
-            - a folder of ``*.tfrec`` shards, a glob pattern or a list of shard paths (file order,
-              then record order); records need "image" and "image_name";
-            - a ``tf.data.Dataset`` of kit dicts with "image" (uint8) and "image_name".
-        kind: "auto", "images" or "tfrecords".
-    Returns:
-        ``Source``.
-    """
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"kind={kind!r}; choose from {', '.join(SOURCE_KINDS)}")
-    if isinstance(source, tf.data.Dataset):
-        return Source(source, None, "dataset", "a tf.data.Dataset")
-    if isinstance(source, (list, tuple)):
-        return _tfrecords(list(source), f"{len(source)} shard(s)")
-    source = os.fspath(source)
-    if not os.path.isdir(source):
-        return _tfrecords(source, source)  # a glob pattern (or one shard)
-    images_dir, shards = os.path.join(source, "test_images"), os.path.join(source, "test_tfrecords", "*.tfrec")
-    has_images = os.path.isdir(images_dir)
-    has_shards = bool(glob.glob(shards))
-    if kind in ("auto", "images") and has_images:
-        return _folder(images_dir)
-    if kind in ("auto", "tfrecords") and has_shards:
-        return _tfrecords(shards, shards)
-    if kind in ("auto", "images") and _image_files(source):
-        return _folder(source)
-    if kind in ("auto", "tfrecords") and glob.glob(os.path.join(source, "*.tfrec")):
-        pattern = os.path.join(source, "*.tfrec")
-        return _tfrecords(pattern, pattern)
-    raise data.DataError(f"{source}: no test {'images or TFRecords' if kind == 'auto' else kind} found; pass a "
-                         "data dir with test_images/ or test_tfrecords/, a folder of images, or *.tfrec shards")
-
-
-def load_images(source, limit=None, kind="auto"):
-    """The first ``limit`` images of ``source`` in ``predict``'s order: (ids [n] str, uint8 arrays [H, W, 3])."""
-    dataset = open_source(source, kind).dataset
-    if limit is not None:
-        dataset = dataset.take(limit)
-    ids, images = [], []
-    with data.explain_errors():
-        for example in dataset:
-            ids.append(example["image_name"].numpy().decode())
-            images.append(example["image"].numpy())
-    return ids, images
-
-
 # ============ prediction ============
 
 
@@ -214,10 +128,10 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     Args:
         model: a folder written by ``export.save_classifier`` (loaded from the local path), or a
             loaded ``export.Classifier`` (anything with ``predict_proba``, ``image_size``).
-        source: see ``open_source`` (data dir, image folder, shards, glob, list or dataset).
+        source: see ``data.open_test_source`` (data dir, image folder, shards, glob, list or dataset).
         tta: "none" | "flip" | "crops" | "flip+crops", "identity,hflip", or a list of ``VIEWS``.
         batch_size: images per forward pass.
-        kind: "auto" | "images" | "tfrecords" (see ``open_source``).
+        kind: "auto" | "images" | "tfrecords" (see ``data.open_test_source``).
         resize_per_crop: R / S for the crop views.
         verbose: 1 shows a progress bar.
     Returns:
@@ -230,7 +144,7 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     views, size = parse_tta(tta), int(classifier.image_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    src = open_source(source, kind)
+    src = data.open_test_source(source, kind)
     if "image_name" not in src.dataset.element_spec:
         raise data.DataError(f"{src.where}: records have no 'image_name', so no submission row can name them; "
                              "write the test shards with image names (kitlib.data.write_tfrecords)")
@@ -238,7 +152,7 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     def resize(example):
         return (example["image_name"],) + _resize(example["image"], views, size, resize_per_crop)
 
-    batches = (src.dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)  # deterministic: order kept
+    batches = (src.dataset.map(resize, num_parallel_calls=data.AUTOTUNE)  # deterministic: order kept
                .batch(batch_size).prefetch(_PREFETCH_BATCHES))
     progress = (keras.utils.Progbar(src.count, interval=_PROGRESS_INTERVAL_S, unit_name="image")
                 if verbose else None)
@@ -367,60 +281,6 @@ def class_histogram(labels, class_names):
                      for c, (name, n) in enumerate(zip(class_names, counts)))
 
 
-# ============ the model: an attached dataset, a local folder, or a stand-in ============
-
-
-def make_stand_in_classifier(out_dir, class_names=data.CLASS_NAMES, image_size=_STAND_IN_SIZE, seed=0):
-    """Save an UNTRAINED tiny Keras 3 conv net as a classifier (CPU smoke runs of the submission path only).
-
-    Its predictions are meaningless; it exists so that notebooks and tests run without a fine-tuned
-    model. Weights come from seeded initialisers (no global seed is touched); it is saved exactly as
-    ``finetune`` saves a real one (``export.save_classifier``).
-    Returns:
-        out_dir, loadable with ``export.load_classifier``.
-    """
-    from kitlib.compat import keras
-
-    init = keras.initializers
-    inputs = keras.Input([image_size, image_size, 3])
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=init.HeNormal(seed))(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=init.HeNormal(seed + 1))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    logits = keras.layers.Dense(len(class_names), kernel_initializer=init.GlorotNormal(seed + 2))(x)
-    return export.save_classifier(keras.Model(inputs, logits), out_dir, class_names, image_size)
-
-
-def find_classifier(model_dir=None, input_root=KAGGLE_INPUT, stand_in_dir=None):
-    """The classifier folder to use.
-
-    Args:
-        model_dir: a folder holding ``classifier.json`` (used as is when given).
-        input_root: searched (up to 4 levels: datasets and Kaggle Models) when ``model_dir`` is None;
-            exactly one folder there may hold ``classifier.json``.
-        stand_in_dir: when nothing is found, write an untrained stand-in here
-            (``make_stand_in_classifier``) instead of failing: for SMOKE runs away from Kaggle.
-    Returns:
-        the folder's path.
-    """
-    if model_dir is not None:
-        if not os.path.isfile(os.path.join(model_dir, export.META_FILE)):
-            raise FileNotFoundError(f"{model_dir}: no {export.META_FILE}; pass the folder that "
-                                    "`python -m kitlib finetune --out DIR` wrote")
-        return os.fspath(model_dir)
-    found = sorted(os.path.dirname(p) for depth in range(1, 5)
-                   for p in glob.glob(os.path.join(input_root, *["*"] * depth, export.META_FILE)))
-    if len(found) > 1:
-        raise ValueError(f"several classifiers under {input_root}: {', '.join(found)}; set the model folder")
-    if found:
-        return found[0]
-    if stand_in_dir is None:
-        raise FileNotFoundError(f"no {export.META_FILE} under {input_root}: attach the dataset holding the "
-                                "fine-tuned model (the folder `python -m kitlib finetune --out DIR` wrote)")
-    print(f"kitlib: no fine-tuned classifier found; writing an UNTRAINED stand-in to {stand_in_dir} "
-          "(its predictions are meaningless)")
-    return make_stand_in_classifier(stand_in_dir)
-
-
 def _data_file(data_dir, name):
     """``data_dir/name`` when ``data_dir`` is a folder holding that file, else None."""
     if not isinstance(data_dir, (str, os.PathLike)):
@@ -431,7 +291,7 @@ def _data_file(data_dir, name):
 
 def check_class_names(class_names, data_dir):
     """Refuse a model whose class order differs from the data dir's label map (labels would be wrong)."""
-    path = _data_file(data_dir, LABEL_MAP)
+    path = _data_file(data_dir, data.LABEL_MAP_FILE)
     if path is not None and tuple(data.read_label_map(path)) != tuple(class_names):
         raise ValueError(f"the model's classes {list(class_names)} differ from {path} "
                          f"{list(data.read_label_map(path))}: its labels would mean other diseases; "
@@ -452,7 +312,7 @@ class Prediction:
     seconds: float  # wall time of the prediction
 
     def probs_for(self, image_ids):
-        """Rows of ``probs`` for the given ids, [n, C] (e.g. the images ``load_images`` returned)."""
+        """Rows of ``probs`` for the given ids, [n, C] (e.g. the images ``data.load_test_images`` returned)."""
         row = {i: n for n, i in enumerate(self.image_ids)}
         return self.probs[[row[i] for i in image_ids]]
 
@@ -463,7 +323,7 @@ def predict_and_write(model_dir, data_dir, out_csv, tta=DEFAULT_TTA, kind="auto"
 
     Args:
         model_dir: folder from ``export.save_classifier`` (local path), or a loaded ``export.Classifier``.
-        data_dir: the competition layout (or any source ``open_source`` takes).
+        data_dir: the competition layout (or any source ``data.open_test_source`` takes).
         out_csv: where ``submission.csv`` goes.
         tta, kind, batch_size: as in ``predict``.
         sample_submission: path, None, or "auto" (``data_dir/sample_submission.csv`` when present):
@@ -506,7 +366,7 @@ def add_arguments(parser):
     parser.add_argument("--tta", default=DEFAULT_TTA,
                         help=f"preset ({', '.join(TTA_PRESETS)}) or comma list of views ({', '.join(VIEWS)}); "
                              "probabilities are averaged over the views")
-    parser.add_argument("--source", choices=SOURCE_KINDS, default="auto",
+    parser.add_argument("--source", choices=data.TEST_SOURCE_KINDS, default="auto",
                         help="read test_images/ or test_tfrecords/ (auto: test_images/ when present)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--sample-submission", default="auto",

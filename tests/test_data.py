@@ -238,6 +238,31 @@ def test_image_folder_labels_follow_sorted_class_folders(tmp_path):
     assert [(r["image_name"].decode(), int(r["label"])) for r in rows] == [("cmd/x.jpg", 0), ("healthy/x.jpg", 1)]
 
 
+# ============ test sets ============
+
+
+def test_a_data_dir_gives_its_test_images_first_and_its_test_shards_on_request(sample_dir):
+    images = data.open_test_source(sample_dir)
+    assert (images.kind, images.count, images.where) == ("images", 15, os.path.join(sample_dir, "test_images"))
+    shards = data.open_test_source(sample_dir, kind="tfrecords")
+    assert (shards.kind, shards.count) == ("tfrecords", 15)
+    names = [sorted(ex["image_name"] for ex in _collect(source.dataset)) for source in (images, shards)]
+    assert names[0] == names[1] == sorted(n.encode() for n in os.listdir(images.where))
+
+
+def test_a_folder_without_test_data_is_refused_with_what_to_pass(tmp_path):
+    with pytest.raises(DataError, match="no test images or TFRecords found"):
+        data.open_test_source(str(tmp_path))
+    with pytest.raises(ValueError, match="kind='jpeg'"):
+        data.open_test_source(str(tmp_path), kind="jpeg")
+
+
+def test_load_test_images_reads_the_shards_in_record_order(sample_dir):
+    ids, images = data.load_test_images(sample_dir, limit=3, kind="tfrecords")
+    assert ids == ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # the shard's record order
+    assert images[0].dtype == np.uint8 and images[0].shape == (256, 340, 3)
+
+
 def test_load_tfds_offline_fails_at_once_with_advice(tmp_path):
     with pytest.raises(DataError, match="not prepared .*internet off"):
         data.load_tfds("mnist", data_dir=str(tmp_path))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kitlib import export
+from kitlib.data import CLASS_NAMES
 from kitlib.compat import keras
 from kitlib.export import load_classifier, save_classifier
 
@@ -101,3 +102,37 @@ def test_loading_a_folder_that_is_not_a_classifier_says_what_to_pass(tmp_path):
     (tmp_path / "classifier.json").write_text(json.dumps({"class_names": ["a"], "image_size": 8}))
     with pytest.raises(FileNotFoundError, match="older kit.*fine-tune again"):
         load_classifier(str(tmp_path))
+
+
+# ============ finding the model ============
+
+
+def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(tmp_path):
+    tiny_model_dir = export.make_stand_in_classifier(str(tmp_path / "model"), image_size=32)
+    assert sorted(os.listdir(tiny_model_dir)) == ["classifier.json", "classifier.keras"]
+    with open(os.path.join(tiny_model_dir, "classifier.json")) as f:
+        assert json.load(f)["class_names"] == list(CLASS_NAMES)
+    again = load_classifier(export.make_stand_in_classifier(str(tmp_path / "again"), image_size=32))
+    images = np.random.default_rng(0).random([4, 32, 32, 3], dtype=np.float32)
+    probs = load_classifier(tiny_model_dir).predict_proba(images)
+    np.testing.assert_array_equal(again.predict_proba(images), probs)  # same seed, same weights
+    assert np.ptp(probs, axis=0).max() > 1e-4  # the outputs differ from image to image
+
+
+def test_find_classifier_picks_the_one_attached_model_or_writes_a_stand_in(tmp_path):
+    attached = tmp_path / "input" / "my-model" / "v1"
+    attached.mkdir(parents=True)
+    (attached / "classifier.json").write_text("{}")
+    assert export.find_classifier(input_root=str(tmp_path / "input")) == str(attached)
+    given = save_classifier(_tiny_classifier(), str(tmp_path / "given"), ["a", "b", "c"], 16)
+    assert export.find_classifier(given) == given
+    with pytest.raises(FileNotFoundError, match="attach the dataset"):
+        export.find_classifier(input_root=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no classifier.json"):
+        export.find_classifier(str(tmp_path / "empty"))
+    stand_in = export.find_classifier(input_root=str(tmp_path / "empty"), stand_in_dir=str(tmp_path / "stand-in"))
+    assert stand_in == str(tmp_path / "stand-in") and load_classifier(stand_in).class_names == CLASS_NAMES
+    (tmp_path / "input" / "other").mkdir()
+    (tmp_path / "input" / "other" / "classifier.json").write_text("{}")
+    with pytest.raises(ValueError, match="several classifiers"):
+        export.find_classifier(input_root=str(tmp_path / "input"))

@@ -2,14 +2,13 @@
 the Keras 3 classifier predicts the same on 8 devices as on 1."""
 
 import csv
-import json
 import os
 
 import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import cli, data, submission
+from kitlib import cli, data, export, submission
 from kitlib.compat import keras, tf
 from kitlib.export import load_classifier, save_classifier
 
@@ -19,18 +18,7 @@ SAMPLE_IDS_HEAD = ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # samp
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """An untrained 5-class classifier at 32 px (outputs differ per image, which is all these tests need)."""
-    return submission.make_stand_in_classifier(str(tmp_path_factory.mktemp("model")), image_size=32)
-
-
-def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(tiny_model_dir, tmp_path):
-    assert sorted(os.listdir(tiny_model_dir)) == ["classifier.json", "classifier.keras"]
-    with open(os.path.join(tiny_model_dir, "classifier.json")) as f:
-        assert json.load(f)["class_names"] == list(data.CLASS_NAMES)
-    again = load_classifier(submission.make_stand_in_classifier(str(tmp_path / "again"), image_size=32))
-    images = np.random.default_rng(0).random([4, 32, 32, 3], dtype=np.float32)
-    probs = load_classifier(tiny_model_dir).predict_proba(images)
-    np.testing.assert_array_equal(again.predict_proba(images), probs)  # same seed, same weights
-    assert np.ptp(probs, axis=0).max() > 1e-4  # the outputs differ from image to image
+    return export.make_stand_in_classifier(str(tmp_path_factory.mktemp("model")), image_size=32)
 
 
 def _rows(path):
@@ -187,14 +175,6 @@ def test_jpeg_folder_and_tfrecords_give_the_same_ids_and_probabilities(tiny_mode
     order = [from_records[0].index(i) for i in from_images[0]]
     np.testing.assert_allclose(from_records[1][order], from_images[1], atol=1e-6)
     np.testing.assert_allclose(from_images[1].sum(axis=1), 1.0, atol=1e-5)
-    assert submission.open_source(sample_dir).kind == "images"  # a data dir: test_images/ first
-    assert submission.open_source(sample_dir, kind="tfrecords").count == 15
-
-
-def test_load_images_follows_the_order_of_predict(tiny_model_dir, sample_dir):
-    ids, images = submission.load_images(sample_dir, limit=3, kind="tfrecords")
-    assert ids == SAMPLE_IDS_HEAD  # the shard's record order
-    assert images[0].dtype == np.uint8 and images[0].shape == (256, 340, 3)
 
 
 def test_predict_and_write_gives_a_valid_submission_in_sample_order(tiny_model_dir, sample_dir, tmp_path):
@@ -208,24 +188,10 @@ def test_predict_and_write_gives_a_valid_submission_in_sample_order(tiny_model_d
 
 
 def test_a_model_with_other_class_names_is_refused(tmp_path, sample_dir):
-    model_dir = submission.make_stand_in_classifier(str(tmp_path / "model"), class_names=list("abcde"), image_size=16)
+    model_dir = export.make_stand_in_classifier(str(tmp_path / "model"), class_names=list("abcde"), image_size=16)
     with pytest.raises(ValueError, match="differ from .*label_num_to_disease_map.json"):
         submission.predict_and_write(model_dir, sample_dir, str(tmp_path / "s.csv"), verbose=0)
     assert not (tmp_path / "s.csv").exists()
-
-
-def test_find_classifier_picks_the_one_attached_model_or_writes_a_stand_in(tmp_path, tiny_model_dir):
-    attached = tmp_path / "input" / "my-model" / "v1"
-    attached.mkdir(parents=True)
-    (attached / "classifier.json").write_text("{}")
-    assert submission.find_classifier(input_root=str(tmp_path / "input")) == str(attached)
-    assert submission.find_classifier(tiny_model_dir) == tiny_model_dir
-    with pytest.raises(FileNotFoundError, match="attach the dataset"):
-        submission.find_classifier(input_root=str(tmp_path / "empty"))
-    (tmp_path / "input" / "other").mkdir()
-    (tmp_path / "input" / "other" / "classifier.json").write_text("{}")
-    with pytest.raises(ValueError, match="several classifiers"):
-        submission.find_classifier(input_root=str(tmp_path / "input"))
 
 
 def test_predict_refuses_test_shards_without_image_names(tmp_path, tiny_model_dir):
