@@ -616,21 +616,23 @@ def serialize_example(image, image_name=None, target=None):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
-def write_tfrecords(examples, out_dir, prefix="ld_train", shard_size=_DEFAULT_SHARD_SIZE):
+def write_tfrecords(examples, out_dir, labeled=True, prefix=None, shard_size=_DEFAULT_SHARD_SIZE):
     """Write examples as shards named like the competition's: ``{prefix}{NN}-{count}.tfrec``.
 
     Args:
         examples: iterable of dicts with "image" (JPEG bytes, or a uint8 [H, W, 3] array that is
-            JPEG-encoded), "image_name" (str/bytes, optional) and "target" or "label" (int;
-            ignored for test shards, i.e. a prefix starting "ld_test").
+            JPEG-encoded), "image_name" (str/bytes, optional) and, when ``labeled``, "target" or "label" (int).
         out_dir: created if missing.
-        prefix: "ld_train" or "ld_test" (test shards carry no target).
+        labeled: True writes train shards (every example needs a target); False writes test shards,
+            which carry no target (a "target"/"label" of the examples is ignored).
+        prefix: the shard names' start; None: "ld_train" when ``labeled``, else "ld_test".
         shard_size: records per shard.
     Returns:
         The shard paths, in order.
     """
+    if prefix is None:
+        prefix = "ld_train" if labeled else "ld_test"
     os.makedirs(out_dir, exist_ok=True)
-    labeled = not prefix.startswith("ld_test")
     paths, buffer = [], []
 
     def flush():
@@ -644,7 +646,7 @@ def write_tfrecords(examples, out_dir, prefix="ld_train", shard_size=_DEFAULT_SH
     for i, ex in enumerate(examples):
         target = ex.get("target", ex.get("label")) if labeled else None
         if labeled and target is None:
-            raise DataError(f"example {i} has no 'target'/'label'; train shards need one (or use prefix='ld_test')")
+            raise DataError(f"example {i} has no 'target'/'label'; train shards need one (or pass labeled=False for test shards)")
         buffer.append(serialize_example(ex["image"], ex.get("image_name"), target))
         if len(buffer) == shard_size:
             flush()

@@ -342,8 +342,8 @@ def predict_batches(model, batches):
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def evaluate(model, batches, class_names):
-    """Accuracy, per-class report and confusion matrix (scikit-learn) on labelled batches.
+def report(model, batches, class_names):
+    """The validation report: accuracy, per-class report and confusion matrix (scikit-learn) on labelled batches.
 
     Args:
         batches: see ``predict_batches``.
@@ -457,7 +457,7 @@ def finetune(config=None, rt=None, **fields):
                    if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
     history = train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations, config.verbose,
                     config.restore_best, validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
-    evaluation = evaluate(model, val_batches, source.class_names) if val_batches is not None else None
+    evaluation = report(model, val_batches, source.class_names) if val_batches is not None else None
     export.save_classifier(model, config.out_dir, source.class_names, rule.crop)
 
     record["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}

@@ -148,8 +148,8 @@ def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, see
         os.makedirs(folder, exist_ok=True)
         for old in os.listdir(folder):  # a rerun must not leave shards with other counts behind
             os.remove(os.path.join(folder, old))
-    write_tfrecords(train, os.path.join(out_dir, "train_tfrecords"), "ld_train", TRAIN_SHARD_SIZE)
-    write_tfrecords(test, os.path.join(out_dir, "test_tfrecords"), "ld_test", TRAIN_SHARD_SIZE)
+    write_tfrecords(train, os.path.join(out_dir, "train_tfrecords"), labeled=True, shard_size=TRAIN_SHARD_SIZE)
+    write_tfrecords(test, os.path.join(out_dir, "test_tfrecords"), labeled=False, shard_size=TRAIN_SHARD_SIZE)
 
     with open(os.path.join(out_dir, "train.csv"), "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")

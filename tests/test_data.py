@@ -46,7 +46,7 @@ def _jpeg(value=128):
 
 
 def test_train_shards_round_trip_images_names_and_labels(tmp_path):
-    paths = data.write_tfrecords(_examples(7), tmp_path, "ld_train", shard_size=3)
+    paths = data.write_tfrecords(_examples(7), tmp_path, labeled=True, shard_size=3)
     assert [os.path.basename(p) for p in paths] == ["ld_train00-3.tfrec", "ld_train01-3.tfrec", "ld_train02-1.tfrec"]
     rows = _collect(data.load_dataset(paths, ordered=True))
     assert [r["image_name"].decode() for r in rows] == [f"img{i}.jpg" for i in range(7)]
@@ -57,7 +57,7 @@ def test_train_shards_round_trip_images_names_and_labels(tmp_path):
 
 
 def test_test_shards_carry_no_target_and_read_unlabeled(tmp_path):
-    paths = data.write_tfrecords(_examples(4), tmp_path, "ld_test", shard_size=10)
+    paths = data.write_tfrecords(_examples(4), tmp_path, labeled=False, shard_size=10)
     raw = next(iter(tf.data.TFRecordDataset(paths[0])))
     assert "target" not in tf.train.Example.FromString(raw.numpy()).features.feature
     rows = _collect(data.load_dataset(paths, labeled=False, ordered=True))

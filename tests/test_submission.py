@@ -196,7 +196,7 @@ def test_a_model_with_other_class_names_is_refused(tmp_path, sample_dir):
 
 def test_predict_refuses_test_shards_without_image_names(tmp_path, tiny_model_dir):
     image = tf.io.encode_jpeg(np.zeros([8, 8, 3], np.uint8)).numpy()
-    shards = data.write_tfrecords([{"image": image}], str(tmp_path), prefix="ld_test")
+    shards = data.write_tfrecords([{"image": image}], str(tmp_path), labeled=False)
     with pytest.raises(data.DataError, match="no 'image_name'"):
         submission.predict(tiny_model_dir, shards)
 
