@@ -43,14 +43,17 @@ def _is_policy(value):
     return isinstance(value, dict) and str(value.get("class_name", "")).endswith("DTypePolicy")
 
 
-def _replace_policies(config, policy):
+def _replace_policies(config, policy, keep=()):
     """A copy of a serialized model ``config`` in which every layer's dtype policy is ``policy``
-    (a serialized DTypePolicy); Input layers (whose "dtype" is the data type) are left alone."""
+    (a serialized DTypePolicy); Input layers (whose "dtype" is the data type) and the layers named in
+    ``keep`` (pinned to float32 on purpose, e.g. BiT's pre-head GroupNorm) are left alone."""
     if isinstance(config, list):
-        return [_replace_policies(item, policy) for item in config]
+        return [_replace_policies(item, policy, keep) for item in config]
     if not isinstance(config, dict) or config.get("class_name") == "InputLayer":
         return config
-    return {key: policy if key == "dtype" and _is_policy(value) else _replace_policies(value, policy)
+    if isinstance(config.get("config"), dict) and config["config"].get("name") in keep:
+        return config
+    return {key: policy if key == "dtype" and _is_policy(value) else _replace_policies(value, policy, keep)
             for key, value in config.items()}
 
 
@@ -81,7 +84,10 @@ def with_dtype_policy(model, policy=None):
     policy = keras.dtype_policies.get(policy or keras.config.dtype_policy().name)
     if dtype_policies(model) == {policy.name}:
         return model
-    return _rebuild(model, lambda config: _replace_policies(config, keras.dtype_policies.serialize(policy)))
+    from kitlib.resnetv2 import FLOAT32_LAYERS  # noqa: PLC0415
+
+    keep = FLOAT32_LAYERS if policy.name != "float32" else ()
+    return _rebuild(model, lambda config: _replace_policies(config, keras.dtype_policies.serialize(policy), keep))
 
 
 def _rebuild(model, edit=lambda config: config):

@@ -30,6 +30,9 @@ import numpy as np
 
 from kitlib.compat import keras
 
+# the pre-head GroupNorm, ReLU and pooling compute in float32 under any policy: features stay float32
+FLOAT32_LAYERS = ("pre_head_gn", "pre_head_relu", "features")
+
 ops = keras.ops
 
 DEPTH_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -327,9 +330,10 @@ def build(name_or_arch="BiT-M-R50x1", num_units=None, input_range="unit", groups
         filters = root * 2 ** (block - 1)
         for unit in range(1, units + 1):
             x = _unit(x, f"block{block}_unit{unit:02d}", filters, stride if unit == 1 else 1, groups)
-    x = GroupNorm(groups, name="pre_head_gn", dtype="float32")(x)
-    x = keras.layers.ReLU(name="pre_head_relu", dtype="float32")(x)
-    features = keras.layers.GlobalAveragePooling2D(name="features", dtype="float32")(x)
+    gn_name, relu_name, pool_name = FLOAT32_LAYERS
+    x = GroupNorm(groups, name=gn_name, dtype="float32")(x)
+    x = keras.layers.ReLU(name=relu_name, dtype="float32")(x)
+    features = keras.layers.GlobalAveragePooling2D(name=pool_name, dtype="float32")(x)
     if name is None and isinstance(name_or_arch, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_arch):
         name = name_or_arch  # "BiT-M-R50x1"
     model = keras.Model(inputs, features, name=name or _model_name(depth, width, num_units))

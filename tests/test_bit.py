@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from kitlib import backbones, bit
+from kitlib import backbones, bit, resnetv2
 from kitlib.compat import keras, tf
 
 # ============ the rule, value by value (google-research/big_transfer bit_hyperrule.py) ============
@@ -297,7 +297,7 @@ def test_float32_backbone_computes_in_bfloat16_under_a_mixed_policy_with_float32
         convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
         assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
         assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
-        assert backbone(_images(2)).dtype == "bfloat16"
+        assert backbone(_images(2)).dtype == "float32"  # the pooled features stay float32 (FLOAT32_LAYERS)
         model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy(from_logits=True))
         history = model.fit(_images(8), np.eye(3, dtype=np.float32)[np.arange(8) % 3], batch_size=4, verbose=0)
         assert np.isfinite(history.history["loss"][-1])
@@ -314,6 +314,14 @@ def test_float32_backbone_computes_in_bfloat16_under_a_mixed_policy_with_float32
 @pytest.mark.slow
 def test_bit_tiny_resnetv2_backbone_trains_in_the_classifier(tmp_path):
     path = bit.make_tiny_backbone(str(tmp_path / "bit.keras"), name="bit_tiny")
+    keras.config.set_dtype_policy("mixed_bfloat16")  # a float32 file fine-tuned on a TPU
+    try:
+        mixed = bit.build_classifier(path, num_classes=2, image_size=32).layers[1]
+    finally:
+        keras.config.set_dtype_policy("float32")
+    policies = {layer.name: layer.compute_dtype for layer in mixed.layers}
+    assert policies["block1_unit01_b_conv"] == "bfloat16"
+    assert [policies[name] for name in resnetv2.FLOAT32_LAYERS] == ["float32"] * 3  # pinned, as resnetv2 builds
     model = bit.build_classifier(path, num_classes=2, image_size=32)
     assert model.output_shape == (None, 2)
     before = [w.numpy().copy() for w in model.layers[1].trainable_weights]
