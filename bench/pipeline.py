@@ -72,7 +72,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from kitlib import augment, data, runtime  # noqa: E402
+from kitlib import color, data, multicrop, runtime  # noqa: E402
 from kitlib.sample import draw_leaf  # noqa: E402
 
 HEIGHT, WIDTH = 600, 800     # Cassava's image size
@@ -178,7 +178,7 @@ def seed_load(files):
     return records.map(_seed_record, num_parallel_calls=AUTO)
 
 
-def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
+def seed_pipeline(files, config=multicrop.SEED_NOTEBOOK):
     """The seed's zipped loaders over ``files`` read endlessly: batches of 32, one crop per loader,
     each crop from a different image (the bug that issue 3 fixes; here it is only timed)."""
     options = tf.data.Options()
@@ -197,7 +197,7 @@ def seed_pipeline(files, config=augment.SEED_NOTEBOOK):
 # ============ the device mode's colour work, here on the CPU ============
 
 def color_step(layer):
-    """A ``per_batch`` step that runs ``layer`` (`augment.ColorAugment`) on a batch of crops as the JAX
+    """A ``per_batch`` step that runs ``layer`` (`kitlib.color.ColorAugment`) on a batch of crops as the JAX
     train step does: jitted, its SeedGenerator state threaded through ``stateless_call`` (fresh draws
     every batch), fed numpy (``.numpy()`` of the tf.data batch); it waits for the result and returns
     it (a list of float32 [B, S, S, 3] jax arrays)."""
@@ -285,21 +285,22 @@ def main(argv=None):
         print(f"wrote {written} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s; "
               f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed, the shards read endlessly\n")
         records = data.load_dataset(shards, decode=False).repeat()
-        color_on_cpu = color_step(augment.ColorAugment())
+        color_on_cpu = color_step(color.ColorAugment())
         rows = [
             ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
             (SEED_ROW, seed_pipeline(shards), None),
         ]
-        for name, config in (("SEED_NOTEBOOK 2x224+3x96", augment.SEED_NOTEBOOK),
-                             ("SWAV_PAPER 2x224+6x96", augment.SWAV_PAPER)):
-            host = augment.batch_crops(augment.multicrop(records, config, augment=True), BATCH)
-            device = augment.batch_crops(augment.multicrop(records, config, augment="device"), BATCH)
+        for name, config in (("SEED_NOTEBOOK 2x224+3x96", multicrop.SEED_NOTEBOOK),
+                             ("SWAV_PAPER 2x224+6x96", multicrop.SWAV_PAPER)):
+            host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
+            device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
             rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
-            if config is augment.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
-                full = augment.multicrop(records, config, augment=True, max_upscale=1.0)
-                rows += [(f"kitlib host max_upscale=1, {name}", augment.batch_crops(full, BATCH).prefetch(AUTO), None)]
+            if config is multicrop.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
+                full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
+                full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
+                rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
             rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
-            if config is augment.SEED_NOTEBOOK:
+            if config is multicrop.SEED_NOTEBOOK:
                 rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
         passes = {name: [] for name, _, _ in rows}
         for round_ in range(args.passes):  # rounds of one pass per pipeline: drifts hit all alike

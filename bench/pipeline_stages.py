@@ -11,7 +11,7 @@ batches of 32, prefetch), that stops one step further along:
     + decode                    + the kit's one decode per image: the window that holds every crop,
                                 at the libjpeg scale that ``max_upscale`` allows (1/2 for 800x600)
     + crop, resize, flip        multicrop(augment="device"): the host part of the device mode
-    + colour, gray              multicrop(augment=True) built with the blur's probability set to 0
+    + colour, gray              multicrop(augment=True, color=ColorConfig(blur_p=0))
     + blur                      multicrop(augment=True): the host mode
     full-resolution decode      read + parse + decode at full resolution (bench/pipeline.py's floor)
 
@@ -22,6 +22,7 @@ adds to the one before it. Default: one thread per CPU op, the setting on an acc
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -33,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from kitlib import augment, data, runtime  # noqa: E402
+from kitlib import data, multicrop, runtime  # noqa: E402
+from kitlib.color import SWAV_COLOR, split_seed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pipeline import BATCH, WARM_IMAGES, one_pass, write_shards  # noqa: E402
@@ -54,36 +56,33 @@ def _example_until(stage, config):
     def example(contents, seed):
         if stage == 0:
             return _filled_crops(config, tf.cast(tf.strings.length(contents), tf.float32))
-        seeds = augment._split(seed, len(config.size_crops) + 2)  # as multicrop_example splits it
-        pixels, boxes = augment._decode_window(contents, augment._window_sampler(config, seeds), sizes,
-                                               "INTEGER_FAST", augment.MAX_UPSCALE)
+        seeds = split_seed(seed, len(config.size_crops) + 2)  # as multicrop_example splits it
+        pixels, boxes = multicrop._decode_window(contents, multicrop._window_sampler(config, seeds), sizes,
+                                                 "INTEGER_FAST", multicrop.MAX_UPSCALE)
         return _filled_crops(config, tf.cast(pixels[0, 0, 0], tf.float32) + boxes[0, 0])  # needs the pixels
 
     return example
 
 
-def stage_pipelines(files, config=augment.SEED_NOTEBOOK):
+def stage_pipelines(files, config=multicrop.SEED_NOTEBOOK):
     """{name: dataset of batches}: the stages of the host mode and the full-resolution decode."""
     records = data.load_dataset(files, decode=False).repeat()
     pipelines = {}
     for stage in (0, 1):
         keys = tf.data.Dataset.random(rerandomize_each_iteration=True)
         example = _example_until(stage, config)
-        crops = tf.data.Dataset.zip((augment._images_of(records), keys)).map(
+        crops = tf.data.Dataset.zip((multicrop._images_of(records), keys)).map(
             lambda contents, key, f=example: f(contents, tf.stack([key, tf.constant(1, tf.int64)])),
-            num_parallel_calls=augment.AUTOTUNE, deterministic=False).with_options(augment.pipeline_options())
+            num_parallel_calls=multicrop.AUTOTUNE, deterministic=False).with_options(multicrop.pipeline_options())
         pipelines[STAGES[stage]] = crops
-    pipelines[STAGES[2]] = augment.multicrop(records, config, augment="device")
-    blur_p, augment.BLUR_P = augment.BLUR_P, 0.0  # read when the map function is traced, i.e. here
-    try:
-        pipelines[STAGES[3]] = augment.multicrop(records, config, augment=True)
-    finally:
-        augment.BLUR_P = blur_p
-    pipelines[STAGES[4]] = augment.multicrop(records, config, augment=True)
-    pipelines = {name: augment.batch_crops(crops, BATCH).prefetch(augment.AUTOTUNE)
+    pipelines[STAGES[2]] = multicrop.multicrop(records, config, augment="device")
+    no_blur = dataclasses.replace(SWAV_COLOR, blur_p=0.0)
+    pipelines[STAGES[3]] = multicrop.multicrop(records, config, augment=True, color=no_blur)
+    pipelines[STAGES[4]] = multicrop.multicrop(records, config, augment=True)
+    pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(multicrop.AUTOTUNE)
                  for name, crops in pipelines.items()}
     floor = data.load_dataset(files, decode=True).repeat().map(lambda el: el["image"][0, 0])
-    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(augment.AUTOTUNE)
+    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(multicrop.AUTOTUNE)
     return pipelines
 
 
@@ -117,11 +116,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="passes per stage (default 5)")
     parser.add_argument("--intra-op-threads", type=int, default=1, choices=[0, 1],
                         help="threads per CPU op: 1 (default, an accelerator host's setting) or 0 (TensorFlow's default)")
-    parser.add_argument("--crops", default=augment.SEED_NOTEBOOK.spec,
-                        help=f"multi-crop spec (default the seed's {augment.SEED_NOTEBOOK.spec})")
+    parser.add_argument("--crops", default=multicrop.SEED_NOTEBOOK.spec,
+                        help=f"multi-crop spec (default the seed's {multicrop.SEED_NOTEBOOK.spec})")
     args = parser.parse_args(argv)
     threads = runtime.configure_host_threads(args.intra_op_threads, verbose=False)
-    config = augment.parse_multicrop_spec(args.crops)
+    config = multicrop.parse_multicrop_spec(args.crops)
     print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op; crops {config.spec}; "
           f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed")

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from kitlib import augment, backbones, optim, runtime, swav  # noqa: E402
+from kitlib import backbones, multicrop, optim, runtime, swav  # noqa: E402
 from kitlib.compat import keras, tf  # noqa: E402
 
 ops = keras.ops
@@ -80,7 +80,7 @@ def main(argv=None):
 
     rt = runtime.setup(allow_cpu=args.allow_cpu)
     rt.per_device_batch(args.batch)
-    config = augment.parse_multicrop_spec(args.crops)
+    config = multicrop.parse_multicrop_spec(args.crops)
     swav_batches, supervised_batches = synthetic_batches(config, args.batch)
     keras.utils.set_random_seed(0)
     swav_model = swav.SwAVModel(backbones.build(args.backbone), num_prototypes=args.prototypes,

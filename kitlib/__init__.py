@@ -11,7 +11,8 @@ Modules, one concern each:
     resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
     data        Cassava TFRecords / JPEG folders / tfds: reading, writing, validating.
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
-    augment     multi-crop SwAV augmentation: every crop of an example from one image.
+    multicrop   SwAV multi-crop geometry and tf.data pipeline: every crop of an example from one image.
+    color       SwAV colour jitter, grayscale and blur: ColorConfig, the host path, the ColorAugment layer.
     swav        SwAV: Sinkhorn, swapped-prediction loss, prototypes, queue, SwAVModel.
     optim       LARS and the warmup-cosine schedule.
     pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.

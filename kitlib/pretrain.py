@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from kitlib import augment, backbones, data, runtime
+from kitlib import backbones, color, multicrop, data, runtime
 from kitlib.compat import keras
 from kitlib.optim import WarmupCosine, build_optimizer, swav_learning_rate
 from kitlib.swav import SwAVModel, suggest_num_prototypes
@@ -274,9 +274,9 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None)
     num_images = data.count_data_items(files)
     if num_images <= _CACHE_LIMIT:
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards
-    batches = augment.multicrop_batches(records.repeat(), _crop_config(crops), global_batch,
-                                        augment=_AUGMENT_MODES[augmentation], shuffle_buffer=min(num_images, 1024),
-                                        seed=seed)
+    batches = multicrop.multicrop_batches(records.repeat(), _crop_config(crops), global_batch,
+                                          augment=_AUGMENT_MODES[augmentation],
+                                          shuffle_buffer=min(num_images, 1024), seed=seed)
     return batches.map(lambda *crops: (tuple(crops),))
 
 
@@ -299,7 +299,7 @@ class PretrainResult:
 
 
 def _crop_config(crops):
-    return crops if isinstance(crops, augment.MultiCropConfig) else augment.parse_multicrop_spec(crops)
+    return crops if isinstance(crops, multicrop.MultiCropConfig) else multicrop.parse_multicrop_spec(crops)
 
 
 def _write_config(out_dir, record):
@@ -351,7 +351,7 @@ def _build_model(config, net):
                       output_dim=config.output_dim, temperature=config.temperature, epsilon=config.epsilon,
                       sinkhorn_iters=config.sinkhorn_iters, freeze_prototypes_niters=config.freeze_prototypes_niters,
                       queue_length=config.queue_length, queue_start_step=config.queue_start_epoch * steps,
-                      crop_augment=augment.ColorAugment(seed=config.seed) if config.augmentation == "device" else None)
+                      crop_augment=color.ColorAugment(seed=config.seed) if config.augmentation == "device" else None)
     schedule = WarmupCosine(config.base_lr, max(1, config.epochs * steps), config.warmup_epochs * steps,
                             final_lr=config.final_lr)
     model.compile(optimizer=build_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay),

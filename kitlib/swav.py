@@ -246,7 +246,7 @@ class SwAVModel(keras.Model):
         queue_length: queued embeddings per assigned crop, global (0: no queue; paper 3840 at batch 256).
         queue_start_step: first step that pushes into the queue (paper: epoch 15's first step).
         crop_augment: optional layer applied to the list of crops at the start of each training
-            forward pass (`kitlib.augment.ColorAugment`: colour augmentation on the accelerator).
+            forward pass (`kitlib.color.ColorAugment`: colour augmentation on the accelerator).
     """
 
     def __init__(self, backbone, num_prototypes=PAPER_NUM_PROTOTYPES, hidden_dim=2048, output_dim=128,

@@ -184,28 +184,6 @@ def _history_columns(history):
     return {k: [row.get(k, np.nan) for row in history] for k in keys}
 
 
-def plot_swav_crops(crops, examples=4):
-    """One row per training example, one column per crop: every row must show one source image.
-
-    Args:
-        crops: tuple of V arrays/tensors [B, S_v, S_v, 3] in [0, 1] (a multi-crop batch).
-        examples: rows to show (<= B).
-    Returns:
-        Figure.
-    """
-    plt = _plt()
-    crops = [np.asarray(c) for c in crops]
-    rows = min(examples, len(crops[0]))
-    fig, axes = plt.subplots(rows, len(crops), figsize=(1.6 * len(crops), 1.6 * rows), squeeze=False)
-    for v, crop in enumerate(crops):
-        axes[0, v].set_title(f"crop {v}\n{crop.shape[1]} px", fontsize=8)
-        for r in range(rows):
-            axes[r, v].imshow(np.clip(crop[r], 0, 1))
-            axes[r, v].axis("off")
-    fig.tight_layout()
-    return fig
-
-
 def plot_swav_history(history, ln_k):
     """SwAV loss per epoch against the collapse floor ln K, and prototype-usage entropy.
 
@@ -280,7 +258,7 @@ def plot_feature_quality(results):
     return fig
 
 
-# ============ multi-crop augmentation (kitlib.augment) ============
+# ============ multi-crop augmentation (kitlib.multicrop, kitlib.color) ============
 
 
 def _as_display(image):
@@ -289,32 +267,38 @@ def _as_display(image):
     return image / 255.0 if image.dtype == np.uint8 else np.clip(image, 0.0, 1.0)
 
 
-def show_crops(sources, crops, max_rows=6, title=None):
-    """Each row: one source image, then ALL of its crops (so one sees they share the image).
+def show_crops(crops, sources=None, max_rows=6, title=None):
+    """One row per example: its source image (when given), then ALL of its crops, so one sees they
+    share the image.
 
     Args:
-        sources: n images [H, W, 3] (uint8 or float [0, 1]), e.g. from augment.multicrop_preview.
-        crops: tuple of V arrays [n, S, S, 3] float [0, 1], big crops first.
+        crops: tuple of V arrays/tensors [n, S, S, 3] float [0, 1], big crops first (a multi-crop
+            batch, or `kitlib.multicrop.multicrop_preview`'s crops).
+        sources: None, or the n source images [H, W, 3] (uint8 or float [0, 1]), e.g. from
+            `kitlib.multicrop.multicrop_preview`.
         max_rows: rows drawn at most.
     Returns:
-        Figure with min(n, max_rows) rows and 1 + V columns; crop axes are drawn to scale (a 96 px
-        crop is drawn smaller than a 224 px one).
+        Figure with min(n, max_rows) rows and V columns (1 + V with sources); crop axes are drawn to
+        scale (a 96 px crop is drawn smaller than a 224 px one).
     """
     plt = _plt()
-    rows, sizes = min(len(sources), max_rows), [c.shape[1] for c in crops]
-    widths = [max(sizes) * 1.4] + sizes
-    fig, axes = plt.subplots(rows, 1 + len(crops), figsize=(1.6 + 1.25 * len(crops), 1.6 * rows),
+    crops = [np.asarray(c) for c in crops]
+    rows, sizes, lead = min(len(crops[0]), max_rows), [c.shape[1] for c in crops], int(sources is not None)
+    widths = [max(sizes) * 1.4] * lead + sizes
+    fig, axes = plt.subplots(rows, lead + len(crops), figsize=(1.6 * lead + 1.25 * len(crops), 1.6 * rows),
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     for r in range(rows):
-        axes[r, 0].imshow(_as_display(sources[r]))
-        axes[r, 0].set_ylabel(f"image {r}", fontsize=8)
+        if sources is not None:
+            axes[r, 0].imshow(_as_display(sources[r]))
+            axes[r, 0].set_ylabel(f"image {r}", fontsize=8)
         for v, crop in enumerate(crops):
-            axes[r, 1 + v].imshow(_as_display(crop[r]))
-            axes[r, 1 + v].set_box_aspect(1)
-            axes[r, 1 + v].set_anchor("N")
+            axes[r, lead + v].imshow(_as_display(crop[r]))
+            axes[r, lead + v].set_box_aspect(1)
+            axes[r, lead + v].set_anchor("N")
             if r == 0:
-                axes[0, 1 + v].set_title(f"crop {v}\n{sizes[v]} px", fontsize=8)
-    axes[0, 0].set_title("source", fontsize=8)
+                axes[0, lead + v].set_title(f"crop {v}\n{sizes[v]} px", fontsize=8)
+    if sources is not None:
+        axes[0, 0].set_title("source", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -328,7 +312,7 @@ def show_augmentations(gallery, max_columns=6):
     """One row per augmentation, a few independent draws per row.
 
     Args:
-        gallery: dict name -> [draws, S, S, 3] float [0, 1] (augment.augmentation_gallery).
+        gallery: dict name -> [draws, S, S, 3] float [0, 1] (`kitlib.color.augmentation_gallery`).
     Returns:
         Figure with len(gallery) rows.
     """
@@ -350,7 +334,7 @@ def plot_crop_distributions(stats, ratio=(3 / 4, 4 / 3), bins=30):
     """Histograms of the crop windows actually drawn: area fraction and aspect ratio, per group.
 
     Args:
-        stats: dict label -> {"area": [n], "aspect": [n], "scale": (lo, hi)} (augment.window_stats).
+        stats: dict label -> {"area": [n], "aspect": [n], "scale": (lo, hi)} (`kitlib.multicrop.window_stats`).
         ratio: allowed aspect range (dashed lines).
     Returns:
         Figure with two axes: area fraction of the image (dashed: each group's scale range) and

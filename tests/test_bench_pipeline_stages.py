@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 from conftest import load_bench
 
-from kitlib import augment, data
+from kitlib import data, multicrop
 
-CONFIG = augment.MultiCropConfig.from_spec("1x32@0.3-1,2x16@0.05-0.3")
+CONFIG = multicrop.MultiCropConfig.from_spec("1x32@0.3-1,2x16@0.05-0.3")
 SHADES = (40, 120, 200)  # one solid grey per image: a JPEG keeps it within a grey level or two
 
 
@@ -31,7 +31,6 @@ def shards(tmp_path_factory):
 def test_every_stage_hands_the_batch_the_host_modes_shapes(stages, shards):
     pipelines = stages.stage_pipelines(shards, CONFIG)
     assert list(pipelines) == [*stages.STAGES, stages.FLOOR]
-    assert augment.BLUR_P == 0.5                         # set to 0 only while the blur-free stage was built
     for name in stages.STAGES:
         batch = next(iter(pipelines[name]))
         assert [tuple(crops.shape) for crops in batch] == [(stages.BATCH, s, s, 3) for s in CONFIG.crop_sizes], name

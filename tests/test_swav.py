@@ -262,12 +262,12 @@ def test_train_step_under_mixed_precision_keeps_codes_and_loss_in_float32(policy
 
 _SAME_RUN = """
 import json, numpy as np, keras
-from kitlib import augment, runtime
+from kitlib import color, runtime
 from tests import test_swav as t
 rt = runtime.setup(verbose=False)
 keras.utils.set_random_seed(0)
 model = t.make_model(steps_per_execution=2, freeze_prototypes_niters=2, queue_length=32, queue_start_step=1,
-                     crop_augment=augment.ColorAugment(seed=3))  # colour augmentation inside the step
+                     crop_augment=color.ColorAugment(seed=3))  # colour augmentation inside the step
 history = model.fit(t.crop_batches(batch=16), epochs=3, steps_per_epoch=2, verbose=0).history
 print(json.dumps({"devices": rt.num_devices, "distributed": rt.distribution is not None,
                   "loss": history["loss"], "usage": history["usage_entropy"],

@@ -23,13 +23,13 @@ CASES = {
     "plot_predictions": lambda: viz.plot_predictions([np.zeros((10, 12, 3), np.uint8)] * 2, ["a.jpg", "b.jpg"],
                                                      np.array([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]]), NAMES),
     "plot_tta_views": lambda: viz.plot_tta_views(RNG.random((3, 8, 8, 3)), ["identity", "flip", "crop"]),
-    "plot_swav_crops": lambda: viz.plot_swav_crops(CROPS, examples=2),
     "plot_swav_history": lambda: viz.plot_swav_history([{"epoch": 1, "loss": 3.9, "usage_entropy": 3.0},
                                                         {"epoch": 2, "loss": 3.1, "usage_entropy": 3.5}], np.log(50)),
     "plot_prototype_usage": lambda: viz.plot_prototype_usage(np.full(10, 0.1)),
     "plot_feature_quality": lambda: viz.plot_feature_quality({"random init": {"knn": 0.6, "linear": 0.7},
                                                               "SwAV": {"knn": 0.85, "linear": 0.9}}),
-    "show_crops": lambda: viz.show_crops([RNG.random((20, 24, 3))] * 3, CROPS, max_rows=2),
+    "show_crops": lambda: viz.show_crops(CROPS, [RNG.random((20, 24, 3))] * 3, max_rows=2),
+    "show_crops without sources": lambda: viz.show_crops(CROPS, max_rows=2),
     "show_augmentations": lambda: viz.show_augmentations({"jitter": RNG.random((4, 8, 8, 3)),
                                                           "blur": RNG.random((4, 8, 8, 3))}),
     "plot_crop_distributions": lambda: viz.plot_crop_distributions(
@@ -39,7 +39,7 @@ CASES = {
 
 def test_every_plot_function_is_covered():
     public = {name for name in dir(viz) if name.startswith(("plot_", "show_"))}
-    assert public == set(CASES)
+    assert public == {name.split()[0] for name in CASES}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

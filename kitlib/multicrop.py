@@ -1,0 +1,425 @@
+"""Multi-crop geometry for SwAV: which pixels become crops, every crop of an example from ONE source image.
+
+Follows SwAV (Caron et al. 2020, arXiv 2006.09882; facebookresearch/swav ``src/multicropdataset.py``):
+per crop a random resized crop by *area* and aspect ratio of the original image and a horizontal
+flip; the crop's colours are `kitlib.color`'s concern (`augment_crops` on the host, or the
+`ColorAugment` layer in the train step with ``augment="device"``). Randomness is stateless: the
+pipeline derives a seed per example from ``tf.data.Dataset.random``, so the same seed gives the same
+crops however many threads run the map.
+
+Each JPEG is decoded once, only the window that holds all its crops and at the coarsest libjpeg
+scale (1/2, 1/4, 1/8) that upsamples no crop more than ``max_upscale`` (default 2: an 800x600
+Cassava image decodes at 400x300, ImageNet's size); records are shuffled encoded; the map runs on a
+private thread pool (`pipeline_options`). Figures: bench/README.md.
+"""
+
+import dataclasses
+import math
+import re
+
+from kitlib.color import SWAV_COLOR, augment_crops, as_seed, split_seed
+from kitlib.compat import tf
+from kitlib.runtime import usable_cores
+
+CROP_RATIO = (3 / 4, 4 / 3)    # aspect-ratio range of random resized crops (torchvision default)
+MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 2x from decoded pixels
+_JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
+_KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _uniform(shape, seed, lo=0.0, hi=1.0):
+    return tf.random.stateless_uniform(shape, seed, lo, hi)
+
+
+# ============ geometry: windows by area and aspect ratio of the original image ============
+
+def _max_area(height, width, ratio):
+    """Largest w * h with w / h within ``ratio`` that fits in height x width."""
+    aspect = width / height
+    return tf.where(aspect > ratio[1], height * height * ratio[1],
+                    tf.where(aspect < ratio[0], width * width / ratio[0], height * width))
+
+
+def sample_crop_boxes(image_size, num, scale, ratio=CROP_RATIO, seed=None):
+    """Random crop windows: area fraction ~ U(scale), then log aspect (w/h) uniform within ``ratio``.
+
+    The aspect is drawn from the part of ``ratio`` at which the drawn area fits, so each window lies
+    in the image with exactly its drawn area (an area that fits no allowed aspect is reduced to the
+    largest that does). The image is never resized or squashed first.
+
+    Args:
+        image_size: (height, width) of the original image.
+        num: number of windows (python int).
+        scale: (lo, hi) fraction of the image area, 0 < lo <= hi <= 1.
+        ratio: (lo, hi) aspect ratio width / height.
+    Returns:
+        [num, 4] float32 (y0, x0, h, w) in pixels: the window [y0, y0 + h) x [x0, x0 + w).
+    """
+    height = tf.cast(image_size[0], tf.float32)
+    width = tf.cast(image_size[1], tf.float32)
+    u = _uniform([num, 4], as_seed(seed))
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * height * width
+    area = tf.minimum(area, _max_area(height, width, ratio))
+    # w = sqrt(area r) <= width and h = sqrt(area / r) <= height bound the aspect r
+    log_lo = tf.maximum(math.log(ratio[0]), tf.math.log(area / height**2))
+    log_hi = tf.maximum(tf.minimum(math.log(ratio[1]), tf.math.log(width**2 / area)), log_lo)
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    w = tf.minimum(tf.sqrt(area * aspect), width)
+    h = tf.minimum(tf.sqrt(area / aspect), height)
+    return tf.stack([(height - h) * u[:, 2], (width - w) * u[:, 3], h, w], axis=1)
+
+
+def _resized_window(image, box, size, flip=None):
+    """Window ``box`` (y0, x0, h, w; pixels, rounded to whole pixels) resized to [size, size, 3]
+    float32 in the image's own range (0..255 for uint8; bilinear, half-pixel centres), mirrored
+    left-right where the bool ``flip`` is True."""
+    shape = tf.shape(image)[:2]
+    start = tf.minimum(tf.cast(tf.floor(box[:2]), tf.int32), shape - 1)
+    extent = tf.clip_by_value(tf.cast(tf.round(box[2:]), tf.int32), 1, shape - start)
+    window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [-1]], 0))
+    if flip is not None:  # on the window: uint8 and, from a reduced-scale decode, smaller than the crop
+        window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
+    # float first: a CPU resizes float32 about twice as fast as uint8
+    return tf.ensure_shape(tf.image.resize(tf.cast(window, tf.float32), [size, size]), [size, size, 3])
+
+
+def _unit(image):
+    """Factor that maps the image's values to [0, 1]: 1/255 for uint8, else 1."""
+    return 1.0 / 255.0 if image.dtype == tf.uint8 else 1.0
+
+
+def _crop(image, box, size):
+    """Window ``box`` (y0, x0, h, w; pixels, rounded to whole pixels) resized to [size, size, 3]
+    float32 in [0, 1] (bilinear, half-pixel centres)."""
+    crop = _resized_window(image, box, size)
+    return crop * _unit(image) if image.dtype == tf.uint8 else crop
+
+
+def random_resized_crop(image, size, scale=(0.14, 1.0), ratio=CROP_RATIO, seed=None):
+    """One random resized crop: a window by area and aspect of the original image, resized to size².
+
+    Args:
+        image: [H, W, 3] uint8 (0..255) or float (0..1).
+        size: output side in pixels.
+        scale: (lo, hi) area fraction (SwAV's big crops (0.14, 1)).
+    Returns:
+        [size, size, 3] float32 in [0, 1].
+    """
+    return _crop(image, sample_crop_boxes(tf.shape(image)[:2], 1, scale, ratio, seed)[0], size)
+
+
+# ============ multi-crop configuration ============
+
+_SPEC_PART = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*@\s*(\d*\.?\d+)\s*-\s*(\d*\.?\d+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiCropConfig:
+    """Crops per example, by resolution group (swav ``--size_crops --nmb_crops --min/max_scale_crops``).
+
+    Args:
+        size_crops: output side per group, big first, e.g. (224, 96).
+        num_crops: crops per group, e.g. (2, 6).
+        min_scale, max_scale: area fraction range per group, 0 < min <= max <= 1.
+        flip_p: probability of a left-right flip per crop (SwAV 0.5; not part of `spec`).
+    """
+
+    size_crops: tuple
+    num_crops: tuple
+    min_scale: tuple
+    max_scale: tuple
+    flip_p: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ValueError(f"MultiCropConfig.flip_p is a probability in [0, 1], got {self.flip_p}")
+        fields = {name: tuple(getattr(self, name)) for name in ("size_crops", "num_crops", "min_scale", "max_scale")}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        if len({len(v) for v in fields.values()}) != 1 or not self.size_crops:
+            raise ValueError(f"MultiCropConfig needs one entry per resolution group in each field, got {fields}")
+        if any(int(n) != n or n < 1 for n in self.num_crops + self.size_crops):
+            raise ValueError(f"num_crops and size_crops must be positive integers, got {self.num_crops}, "
+                             f"{self.size_crops}")
+        for lo, hi in zip(self.min_scale, self.max_scale):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"crop scales are area fractions with 0 < min <= max <= 1, got ({lo}, {hi})")
+        if list(self.size_crops) != sorted(self.size_crops, reverse=True):
+            raise ValueError(f"size_crops must go from big to small (SwAV assigns codes on the first crops), "
+                             f"got {self.size_crops}; reorder the groups")
+
+    @classmethod
+    def from_spec(cls, spec):
+        """Parse ``"2x224@0.14-1,6x96@0.05-0.14"``: COUNTxSIZE@MIN-MAX groups, comma separated."""
+        parts = str(spec).split(",")
+        groups = []
+        for i, part in enumerate(parts):
+            match = _SPEC_PART.match(part)
+            if match is None:
+                raise ValueError(f"malformed multi-crop spec {spec!r}: group {i + 1} ({part.strip()!r}) is not "
+                                 "COUNTxSIZE@MIN-MAX; write e.g. '2x224@0.14-1,6x96@0.05-0.14'")
+            count, size, lo, hi = match.groups()
+            groups.append((int(size), int(count), float(lo), float(hi)))
+        return cls(*zip(*groups))
+
+    @property
+    def spec(self):
+        """The spec string of the crop groups (inverse of `from_spec` for the default flip_p)."""
+        return ",".join(f"{n}x{s}@{lo:g}-{hi:g}" for s, n, lo, hi in
+                        zip(self.size_crops, self.num_crops, self.min_scale, self.max_scale))
+
+    @property
+    def total_crops(self):
+        return sum(self.num_crops)
+
+    @property
+    def crop_sizes(self):
+        """Side of every crop in output order, e.g. (224, 224, 96, 96, 96)."""
+        return tuple(s for s, n in zip(self.size_crops, self.num_crops) for _ in range(n))
+
+
+SWAV_PAPER = MultiCropConfig((224, 96), (2, 6), (0.14, 0.05), (1.0, 0.14))     # SwAV's best ImageNet run
+SEED_NOTEBOOK = MultiCropConfig((224, 96), (2, 3), (0.14, 0.05), (1.0, 0.14))  # the seed's 2x224 + 3x96
+
+
+def parse_multicrop_spec(spec):
+    """`MultiCropConfig` from a spec string such as ``"2x224@0.14-1,6x96@0.05-0.14"`` (CLI flag)."""
+    return MultiCropConfig.from_spec(spec)
+
+
+# ============ one example -> its crops ============
+
+def _jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
+    """Index into _JPEG_SCALES of the coarsest scale at which no crop is upsampled more than
+    ``max_upscale`` times from its window (1.0: every window keeps at least its crop's side)."""
+    fit = tf.reduce_min(max_upscale * tf.minimum(boxes[:, 2], boxes[:, 3]) / sizes)
+    small = tf.reduce_min(tf.cast(shape, tf.float32))  # keep at least one pixel per side
+    index = tf.constant(0)
+    for i, scale in enumerate(_JPEG_SCALES[1:], start=1):
+        index = tf.where((fit >= scale) & (small >= scale), i, index)
+    return index
+
+
+def _window_sampler(config, seeds, ratio=CROP_RATIO):
+    """Function (height, width) -> [config.total_crops, 4] windows (y0, x0, h, w) of every group,
+    big crops first; group g draws with seeds[g]."""
+    def boxes_for(shape):
+        return tf.concat([sample_crop_boxes(shape, n, (lo, hi), ratio, seeds[g]) for g, (n, lo, hi)
+                          in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
+
+    return boxes_for
+
+
+def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
+    """Decode once: a JPEG only over the union of the crop windows and at the coarsest libjpeg
+    scale that upsamples no crop more than ``max_upscale`` times; PNG/GIF/BMP in full.
+
+    Args:
+        contents: scalar tf.string, encoded image.
+        boxes_for: function (height, width) -> windows [V, 4] in pixels of the full image.
+        sizes: [V] float32 crop sides.
+        max_upscale: see `multicrop_example`.
+    Returns:
+        (image uint8 [h, w, 3], windows in the decoded image's pixels).
+    """
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)[:2]
+        boxes = boxes_for(shape)
+        index = _jpeg_scale_index(boxes, sizes, shape, max_upscale)
+        scale = tf.gather(tf.constant(_JPEG_SCALES, tf.float32), index)
+        scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
+        top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
+        bottom_right = tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, :2] + boxes[:, 2:], 0) / scale), tf.int32)
+        top_left = tf.clip_by_value(top_left, 0, scaled_shape - 1)
+        extent = tf.clip_by_value(bottom_right, top_left + 1, scaled_shape) - top_left
+        window = tf.concat([top_left, extent], 0)
+        image = tf.switch_case(index, [lambda r=r: tf.image.decode_and_crop_jpeg(
+            contents, window, channels=3, ratio=r, dct_method=dct_method) for r in _JPEG_SCALES])
+        return image, boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
+
+    def other():
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return image, boxes_for(tf.shape(image)[:2])
+
+    return tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+
+
+def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+                      max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
+    """All crops of one source image.
+
+    Args:
+        image: uint8 [H, W, 3], float [H, W, 3] in [0, 1], or encoded bytes (scalar tf.string; JPEG
+            is decoded once, only the needed window and scale; PNG/GIF/BMP decoded in full).
+        config: `MultiCropConfig`.
+        augment: False: crops only; "device": crops + flips (colour on the accelerator with
+            `kitlib.color.ColorAugment`); True or "host": the full SwAV augmentation here (flip,
+            then `kitlib.color.augment_crops`: one clipped colour map and the blur per crop).
+        seed: [2] int seed (None: random).
+        dct_method: libjpeg IDCT ("INTEGER_FAST": ~20 % faster, +-1 grey level; "" for the default).
+        max_upscale: JPEG bytes only: decode at the coarsest libjpeg scale (1/2, 1/4, 1/8) at which
+            no crop is upsampled more than this from its window's decoded pixels. 2.0 (default):
+            an 800x600 Cassava JPEG decodes at 1/2 (400x300, ImageNet's typical size) with SwAV's
+            crops, as SwAV's RandomResizedCrop upsamples a 0.14-area ImageNet window ~1.6x to 224;
+            1.0: every window keeps at least its crop's resolution (full quality, slower).
+        color: `kitlib.color.ColorConfig` of the host colour augmentation (``augment=True`` only).
+    Returns:
+        A tuple of config.total_crops float32 [S, S, 3] in [0, 1], big crops first.
+    """
+    mode = _check_mode(augment)
+    groups = len(config.size_crops)
+    seeds = split_seed(seed, groups + 2)  # one per group's windows, the flips, the colours
+    sizes = tf.constant(config.crop_sizes, tf.float32)
+
+    boxes_for = _window_sampler(config, seeds, ratio)
+
+    def crops_from(pixels, boxes):
+        total, unit = config.total_crops, _unit(pixels)
+        flips = _uniform([total], seeds[groups]) < config.flip_p if mode else [None] * total
+        crops = [_resized_window(pixels, boxes[i], size, flips[i]) for i, size in enumerate(config.crop_sizes)]
+        if mode == "host":
+            return augment_crops(crops, color, seeds[groups + 1], unit)
+        return tuple(crop * unit for crop in crops) if pixels.dtype == tf.uint8 else tuple(crops)
+
+    if image.dtype == tf.string:
+        return crops_from(*_decode_window(image, boxes_for, sizes, dct_method, max_upscale))
+    return crops_from(image, boxes_for(tf.shape(image)[:2]))
+
+
+def _check_mode(augment):
+    modes = {False: None, None: None, True: "host", "host": "host", "device": "device"}
+    if augment not in modes:
+        raise ValueError(f"augment must be True/'host', 'device' or False, got {augment!r}")
+    return modes[augment]
+
+
+# ============ datasets ============
+
+def _images_of(dataset):
+    """The image component of kitlib.data dicts (or the elements themselves when they are images)."""
+    spec = dataset.element_spec
+    if isinstance(spec, dict):
+        if "image" not in spec:
+            raise ValueError(f"dataset dicts have no 'image' key (keys: {sorted(spec)}); pass "
+                             "kitlib.data.load_dataset(...) output or a dataset of images")
+        return dataset.map(lambda el: el["image"])
+    if (not isinstance(spec, tf.TensorSpec) or spec.shape.rank not in (0, 3)
+            or (spec.shape.rank == 3 and spec.shape[-1] not in (None, 3))):
+        raise ValueError(f"multicrop needs RGB images [H, W, 3], encoded bytes or kitlib.data dicts, "
+                         f"got elements {spec}; convert grayscale with tf.image.grayscale_to_rgb")
+    return dataset
+
+
+def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+              max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
+    """Dataset of tuples of crops, every crop of an element cut from that element's one image.
+
+    Args:
+        dataset: ``kitlib.data.load_dataset`` dicts (decoded, or ``decode=False`` bytes: preferred,
+            decoded once here), or a dataset of images / encoded bytes.
+        config: `MultiCropConfig` (default SWAV_PAPER: 2 x 224 + 6 x 96).
+        augment: True/"host", "device" or False (see `multicrop_example`).
+        seed: int for reproducible crops (same seed, same input order -> same crops; each new
+            iteration draws new crops); None: random.
+        ratio, dct_method, max_upscale, color: as `multicrop_example` (max_upscale=1.0: full-quality decode).
+    Returns:
+        tf.data.Dataset of tuples of config.total_crops float32 [S, S, 3] in [0, 1], big first.
+    """
+    _check_mode(augment)
+    images = _images_of(dataset)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)  # one key per element
+
+    @tf.autograph.experimental.do_not_convert  # plain graph code: skipping AutoGraph halves tracing
+    def crops(image, key):
+        return multicrop_example(image, config, augment, tf.stack([key, tf.constant(_KEY_SALT, tf.int64)]),
+                                 ratio, dct_method, max_upscale, color)
+
+    dataset = tf.data.Dataset.zip((images, keys)).map(crops, num_parallel_calls=AUTOTUNE,
+                                                      deterministic=seed is not None)
+    return dataset.with_options(pipeline_options())
+
+
+def pipeline_options(cores=None):
+    """tf.data options for the multi-crop pipeline: a private pool of max(4, cores) threads.
+
+    By default tf.data shares a pool of one thread per core with the rest of the process; on a
+    2-core machine the multi-crop map then keeps ~1.7 of the 2 cores busy, with a pool of 4-6
+    threads ~1.85 (bench/pipeline.py: about +10 % images/s). With many cores the pool has one
+    thread per core, like the default one.
+
+    Args:
+        cores: CPU count to size the pool for (default: `kitlib.runtime.usable_cores`, the CPUs
+            this process may run on).
+    """
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = max(4, cores or usable_cores())
+    return options
+
+
+def batch_crops(dataset, batch_size):
+    """Batch a multicrop dataset with static shapes: tuples of [batch_size, S, S, 3] (drop_remainder)."""
+    return dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+
+def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, shuffle_buffer=1024,
+                      seed=None, ratio=CROP_RATIO, max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
+    """Training input for SwAV: shuffle encoded records, crop (and augment), batch, prefetch.
+
+    Args:
+        dataset: ``kitlib.data.load_dataset(files, decode=False)`` (bytes are cheap to shuffle; a
+            shuffle buffer of decoded 800x600 images holds 1.4 MB each) or any `multicrop` input.
+        config: `MultiCropConfig`.
+        batch_size: images per batch (the global batch under data parallelism).
+        augment: True/"host": full SwAV augmentation on the host; "device": geometry and flips on the
+            host, then call `ColorAugment` on each batch inside the train step; False: crops only.
+        shuffle_buffer: records in the shuffle buffer (0: no shuffle).
+        seed: int for a reproducible order and crops.
+        ratio, max_upscale, color: as `multicrop_example`.
+    Returns:
+        tf.data.Dataset of tuples of config.total_crops float32 [batch_size, S, S, 3] in [0, 1].
+    """
+    images = _images_of(dataset)
+    if shuffle_buffer:
+        images = images.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    crops = multicrop(images, config, augment, seed, ratio, max_upscale=max_upscale, color=color)
+    return batch_crops(crops, batch_size).prefetch(AUTOTUNE)
+
+
+# ============ data for the pictures (kitlib.viz, notebook 03) ============
+
+def multicrop_preview(dataset, config=SWAV_PAPER, n=4, augment=False, seed=0):
+    """The first n source images and their crops, as numpy, for `kitlib.viz.show_crops`.
+
+    Args:
+        dataset, config, augment, seed: as `multicrop` (use an ordered dataset to see the same images).
+        n: number of source images.
+    Returns:
+        (sources: list of n uint8 [H, W, 3], crops: tuple of config.total_crops float32 [n, S, S, 3]).
+    """
+    images = _images_of(dataset).take(n)
+    sources = [_as_uint8(x).numpy() for x in images]
+    crops = next(iter(batch_crops(multicrop(images, config, augment, seed), len(sources))))
+    return sources, tuple(c.numpy() for c in crops)
+
+
+def _as_uint8(image):
+    if image.dtype == tf.string:
+        return tf.io.decode_image(image, channels=3, expand_animations=False)
+    if image.dtype == tf.uint8:
+        return image
+    return tf.cast(tf.round(255.0 * tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0)), tf.uint8)
+
+
+def window_stats(config, image_size, draws=2000, ratio=CROP_RATIO, seed=0):
+    """Area fractions and aspect ratios (w/h) of windows drawn as `multicrop` draws them, per group.
+
+    Returns:
+        dict "S px crops" -> {"area": [draws], "aspect": [draws], "scale": (min, max)} (numpy).
+    """
+    stats = {}
+    for g, (size, lo, hi) in enumerate(zip(config.size_crops, config.min_scale, config.max_scale)):
+        _, _, h, w = tf.unstack(sample_crop_boxes(image_size, draws, (lo, hi), ratio, [seed, g]), axis=1)
+        area = (h * w / float(image_size[0] * image_size[1])).numpy()
+        stats[f"{size} px crops"] = {"area": area, "aspect": (w / h).numpy(), "scale": (lo, hi)}
+    return stats
