@@ -2,59 +2,22 @@
 
     .venv/bin/python bench/pipeline.py [--images 512] [--seconds 10] [--passes 3] [--intra-op-threads both|0|1]
 
-Writes ``--images`` 800x600 JPEGs (the competition's size; synthetic leaves from ``kitlib.sample``
-with sensor noise, ~115 KB each like the real files) into 4 shards with
-``kitlib.data.write_tfrecords``, then times passes of ``--seconds`` per pipeline over the shards
-read endlessly. Each pass is a fresh iterator whose first 128 images are its start-up, untimed and
-reported apart (building the iterator: the kit's host-mode map function takes ~0.3 s to instantiate;
-the seed's five 1024-image shuffle buffers take 6-8 s to fill on 2 cores); the images/s and CPU ms
-are those of the steady state after it, which is what training runs in: kitlib.pretrain reads one
-iterator over ``records.repeat()`` for a whole run, and the seed's loop makes a fresh one per
-~14k-image epoch. (Until 2026-11-26 the bench timed whole 2048-image epochs start-up included,
-which charged the kit its start-up every 2048 images: 5-8 % of its wall time on 2 cores, up to
-~30 % on 16, where a pass took ~1 s.) Every pass lasts the same time, whatever its pipeline's
-speed (until 2026-11-26 the same number of images: the seed's pass then lasted ~4x the kit's, so a
-slow spell of this shared VM weighed on their ratio unevenly). Passes run in rounds, one pass of
-every pipeline per round, so that a slower spell hits all pipelines alike; each table gives images
-per second, best pass (median in brackets), and the speed-ups are medians over the rounds of ratios
-within a round.
-
-Threads per CPU op are fixed for a process once TensorFlow starts, so by default the bench runs
-twice, in two processes: at TensorFlow's default (an intra-op pool of one thread per core) and at
-one thread per op, what `kitlib.runtime.setup` sets when a GPU/TPU is attached. The kit's
-host mode is faster at one thread per op; the seed is faster at one setting or the other from run
-to run. The last table sets the kit at one thread against the seed at its faster setting of that
-run (best passes, so across the two processes).
-Takes about twelve minutes on 2 cores.
+Writes ``--images`` 800x600 JPEGs (synthetic leaves from ``kitlib.sample`` with sensor noise, ~115 KB
+each like the competition's files) into 4 shards, then times passes of ``--seconds`` per pipeline over
+the shards read endlessly: each pass a fresh iterator whose first 128 images (its start-up) are untimed
+and reported apart, passes in rounds of one per pipeline so a slow spell hits all alike. By default it
+runs twice, in two processes, at TensorFlow's default threading and at one thread per CPU op (what
+`kitlib.runtime.setup` sets with an accelerator). About twelve minutes on 2 cores; the figures, when
+each mode wins and the history of the method are in bench/README.md.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
-    seed (zipped)       a re-implementation of the seed: five loaders, each load -> decode ->
-                        shuffle(1024) -> squash to 260²/160² -> square crop by side -> resize ->
-                        flip, 23-px blur, jitter s=0.5, gray; zipped (crops of five images); its
-                        tf.data options (intra-op parallelism 1, non-deterministic), its loader
-                        (parse + decode, no checks) and, since 2026-11-26, its @tf.function on
-                        every helper (left out before: ~3 % of its CPU time).
-    kitlib host         multicrop(decode=False records, augment=True): decode once (at 1/2 scale
-                        for 800x600 with the default max_upscale=2), full SwAV augmentation on the
-                        host; "max_upscale=1" decodes every crop window at full resolution.
+    seed (zipped)       a re-implementation of the old zipped pipeline: five independently shuffled
+                        loaders, squash-resize, 23-px blur, jitter s=0.5, its tf.data options.
+    kitlib host         multicrop(decode=False records, augment=True): one decode, full SwAV
+                        augmentation on the host; "max_upscale=1" decodes windows at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
-                        the train step; "+ColorAugment here" runs that layer on this CPU too, as
-                        the train step runs it (Keras 3 on JAX, jitted; see `color_step`).
-
-When each mode wins: the host needs about ``images/s x CPU-ms / 1000`` cores. At one thread per op
-the host mode costs ~4.0-5.5 CPU-ms per image with 2x224+3x96 crops and ~4.9-7.4 ms with 2x224+6x96,
-the device mode's host part ~2.6-4.0 and ~2.7-4.5 ms (a 2-core AMD EPYC dev box and a 16-core Intel
-Xeon); the seed ~15-23 ms, a full-resolution decode alone ~2.0-2.7 ms (a half-scale one ~1.5 ms:
-these noisy 115 KB JPEGs are bound by entropy decoding, which a reduced scale does not shrink).
-    * A host whose cores cannot keep up with the accelerator (Kaggle GPU: 4 vCPUs; a remote TPU fed
-      from a small VM): device mode. With 4 cores the host mode fed ~700 / ~560 images/s
-      (3 / 6 small crops), the device mode's host part ~1000 / ~840.
-    * TPU VM (~96 vCPUs): host mode feeds thousands of images/s, so keep the accelerator's time
-      for the model and augment on the host.
-    * CPU only (tests, this box): host mode. Device mode on a CPU does the same colour work jitted,
-      batched with static shapes, without skipping the crops whose coin says "no", and is slower
-      ("+ColorAugment here"; figures for it before 2026-11-30 are of the old TensorFlow layer).
+                        the train step; "+ColorAugment here" runs that layer on this CPU too.
 """
 
 import argparse
