@@ -73,16 +73,16 @@ def stage_pipelines(files, config=multicrop.SEED_NOTEBOOK):
         example = _example_until(stage, config)
         crops = tf.data.Dataset.zip((multicrop._images_of(records), keys)).map(
             lambda contents, key, f=example: f(contents, tf.stack([key, tf.constant(1, tf.int64)])),
-            num_parallel_calls=multicrop.AUTOTUNE, deterministic=False).with_options(multicrop.pipeline_options())
+            num_parallel_calls=data.AUTOTUNE, deterministic=False).with_options(multicrop.pipeline_options())
         pipelines[STAGES[stage]] = crops
     pipelines[STAGES[2]] = multicrop.multicrop(records, config, augment="device")
     no_blur = dataclasses.replace(SWAV_COLOR, blur_p=0.0)
     pipelines[STAGES[3]] = multicrop.multicrop(records, config, augment=True, color=no_blur)
     pipelines[STAGES[4]] = multicrop.multicrop(records, config, augment=True)
-    pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(multicrop.AUTOTUNE)
+    pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(data.AUTOTUNE)
                  for name, crops in pipelines.items()}
     floor = data.load_dataset(files, decode=True).repeat().map(lambda el: el["image"][0, 0])
-    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(multicrop.AUTOTUNE)
+    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(data.AUTOTUNE)
     return pipelines
 
 

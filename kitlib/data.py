@@ -3,7 +3,7 @@
 Every loader returns a ``tf.data.Dataset`` of dicts with the same keys:
     "image":      uint8 [H, W, 3] (RGB; grayscale and PNG are made RGB), or the raw encoded bytes
                   (a scalar tf.string) with ``decode=False`` so a later stage decodes once at the
-                  scale it needs (see ``kitlib.augment``);
+                  scale it needs (see ``kitlib.multicrop``);
     "image_name": tf.string, e.g. b"1000015157.jpg";
     "label":      int32 in [0, num_classes), for labelled data.
 

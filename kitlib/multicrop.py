@@ -19,13 +19,13 @@ import re
 
 from kitlib.color import SWAV_COLOR, augment_crops, as_seed, split_seed
 from kitlib.compat import tf
+from kitlib.data import AUTOTUNE
 from kitlib.runtime import usable_cores
 
 CROP_RATIO = (3 / 4, 4 / 3)    # aspect-ratio range of random resized crops (torchvision default)
 MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 2x from decoded pixels
 _JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
 _KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
-AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _uniform(shape, seed, lo=0.0, hi=1.0):

@@ -39,6 +39,7 @@ def _per_crop(flags_of, y, x):
 
 # ============ the host path, as multicrop(augment=True) runs it ============
 
+@pytest.mark.slow
 def test_host_path_fires_each_augmentation_with_its_probability():
     plain, flipped = _host_crops(False), _host_crops("device")        # crops; crops + flips (no colour)
     assert abs(_rate(_per_crop(lambda d: d > 1e-4, flipped, plain)) - 0.5) < RATE_TOL
