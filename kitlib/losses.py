@@ -90,7 +90,7 @@ def exp_t(x, t):
     return ops.power(ops.maximum(1.0 + (1.0 - t) * x, 0.0), 1.0 / (1.0 - t))
 
 
-def _normalizer_heavy_tail(activations, t, num_iters):
+def _normalizer_heavy_tail(activations, t, normalizer_iters):
     """lambda(a) [B, 1] with sum_i exp_t(a_i - lambda) = 1 for t > 1, by Amid et al.'s fixed point.
 
     With mu = max(a) and a~ = a - mu <= 0, the identity exp_t(u) exp_t(v) = exp_t(u + v + (1-t)uv)
@@ -101,18 +101,18 @@ def _normalizer_heavy_tail(activations, t, num_iters):
     mu = ops.max(activations, axis=-1, keepdims=True)
     shifted = activations - mu  # a~ <= 0, so exp_t stays in (0, 1]
     z = ops.sum(exp_t(shifted, t), axis=-1, keepdims=True)  # Z at the start: >= 1
-    for _ in range(num_iters):
+    for _ in range(normalizer_iters):
         z = ops.sum(exp_t(shifted * ops.power(z, 1.0 - t), t), axis=-1, keepdims=True)
     return mu - log_t(1.0 / z, t)
 
 
-def tempered_softmax(activations, t, num_iters=_FIXED_POINT_ITERS):
+def tempered_softmax(activations, t, normalizer_iters=_FIXED_POINT_ITERS):
     """Tempered softmax y^_i = exp_t(a_i - lambda(a)), normalised so sum_i y^_i = 1.
 
     Args:
         activations: [B, C] logits (computed in float32).
         t: temperature t2 >= 1 (1 is the ordinary softmax; > 1 has a heavier tail).
-        num_iters: fixed-point iterations for the normaliser.
+        normalizer_iters: fixed-point iterations for the normaliser.
     Returns:
         [B, C] float32 probabilities.
     """
@@ -122,11 +122,11 @@ def tempered_softmax(activations, t, num_iters=_FIXED_POINT_ITERS):
     activations = _f32(activations)
     if t == 1.0:
         return ops.softmax(activations, axis=-1)
-    return exp_t(activations - _normalizer_heavy_tail(activations, t, num_iters), t)
+    return exp_t(activations - _normalizer_heavy_tail(activations, t, normalizer_iters), t)
 
 
 def bi_tempered_logistic_loss(labels, logits, t1=T1_CASSAVA, t2=T2_CASSAVA, label_smoothing=0.0,
-                              num_iters=_FIXED_POINT_ITERS):
+                              normalizer_iters=_FIXED_POINT_ITERS):
     """Bi-tempered logistic loss (Amid et al. 2019): the Bregman divergence of log_t1 between y and y^.
 
     L(y, y^) = sum_i [ y_i (log_t1 y_i - log_t1 y^_i) - (y_i^(2-t1) - y^_i^(2-t1)) / (2 - t1) ],
@@ -140,14 +140,14 @@ def bi_tempered_logistic_loss(labels, logits, t1=T1_CASSAVA, t2=T2_CASSAVA, labe
         t1: temperature of the log, in (0, 1] (< 1: bounded loss). Cassava: 0.8.
         t2: temperature of the softmax, >= 1 (> 1: heavy tail). Cassava: 1.4.
         label_smoothing: eps in [0, 1), see ``smooth_labels``.
-        num_iters: fixed-point iterations for the tempered softmax.
+        normalizer_iters: fixed-point iterations for the tempered softmax.
     Returns:
         [B] float32 per-example loss.
     """
     if not 0.0 < t1 <= 1.0:
         raise ValueError(f"t1 must be in (0, 1], got {t1}; the Cassava setting is t1={T1_CASSAVA}")
     labels = smooth_labels(labels, label_smoothing)
-    probs = tempered_softmax(logits, t2, num_iters)
+    probs = tempered_softmax(logits, t2, normalizer_iters)
     # y log_t1(y) is 0 where y = 0; log_1(0) = -inf would give 0 * inf = nan (also in the gradient),
     # so the log sees 1 there and the product is masked.
     positive = labels > 0.0

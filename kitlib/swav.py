@@ -44,10 +44,10 @@ def suggest_num_prototypes(num_classes=None):
 
 # ============ Sinkhorn-Knopp ============
 
-def sinkhorn(scores, epsilon=0.05, n_iters=3, valid=None):
+def sinkhorn(scores, epsilon=0.05, sinkhorn_iters=3, valid=None):
     """Equal-partition codes Q from prototype scores (swav ``distributed_sinkhorn``), in log domain.
 
-    Official algorithm on Q = exp(scores / ε)ᵀ (K-by-B): repeat n_iters times {rows /= row sums, /= K;
+    Official algorithm on Q = exp(scores / ε)ᵀ (K-by-B): repeat sinkhorn_iters times {rows /= row sums, /= K;
     columns /= column sums, /= B}, then Q *= B. Here log Q is kept and each normalisation is a
     logsumexp subtraction, so nothing under- or overflows even at ε = 0.01 (scores/ε in [-100, 100]).
     B is the whole batch the function sees: the global batch inside a DataParallel step.
@@ -55,13 +55,13 @@ def sinkhorn(scores, epsilon=0.05, n_iters=3, valid=None):
     Args:
         scores: [B, K] float (any dtype, computed in float32), z·c cosine scores in [-1, 1]; no gradient.
         epsilon: ε > 0, entropy regularisation (paper 0.05; lower is sharper).
-        n_iters: Sinkhorn iterations >= 1 (paper 3).
+        sinkhorn_iters: Sinkhorn iterations >= 1 (paper 3).
         valid: optional [B] bool; False rows (e.g. an unfilled queue) count for nothing.
     Returns:
         codes: [B, K] float32 >= 0, each valid row summing to 1.
     """
-    if epsilon <= 0 or n_iters < 1:
-        raise ValueError(f"sinkhorn needs epsilon > 0 and n_iters >= 1, got {epsilon} and {n_iters}.")
+    if epsilon <= 0 or sinkhorn_iters < 1:
+        raise ValueError(f"sinkhorn needs epsilon > 0 and sinkhorn_iters >= 1, got {epsilon} and {sinkhorn_iters}.")
     if len(scores.shape) != 2:
         raise ValueError(f"scores must be [batch, prototypes], got shape {tuple(scores.shape)}.")
     scores = ops.clip(ops.cast(ops.stop_gradient(scores), "float32"), -_SCORE_LIMIT, _SCORE_LIMIT)
@@ -76,7 +76,7 @@ def sinkhorn(scores, epsilon=0.05, n_iters=3, valid=None):
     log_b = ops.log(count)                         # B: valid samples of the (global) batch
     log_k = math.log(num_k)
     # Q /= ΣQ is skipped: a constant factor, cancelled exactly by the first prototype normalisation.
-    for _ in range(n_iters):
+    for _ in range(sinkhorn_iters):
         # normalise each prototype: its total weight over all samples must be 1/K
         log_q = log_q - (ops.logsumexp(log_q + row_mask, axis=0, keepdims=True) + log_k)
         # normalise each sample: its total weight must be 1/B

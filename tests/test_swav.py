@@ -14,12 +14,12 @@ from tests.conftest import run_on_devices
 ops = keras.ops
 
 
-def official_sinkhorn(scores, epsilon, n_iters):
+def official_sinkhorn(scores, epsilon, sinkhorn_iters):
     """facebookresearch/swav ``distributed_sinkhorn`` on one device, line by line, in float64."""
     q = np.exp(np.asarray(scores, np.float64) / epsilon).T  # Q is K-by-B
     q /= q.sum()
     k, b = q.shape
-    for _ in range(n_iters):
+    for _ in range(sinkhorn_iters):
         q /= q.sum(axis=1, keepdims=True)  # total weight per prototype must be 1/K
         q /= k
         q /= q.sum(axis=0, keepdims=True)  # total weight per sample must be 1/B
@@ -37,7 +37,7 @@ def cosine_scores(batch, prototypes, seed=0):
 @pytest.mark.parametrize("epsilon", [0.05, 0.03, 0.01])
 def test_sinkhorn_equals_the_official_algorithm_down_to_epsilon_001(epsilon):
     scores = cosine_scores(32, 12)
-    codes = np.asarray(swav.sinkhorn(scores, epsilon=epsilon, n_iters=3))
+    codes = np.asarray(swav.sinkhorn(scores, epsilon=epsilon, sinkhorn_iters=3))
     np.testing.assert_allclose(codes, official_sinkhorn(scores, epsilon, 3), rtol=2e-4, atol=1e-6)
     assert np.isfinite(codes).all()
 
@@ -50,7 +50,7 @@ def test_sinkhorn_codes_are_distributions_with_equal_prototype_mass():
     # the equal-partition constraint: every prototype gets about B/K samples (exactly at convergence)
     assert codes.sum() == pytest.approx(64, rel=1e-5)
     np.testing.assert_allclose(codes.sum(axis=0), 64 / 16, rtol=0.35)  # 3 iterations at sharp ε: roughly
-    converged = np.asarray(swav.sinkhorn(scores, n_iters=200))
+    converged = np.asarray(swav.sinkhorn(scores, sinkhorn_iters=200))
     np.testing.assert_allclose(converged.sum(axis=0), 64 / 16, rtol=1e-3)
 
 
@@ -61,7 +61,8 @@ def test_sinkhorn_known_cases():
     codes = np.asarray(swav.sinkhorn(np.eye(4, dtype=np.float32) * 0.5, epsilon=0.01))
     np.testing.assert_allclose(codes, np.eye(4), atol=1e-6)
     # all samples prefer prototype 0: equipartition still spreads them over both prototypes
-    codes = np.asarray(swav.sinkhorn(np.array([[0.9, 0.1], [0.8, 0.1]], np.float32), epsilon=0.05, n_iters=50))
+    prefer_0 = np.array([[0.9, 0.1], [0.8, 0.1]], np.float32)
+    codes = np.asarray(swav.sinkhorn(prefer_0, epsilon=0.05, sinkhorn_iters=50))
     np.testing.assert_allclose(codes.sum(axis=0), [1.0, 1.0], atol=1e-3)
 
 
