@@ -37,11 +37,6 @@ def _image_label(*element):
     return image, label
 
 
-def _pad_rows(batch, rows):
-    """batch [n, ...] zero-padded to [rows, ...] (rows >= n)."""
-    return np.concatenate([batch, np.zeros((rows - len(batch),) + batch.shape[1:], batch.dtype)])
-
-
 def extract_features(backbone, dataset, image_size=224, batch_size=64, max_images=None):
     """Frozen-backbone features of a labelled dataset: tf.data decodes and resizes, the Keras 3 model
     (JAX) computes on numpy batches.
@@ -61,14 +56,12 @@ def extract_features(backbone, dataset, image_size=224, batch_size=64, max_image
     pairs = dataset.map(_image_label, num_parallel_calls=tf.data.AUTOTUNE)
     if max_images:
         pairs = pairs.take(max_images)
-    multiple = export.device_count()
-    batch_size = -(-max(1, int(batch_size)) // multiple) * multiple
+    batch_size = export.rows_per_pass(batch_size)
     batches = (pairs.map(lambda im, y: (_resize_center(im, image_size), tf.cast(y, tf.int64)),
                          num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE))
     features, labels = [], []
     for images, y in batches.as_numpy_iterator():
-        out = backbone.predict_on_batch(export.shard_batch(_pad_rows(images, batch_size)))
-        features.append(np.asarray(out, np.float32)[:len(images)].reshape(len(images), -1))
+        features.append(export.predict_padded(backbone, images, batch_size).reshape(len(images), -1))
         labels.append(y.reshape(-1))
     if not labels:
         raise ValueError("extract_features: the dataset is empty")

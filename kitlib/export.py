@@ -151,6 +151,20 @@ def shard_batch(batch):
     return keras.distribution.distribute_tensor(batch, distribution.get_data_layout(batch.shape))
 
 
+def rows_per_pass(batch_size):
+    """``batch_size`` rounded up to a multiple of the device count: every forward pass splits evenly."""
+    multiple = device_count()
+    return -(-max(1, int(batch_size)) // multiple) * multiple
+
+
+def predict_padded(model, batch, rows):
+    """``model`` on a numpy batch [n, ...] (n <= rows) zero-padded to ``rows`` and laid out over the
+    devices, so every pass has one compiled shape; returns float32 numpy outputs of the n real rows."""
+    batch = np.asarray(batch)
+    padded = np.concatenate([batch, np.zeros((rows - len(batch),) + batch.shape[1:], batch.dtype)])
+    return np.asarray(model.predict_on_batch(shard_batch(padded)), np.float32)[:len(batch)]
+
+
 class Classifier:
     """A loaded classifier: ``predict_proba(images)`` plus its ``class_names``, ``image_size`` and ``model``."""
 
@@ -182,13 +196,10 @@ class Classifier:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected images [N, {self.image_size}, {self.image_size}, 3], got {list(images.shape)}")
-        multiple = device_count()
-        chunk = -(-max(1, int(batch_size)) // multiple) * multiple
+        chunk = rows_per_pass(batch_size)
         parts = []
         for start in range(0, len(images), chunk):
-            part = images[start:start + chunk]
-            padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], np.float32)])
-            out = np.asarray(self.model.predict_on_batch(shard_batch(padded)), np.float32)[:len(part)]
+            out = predict_padded(self.model, images[start:start + chunk], chunk)
             parts.append(_softmax(out) if self.outputs == "logits" else out)
         return np.concatenate(parts) if parts else np.zeros([0, len(self.class_names)], np.float32)
 
