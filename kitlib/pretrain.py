@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from kitlib import backbones, color, multicrop, data, runtime
+from kitlib import backbones, color, data, export, multicrop, runtime
 from kitlib.compat import keras
 from kitlib.optim import WarmupCosine, build_optimizer, swav_learning_rate
 from kitlib.swav import SwAVModel, suggest_num_prototypes
@@ -319,30 +319,10 @@ def _write_config(out_dir, record):
         json.dump(record, f, indent=2)
 
 
-def float32_copy(model):
-    """The same Functional model with every layer computing in float32 (weights copied).
-
-    A backbone trained under mixed_bfloat16 exports a float32 model, so it fine-tunes on any device.
-    """
-    def strip(config):
-        if isinstance(config, dict):
-            if config.get("class_name") == "DTypePolicy":
-                return "float32"
-            return {k: strip(v) for k, v in config.items()}
-        if isinstance(config, list):
-            return [strip(v) for v in config]
-        return config
-
-    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model._flatten_layers()):
-        return model
-    copy = model.__class__.from_config(strip(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def export_backbone(backbone, path):
-    """The backbone as a float32 ``.keras`` file for `kitlib.backbones.load`; returns the path."""
-    return backbones.save(float32_copy(backbone), path)
+    """The backbone as a float32 ``.keras`` file for `kitlib.backbones.load` (a backbone trained under
+    mixed_bfloat16 is saved as float32, so it fine-tunes on any device); returns the path."""
+    return backbones.save(export.with_dtype_policy(backbone, "float32"), path)
 
 
 def _build_model(config, net):
