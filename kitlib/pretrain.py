@@ -218,10 +218,9 @@ class _CheckpointAndHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor.nan_epoch is not None:
             return  # never overwrite the last good state with a diverged one
-        optimizer = self.model.optimizer
-        lr = optimizer.learning_rate
         row = {k: float(v) for k, v in (logs or {}).items()}
-        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(lr(optimizer.iterations) if callable(lr) else lr))
+        # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
+        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
         append_history(self.history_path, row)
         save_state(self.model, self.state_path, epoch + 1)
 
@@ -355,9 +354,10 @@ def pretrain(config, rt=None, print_fn=print):
         raise ValueError("PretrainConfig needs data_dir and out_dir")
     rt = rt or runtime.setup(allow_cpu=config.allow_cpu, policy=config.mixed_precision, verbose=bool(config.verbose))
     files = data.list_tfrecords(config.data_dir)
-    config = config.resolve(data.count_data_items(files), rt.num_devices, rt.kind)
+    num_images = data.count_data_items(files)
+    config = config.resolve(num_images, rt.num_devices, rt.kind)
     record = dict(dataclasses.asdict(config), backend=keras.backend.backend(), devices=rt.num_devices,
-                  device_kind=rt.kind, policy=rt.policy, num_images=data.count_data_items(files),
+                  device_kind=rt.kind, policy=rt.policy, num_images=num_images,
                   steps_per_epoch=config.max_steps_per_epoch)
     _write_config(config.out_dir, record)
     if config.verbose:

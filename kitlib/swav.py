@@ -150,7 +150,7 @@ class UnitColumns(keras.constraints.Constraint):
     """
 
     def __call__(self, w):
-        return w / ops.sqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), 1e-24))
+        return ops.normalize(w, axis=0, epsilon=1e-12)
 
 
 class Prototypes(keras.layers.Layer):
@@ -282,8 +282,7 @@ class SwAVModel(keras.Model):
         features = [self.backbone(ops.concatenate(crops[s:e], axis=0) if e - s > 1 else crops[s], training=training)
                     for s, e in _resolution_groups(crops)]
         h = self.head(ops.concatenate(features, axis=0) if len(features) > 1 else features[0], training=training)
-        z = ops.cast(h, "float32")
-        z = z / ops.sqrt(ops.maximum(ops.sum(ops.square(z), axis=1, keepdims=True), 1e-24))
+        z = ops.normalize(ops.cast(h, "float32"), axis=1, epsilon=1e-12)
         frozen = (self.step < self.freeze_prototypes_niters) if training else False
         scores = self.prototypes(z, frozen=frozen)
         batch = crops[0].shape[0]
