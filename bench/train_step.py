@@ -40,10 +40,7 @@ class SupervisedMultiCrop(keras.Model):
         self.classifier = keras.layers.Dense(num_classes, dtype="float32")
 
     def call(self, crops, training=False):
-        crops = list(crops)
-        features = [self.backbone(ops.concatenate(crops[s:e], 0), training=training)
-                    for s, e in swav._resolution_groups(crops)]
-        return self.classifier(ops.concatenate(features, 0))
+        return self.classifier(swav.multicrop_features(self.backbone, list(crops), training))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         targets = ops.tile(y, [y_pred.shape[0] // y.shape[0]])

@@ -225,6 +225,19 @@ def _resolution_groups(crops):
     return groups
 
 
+def multicrop_features(backbone, crops, training=False):
+    """The backbone over V crops, one pass per run of equal-sized crops (swav ``idx_crops``).
+
+    Args:
+        backbone: images [N, H, W, 3] -> features [N, F]. crops: list of V [B, H_v, W_v, 3].
+    Returns:
+        features [V * B, F], crop-major (crop 0's B images first).
+    """
+    features = [backbone(ops.concatenate(crops[s:e], axis=0) if e - s > 1 else crops[s], training=training)
+                for s, e in _resolution_groups(crops)]
+    return ops.concatenate(features, axis=0) if len(features) > 1 else features[0]
+
+
 class SwAVModel(keras.Model):
     """Backbone + projection head + prototypes, trained with the SwAV loss by ``fit()`` on multi-crops.
 
@@ -279,9 +292,7 @@ class SwAVModel(keras.Model):
         crops = _crops_of(crops)
         if training and self.crop_augment is not None:
             crops = list(self.crop_augment(crops, training=True))
-        features = [self.backbone(ops.concatenate(crops[s:e], axis=0) if e - s > 1 else crops[s], training=training)
-                    for s, e in _resolution_groups(crops)]
-        h = self.head(ops.concatenate(features, axis=0) if len(features) > 1 else features[0], training=training)
+        h = self.head(multicrop_features(self.backbone, crops, training), training=training)
         z = ops.normalize(ops.cast(h, "float32"), axis=1, epsilon=1e-12)
         frozen = (self.step < self.freeze_prototypes_niters) if training else False
         scores = self.prototypes(z, frozen=frozen)
