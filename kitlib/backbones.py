@@ -67,10 +67,6 @@ def save(model, path):
     return path
 
 
-def _is_saved_model(path):
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
-
-
 def load(source, **resolve_kwargs):
     """A backbone from disk (or a handle), every weight trainable: [N, H, W, 3] in [0, 1] -> [N, F].
 
@@ -96,16 +92,10 @@ def load(source, **resolve_kwargs):
         from kitlib import resnetv2  # noqa: PLC0415
 
         return resnetv2.from_npz(source)
-    if not _is_saved_model(source):
-        from kitlib import bit  # noqa: PLC0415
+    from kitlib import bit, resnetv2  # noqa: PLC0415
 
-        if os.path.isdir(source):
-            kit_file = os.path.join(source, "backbone.keras")
-            if os.path.isfile(kit_file):  # a pretrain output folder
-                return load(kit_file)
-            raise ValueError(f"{source!r} is a folder but holds neither saved_model.pb nor backbone.keras; "
-                             "give a .keras / .npz file, a BiT SavedModel folder or a handle")
-        source = bit.resolve_backbone(source, **resolve_kwargs)
-    from kitlib import resnetv2  # noqa: PLC0415
-
-    return resnetv2.from_saved_model(source)
+    kit_file = os.path.join(source, "backbone.keras")
+    if os.path.isfile(kit_file):  # a pretrain output folder
+        return load(kit_file)
+    # a local BiT SavedModel folder, or a handle resolved to one (attached, cached or downloaded)
+    return resnetv2.from_saved_model(bit.resolve_backbone(source, **resolve_kwargs))

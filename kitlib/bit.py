@@ -499,7 +499,8 @@ def resolve_backbone(handle, cache_dir=None, input_root=KAGGLE_INPUT, reachable=
     if os.path.isdir(os.path.expanduser(handle)):
         path = os.path.expanduser(handle)
         if not _is_saved_model(path):
-            raise ValueError(f"backbone {handle!r} is a folder but holds no saved_model.pb; pass the folder of "
+            raise ValueError(f"backbone {handle!r} is a folder but holds no saved_model.pb (nor a pretrain "
+                             "backbone.keras); pass a .keras / .npz file, or the folder of "
                              "a TF2 SavedModel (the one that contains saved_model.pb and variables/)")
         return path
     remote = _remote_parts(handle)
