@@ -399,14 +399,9 @@ def make_tiny_backbone(path, name="small_cnn", seed=0):
     """
     if name not in TINY_BACKBONES:
         raise ValueError(f"unknown tiny backbone {name!r}; choose one of {', '.join(TINY_BACKBONES)}")
-    if name == "bit_tiny":
-        from kitlib import resnetv2  # noqa: PLC0415
+    from kitlib import backbones, resnetv2  # noqa: PLC0415
 
-        model = resnetv2.build_tiny()
-    else:
-        from kitlib import backbones  # noqa: PLC0415
-
-        model = backbones.build(name)
+    model = resnetv2.build_tiny() if name == "bit_tiny" else backbones.build(name)
     rng = np.random.default_rng(seed)
     weights = []
     for w in model.get_weights():
@@ -415,8 +410,6 @@ def make_tiny_backbone(path, name="small_cnn", seed=0):
             w = rng.normal(0.0, np.sqrt(2.0 / fan_in), w.shape).astype(w.dtype)
         weights.append(w)
     model.set_weights(weights)
-    from kitlib import backbones  # noqa: PLC0415
-
     return backbones.save(model, os.fspath(path))
 
 
