@@ -279,7 +279,7 @@ def _first_record_keys(path):
 
 
 def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classes=NUM_CLASSES,
-                 skip_corrupt=False):
+                 skip_corrupt=False, reproducible=False):
     """Read Cassava-format TFRecord shards in parallel.
 
     Args:
@@ -287,6 +287,8 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
         labeled: read "target" as "label" (train shards); False for test shards.
         ordered: keep file order and record order (deterministic); False reads shards
             interleaved as they stream in (faster).
+        reproducible: with ordered False, interleave the shards one record of each in turn, the same
+            order every run (training input that mixes shards and is a function of the seed).
         decode: decode images to uint8 [H, W, 3]; False keeps JPEG bytes for a later stage.
         num_classes: valid targets are 0..num_classes-1.
         skip_corrupt: drop records that have no image, non-image bytes, or a bad target, print
@@ -306,11 +308,12 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
         return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (path, i, rec))
 
     names = tf.data.Dataset.from_tensor_slices(files)
+    deterministic = ordered or reproducible
     if ordered:
         records = names.flat_map(records_of)
     else:
         records = names.interleave(records_of, cycle_length=min(len(files), 16),
-                                   num_parallel_calls=AUTOTUNE, deterministic=False)
+                                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
     def describe(path, index):
         return tf.strings.join(["record ", tf.strings.as_string(index), " of ", path])
@@ -319,7 +322,7 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
         return parse_example(serialized, labeled, decode, num_classes, with_name, describe(path, index))
 
     if not skip_corrupt:
-        return records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+        return records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
     skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
 
@@ -335,10 +338,10 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
             skipped.assign_add(1)
         return ok
 
-    dataset = (records.map(check, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    dataset = (records.map(check, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
                .filter(keep)
                .map(lambda p, i, ex, _: _to_output(ex, labeled, decode, with_name),
-                    num_parallel_calls=AUTOTUNE, deterministic=ordered))
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic))
     dataset.skipped = skipped
     return dataset
 

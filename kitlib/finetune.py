@@ -97,7 +97,9 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     elif tf.io.gfile.isdir(train_paths.tfrecords_dir):  # local or gs://
         files = data.list_tfrecords(source, "train")
         train_files, val_files = data.split_files(files, val_fraction, seed) if val_fraction else (files, [])
-        train = _read_shards(train_files, decode)
+        # shards mixed one record of each in turn, the same order every run: the batches are a function
+        # of the seed (the same run on 1 device and on 8)
+        train = data.load_dataset(train_files, decode=decode, reproducible=True)
         val = data.load_dataset(val_files, ordered=True, decode=decode) if val_files else None
         return Source(train, val, data.class_names_of(source), data.count_data_items(train_files),
                       data.count_data_items(val_files), _first_image_hw(train), "tfrecords")
@@ -118,19 +120,6 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     val_size = math.floor(total * val_fraction)  # what _split_examples selects, without reading the images
     train, val = _split_examples(dataset, val_fraction) if val_fraction else (dataset, None)
     return Source(train, val, tuple(class_names), total - val_size, val_size, _first_image_hw(train), kind)
-
-
-def _read_shards(files, decode=False):
-    """The records of every shard, in a fixed order that still mixes them: one record of each shard in
-    turn (round robin; a shard that runs out is skipped). The kit's parallel reader interleaves shards
-    as they stream in, in an order that changes from run to run; fine-tuning wants its batches to be a
-    function of the seed (the same run on 1 device and on 8), and a shuffle buffer over ALL shards, not
-    over one shard read after the other."""
-    if len(files) == 1:
-        return data.load_dataset(files, ordered=True, decode=decode)
-    shards = [data.load_dataset([path], ordered=True, decode=decode) for path in files]
-    turns = tf.data.Dataset.range(len(shards)).repeat()
-    return tf.data.Dataset.choose_from_datasets(shards, turns, stop_on_empty_dataset=False)
 
 
 def _first_image_hw(dataset):

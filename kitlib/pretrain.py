@@ -264,12 +264,12 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None)
     Args:
         files: TFRecord shards (``kitlib.data.list_tfrecords``). crops: spec or MultiCropConfig.
         global_batch: images per step over all devices. augmentation: "host" | "device" | "none".
-        seed: int for a reproducible order and crops (None: shards interleaved as they come).
+        seed: int for a reproducible order and crops (None: shards interleaved as they stream in).
     """
     if augmentation not in _AUGMENT_MODES:
         raise ValueError(f"augmentation must be 'host', 'device' or 'none', got {augmentation!r}")
-    # a seed asks for a reproducible run: shards read in order (slightly slower than interleaved)
-    records = data.load_dataset(files, labeled=False, decode=False, ordered=seed is not None)
+    # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
+    records = data.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
     num_images = data.count_data_items(files)
     if num_images <= _CACHE_LIMIT:
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards

@@ -296,3 +296,18 @@ def test_make_sample_reproduces_the_bundled_sample_byte_for_byte(tmp_path, sampl
     assert total <= 5 * 1024 * 1024
     with open(os.path.join(sample_dir, "label_num_to_disease_map.json")) as f:
         assert json.load(f)["4"] == "Healthy"
+
+
+def test_reproducible_reading_mixes_the_shards_in_the_same_order_every_time(sample_dir):
+    files = data.list_tfrecords(sample_dir)  # 4 shards of 25 records
+
+    def names():
+        return [n.decode() for n in data.load_dataset(files, decode=False, reproducible=True)
+                .map(lambda ex: ex["image_name"]).as_numpy_iterator()]
+
+    first, second = names(), names()
+    assert first == second and len(first) == len(set(first)) == 100
+    in_file_order = [n.decode() for n in data.load_dataset(files, decode=False, ordered=True)
+                     .map(lambda ex: ex["image_name"]).as_numpy_iterator()]
+    # one record of each shard in turn: the first four come from the four shards' first records
+    assert first[:4] == in_file_order[0:100:25] and sorted(first) == sorted(in_file_order)
