@@ -23,6 +23,10 @@ Modules, one concern each:
     export      the fine-tuned classifier on disk, read back offline.
     submission  ``python -m kitlib predict``: TTA predictions -> validated submission.csv.
     demo        ``python -m kitlib demo``: pretrain -> fine-tune -> submission on the sample.
+    kaggle_cli  ``python -m kitlib kaggle``: download, publish-kit, push, status, output.
+    kaggle_api  Kaggle credentials, the authenticated API, API failures as one line with the fix.
+    kaggle_kernels  a notebook as a kernel folder, the kit as a dataset (what is uploaded).
+    layout      does a folder hold the competition's files (check_layout).
     viz         the notebooks' plots.
     cli         ``python -m kitlib <command>``.
 """

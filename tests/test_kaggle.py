@@ -31,7 +31,7 @@ import nbformat
 import pytest
 import requests
 
-from kitlib import cli, kaggle_cli
+from kitlib import cli, kaggle_api, kaggle_cli, kaggle_kernels, layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "kit-tester"
@@ -182,7 +182,7 @@ def test_push_strips_stale_notebook_metadata_and_outputs(tmp_path):
     code_cell["metadata"] = {"execution": {"iopub.execute_input": "2025-01-01"}, "papermill": {"duration": 3},
                              "tags": ["keep"]}
     before = json.dumps(nb)
-    clean = kaggle_cli.clean_notebook(nb)
+    clean = kaggle_kernels.clean_notebook(nb)
     assert json.dumps(nb) == before  # the input is not modified
     assert "kaggle" not in clean["metadata"]
     assert clean["metadata"]["kernelspec"]["name"] == "python3"
@@ -190,20 +190,20 @@ def test_push_strips_stale_notebook_metadata_and_outputs(tmp_path):
     assert clean["cells"][1]["metadata"] == {"tags": ["keep"]}
     dirty = tmp_path / "01_pretrain_swav_tpu.ipynb"
     dirty.write_text(before, encoding="utf-8")
-    meta = kaggle_cli.kernel_metadata(str(dirty), USER, "tpu", True)
+    meta = kaggle_kernels.kernel_metadata(str(dirty), USER, "tpu", True)
     out = tmp_path / "kernel"
-    kaggle_cli.write_kernel_folder(str(dirty), meta, str(out))
+    kaggle_kernels.write_kernel_folder(str(dirty), meta, str(out))
     written = read_folder(out)[1]
     assert written == clean
     nbformat.validate(nbformat.from_dict(written))
     # Writing again replaces the folder; an unrelated non-empty folder is refused and left alone.
-    kaggle_cli.write_kernel_folder(str(dirty), dict(meta, title="kitlib 01 again"), str(out))
+    kaggle_kernels.write_kernel_folder(str(dirty), dict(meta, title="kitlib 01 again"), str(out))
     assert read_folder(out)[0]["title"] == "kitlib 01 again"
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(kaggle_cli.KaggleCommandError, match="not empty"):
-        kaggle_cli.write_kernel_folder(str(dirty), meta, str(other))
+    with pytest.raises(kaggle_api.KaggleCommandError, match="not empty"):
+        kaggle_kernels.write_kernel_folder(str(dirty), meta, str(other))
     assert os.listdir(other) == ["keep.txt"]
     assert sorted(os.listdir(tmp_path)) == ["01_pretrain_swav_tpu.ipynb", "kernel", "other"]  # no temp leftovers
 
@@ -214,7 +214,7 @@ def test_push_strips_stale_notebook_metadata_and_outputs(tmp_path):
 @pytest.fixture
 def real_api(fake_env):
     """The `kaggle` package's KaggleApi, authenticated with the fake credentials (no network)."""
-    return kaggle_cli.authenticated_api()
+    return kaggle_api.authenticated_api()
 
 
 class _Recorder:
@@ -478,12 +478,12 @@ def test_output_fetches_into_a_new_folder(fake_env, capsys):
 def test_check_layout_on_the_sample(sample_dir):
     from kitlib import data  # noqa: PLC0415
 
-    layout = kaggle_cli.check_layout(sample_dir)
-    assert layout.shards == {"train": 4, "test": 1} and layout.records == {"train": 100, "test": 15}
-    assert layout.images == {"train": 100, "test": 15} and layout.csv_rows == 100
-    assert layout.classes == data.CLASS_NAMES
-    assert layout.missing == [] and layout.problems == [] and layout.complete
-    text = "\n".join(kaggle_cli.describe_layout(layout))
+    found = layout.check_layout(sample_dir)
+    assert found.shards == {"train": 4, "test": 1} and found.records == {"train": 100, "test": 15}
+    assert found.images == {"train": 100, "test": 15} and found.csv_rows == 100
+    assert found.classes == data.CLASS_NAMES
+    assert found.missing == [] and found.problems == [] and found.complete
+    text = "\n".join(layout.describe_layout(found))
     assert "4 shards, 100 records" in text and "5 classes" in text and "layout complete" in text
 
 
@@ -491,12 +491,12 @@ def test_check_layout_says_what_is_missing(sample_dir, tmp_path):
     shutil.copytree(os.path.join(sample_dir, "train_tfrecords"), tmp_path / "train_tfrecords")
     shutil.copy(os.path.join(sample_dir, "train.csv"), tmp_path / "train.csv")
     (tmp_path / "train_tfrecords" / "extra.tfrec").write_bytes(b"")  # a shard name without a count
-    layout = kaggle_cli.check_layout(tmp_path)
-    assert layout.missing == ["train_images/", "test_tfrecords/", "test_images/", "label_num_to_disease_map.json",
-                              "sample_submission.csv"]
-    assert len(layout.problems) == 1 and "extra.tfrec" in layout.problems[0] and not layout.complete
-    assert layout.shards == {"train": 5} and "train" not in layout.records
-    text = "\n".join(kaggle_cli.describe_layout(layout))
+    found = layout.check_layout(tmp_path)
+    assert found.missing == ["train_images/", "test_tfrecords/", "test_images/", "label_num_to_disease_map.json",
+                             "sample_submission.csv"]
+    assert len(found.problems) == 1 and "extra.tfrec" in found.problems[0] and not found.complete
+    assert found.shards == {"train": 5} and "train" not in found.records
+    text = "\n".join(layout.describe_layout(found))
     assert "5 shards, ? (uncounted) records" in text and "missing: test_images/" in text and "layout incomplete" in text
     assert sorted(os.listdir(tmp_path)) == ["train.csv", "train_tfrecords"]  # reads only
 
@@ -528,7 +528,7 @@ def test_push_errors_are_one_line(fake_env, capsys, argv, expected):
 def test_missing_credentials_is_one_line_with_the_fix(no_credentials, capsys, argv):
     out = no_credentials / "out"
     code, stdout, err = run_kaggle(capsys, *[str(out) if a == "OUT" else a for a in argv],
-                                   get_api=kaggle_cli.authenticated_api)
+                                   get_api=kaggle_api.authenticated_api)
     assert code == 2 and stdout == ""
     (line,) = err.strip().splitlines()
     assert "no Kaggle credentials found" in line and "~/.kaggle/kaggle.json" in line
@@ -538,21 +538,21 @@ def test_missing_credentials_is_one_line_with_the_fix(no_credentials, capsys, ar
 
 def test_push_dry_run_needs_no_credentials(no_credentials, capsys):
     out = no_credentials / "kernel"
-    code, stdout, _ = run_kaggle(capsys, "push", "01", "--dry-run", "--out", out, get_api=kaggle_cli.authenticated_api)
+    code, stdout, _ = run_kaggle(capsys, "push", "01", "--dry-run", "--out", out, get_api=kaggle_api.authenticated_api)
     assert code == 0
     assert read_folder(out)[0] == expected_metadata("01", "tpu", owner=kaggle_cli.OWNER_PLACEHOLDER)
     assert "placeholder" in stdout
 
 
 def test_a_403_on_push_and_a_401_are_explained():
-    assert "403 Forbidden" in kaggle_cli.explain_api_error(_http_error(403), "push u/kitlib-01")
-    line = kaggle_cli.explain_api_error(_http_error(401), "download x", competition="x")
+    assert "403 Forbidden" in kaggle_api.explain_api_error(_http_error(403), "push u/kitlib-01")
+    line = kaggle_api.explain_api_error(_http_error(401), "download x", competition="x")
     assert "401 Unauthorized" in line and "https://www.kaggle.com/settings" in line
     denied = ValueError("Cannot access kernel 'u/k' (Permission 'kernels.get' was denied). The most likely cause ...")
-    line = kaggle_cli.explain_api_error(denied, "read the status of u/k")
+    line = kaggle_api.explain_api_error(denied, "read the status of u/k")
     assert "(Cannot access kernel 'u/k' (Permission 'kernels.get' was denied))" in line and "OWNER/SLUG" in line
     assert "most likely" not in line
-    assert "check the internet" in kaggle_cli.explain_api_error(requests.ConnectionError("no route"), "push x")
+    assert "check the internet" in kaggle_api.explain_api_error(requests.ConnectionError("no route"), "push x")
 
 
 # ============ credentials ============
@@ -561,17 +561,17 @@ def test_a_403_on_push_and_a_401_are_explained():
 def test_find_credentials_never_holds_the_key(tmp_path):
     home = tmp_path / "home"
     (home / ".kaggle").mkdir(parents=True)
-    assert kaggle_cli.find_credentials({}, str(home)) is None
+    assert kaggle_api.find_credentials({}, str(home)) is None
     (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "ann"}))
-    assert kaggle_cli.find_credentials({}, str(home)) is None  # no key: incomplete
+    assert kaggle_api.find_credentials({}, str(home)) is None  # no key: incomplete
     (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "ann", "key": SECRET}))
-    found = kaggle_cli.find_credentials({}, str(home))
+    found = kaggle_api.find_credentials({}, str(home))
     assert found.username == "ann" and SECRET not in repr(found)
     env = {"KAGGLE_USERNAME": "bob", "KAGGLE_KEY": SECRET}
-    assert kaggle_cli.find_credentials(env, str(home)) == kaggle_cli.Credentials("KAGGLE_USERNAME/KAGGLE_KEY", "bob")
-    assert kaggle_cli.kaggle_config_dir({"KAGGLE_CONFIG_DIR": "/x"}, str(home)) == "/x"
-    assert kaggle_cli.kaggle_config_dir({}, str(tmp_path / "fresh"), "linux") == str(tmp_path / "fresh/.config/kaggle")
-    assert kaggle_cli.redact(f"error {SECRET}", {"KAGGLE_KEY": SECRET}) == "error ***"
+    assert kaggle_api.find_credentials(env, str(home)) == kaggle_api.Credentials("KAGGLE_USERNAME/KAGGLE_KEY", "bob")
+    assert kaggle_api.kaggle_config_dir({"KAGGLE_CONFIG_DIR": "/x"}, str(home)) == "/x"
+    assert kaggle_api.kaggle_config_dir({}, str(tmp_path / "fresh"), "linux") == str(tmp_path / "fresh/.config/kaggle")
+    assert kaggle_api.redact(f"error {SECRET}", {"KAGGLE_KEY": SECRET}) == "error ***"
 
 
 def test_credentials_never_appear_in_any_output_or_file(stand_in, capsys, fake_env):
