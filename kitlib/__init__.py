@@ -9,7 +9,8 @@ Modules, one concern each:
     runtime     devices, DataParallel, precision policy, refusing a hidden accelerator, data paths.
     backbones   every backbone (small CNN, ResNet-50, BiT) built, saved and loaded from any source.
     resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
-    data        Cassava TFRecords / JPEG folders / tfds: reading, writing, validating.
+    data        the competition layout; Cassava TFRecords read, validated and written.
+    sources     JPEG folder + CSV, class folders, tfds, and the test images wherever they are.
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
     multicrop   SwAV multi-crop geometry and tf.data pipeline: every crop of an example from one image.
     color       SwAV colour jitter, grayscale and blur: ColorConfig, the host path, the ColorAugment layer.

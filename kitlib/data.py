@@ -1,6 +1,7 @@
-"""The Cassava data layer: TFRecord shards, JPEG folders and tfds, read and written the same way.
+"""The Cassava data layer: the competition's layout, and its TFRecord shards read, checked and written.
 
-Every loader returns a ``tf.data.Dataset`` of dicts with the same keys:
+Every loader of the kit (here, and the JPEG folders, class folders, tfds and test sets of ``kitlib.sources``)
+returns a ``tf.data.Dataset`` of dicts with the same keys:
     "image":      uint8 [H, W, 3] (RGB; grayscale and PNG are made RGB), or the raw encoded bytes
                   (a scalar tf.string) with ``decode=False`` so a later stage decodes once at the
                   scale it needs (see ``kitlib.multicrop``);
@@ -20,9 +21,7 @@ to get them as a ``DataError`` without TensorFlow's stack trace.
 """
 
 import contextlib
-import csv
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -44,7 +43,6 @@ _SHARD_COUNT = re.compile(r"-(\d+)\.tfrec(?:ord)?$")
 _DEFAULT_SHARD_SIZE = 1_000  # images per shard when writing; the competition used ~1,300
 AUTOTUNE = tf.data.AUTOTUNE  # the kit's one spelling of tf.data.AUTOTUNE
 LABEL_MAP_FILE = "label_num_to_disease_map.json"
-TEST_SOURCE_KINDS = ("auto", "images", "tfrecords")
 
 
 class DataError(ValueError):
@@ -196,8 +194,8 @@ def check_tfrecord_framing(path):
 # ============ parsing ============
 
 
-def _has_image_magic(data):
-    """True when the bytes start like a JPEG, PNG, GIF or BMP file."""
+def has_image_magic(data):
+    """Scalar bool tensor: True when the bytes (a scalar tf.string) start like a JPEG, PNG, GIF or BMP file."""
     head = tf.strings.substr(data, 0, 4)
     return tf.reduce_any(tf.stack([
         tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
@@ -232,7 +230,7 @@ def _problem(example, labeled, num_classes):
         problem = tf.where(target >= num_classes,
                            tf.strings.join(["has target ", tf.strings.as_string(target),
                                             f" outside the classes 0..{num_classes - 1}"]), problem)
-    problem = tf.where(tf.logical_not(_has_image_magic(example["image"])),
+    problem = tf.where(tf.logical_not(has_image_magic(example["image"])),
                        "has an 'image' that is not JPEG/PNG/GIF/BMP bytes", problem)
     problem = tf.where(tf.strings.length(example["image"]) == 0, "has no 'image' feature", problem)
     return problem
@@ -278,6 +276,50 @@ def _first_record_keys(path):
     raise DataError(f"{path}: shard holds no records; remove it or write it again")
 
 
+def _describe(path, index):
+    """"record {index} of {path}" (tf.string), how messages name a record."""
+    return tf.strings.join(["record ", tf.strings.as_string(index), " of ", path])
+
+
+def _shard_records(files, ordered, deterministic):
+    """(path, index in its shard, serialized record) triples of every shard: shard after shard when
+    ``ordered``, else up to 16 shards interleaved (one record of each in turn when ``deterministic``)."""
+    def records_of(path):
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (path, i, rec))
+
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if ordered:
+        return names.flat_map(records_of)
+    return names.interleave(records_of, cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+                            deterministic=deterministic)
+
+
+def _without_corrupt(records, labeled, decode, num_classes, with_name, deterministic):
+    """The kit's dicts of the usable records; each record dropped is printed and counted in the returned
+    dataset's ``skipped`` (an int64 tf.Variable)."""
+    features = _features(labeled, with_name)
+    skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
+
+    def check(path, index, serialized):
+        example = tf.io.parse_single_example(serialized, features)
+        return path, index, example, _problem(example, labeled, num_classes)
+
+    def keep(path, index, example, problem):
+        ok = tf.strings.length(problem) == 0
+        if not ok:
+            tf.print(tf.strings.join(["kitlib: skipping ", _describe(path, index), " (", problem, ")"]),
+                     output_stream=sys.stderr)
+            skipped.assign_add(1)
+        return ok
+
+    dataset = (records.map(check, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+               .filter(keep)
+               .map(lambda p, i, ex, _: _to_output(ex, labeled, decode, with_name),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic))
+    dataset.skipped = skipped
+    return dataset
+
+
 def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classes=NUM_CLASSES,
                  skip_corrupt=False, reproducible=False):
     """Read Cassava-format TFRecord shards in parallel.
@@ -302,48 +344,15 @@ def load_dataset(filenames, labeled=True, ordered=False, decode=True, num_classe
         if "://" not in path:
             check_tfrecord_framing(path)
     with_name = "image_name" in _first_record_keys(files[0])
-    features = _features(labeled, with_name)
-
-    def records_of(path):
-        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, rec: (path, i, rec))
-
-    names = tf.data.Dataset.from_tensor_slices(files)
     deterministic = ordered or reproducible
-    if ordered:
-        records = names.flat_map(records_of)
-    else:
-        records = names.interleave(records_of, cycle_length=min(len(files), 16),
-                                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-    def describe(path, index):
-        return tf.strings.join(["record ", tf.strings.as_string(index), " of ", path])
+    records = _shard_records(files, ordered, deterministic)
+    if skip_corrupt:
+        return _without_corrupt(records, labeled, decode, num_classes, with_name, deterministic)
 
     def parse(path, index, serialized):
-        return parse_example(serialized, labeled, decode, num_classes, with_name, describe(path, index))
+        return parse_example(serialized, labeled, decode, num_classes, with_name, _describe(path, index))
 
-    if not skip_corrupt:
-        return records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-    skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
-
-    def check(path, index, serialized):
-        example = tf.io.parse_single_example(serialized, features)
-        return path, index, example, _problem(example, labeled, num_classes)
-
-    def keep(path, index, example, problem):
-        ok = tf.strings.length(problem) == 0
-        if not ok:
-            tf.print(tf.strings.join(["kitlib: skipping ", describe(path, index), " (", problem, ")"]),
-                     output_stream=sys.stderr)
-            skipped.assign_add(1)
-        return ok
-
-    dataset = (records.map(check, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-               .filter(keep)
-               .map(lambda p, i, ex, _: _to_output(ex, labeled, decode, with_name),
-                    num_parallel_calls=AUTOTUNE, deterministic=deterministic))
-    dataset.skipped = skipped
-    return dataset
+    return records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
 @contextlib.contextmanager
@@ -369,231 +378,6 @@ def explain_errors():
             raise DataError(f"an image could not be decoded ({err.message.splitlines()[0]}); the file is "
                             "corrupt or truncated: replace it, or use skip_corrupt=True") from None
         raise
-
-
-# ============ test sets: a data dir, a JPEG folder, TFRecords, a dataset ============
-
-
-@dataclasses.dataclass
-class UnlabeledSource:
-    """Test images to predict, in a fixed order (``open_test_source``)."""
-
-    dataset: tf.data.Dataset  # dicts with "image" uint8 [H, W, 3] and "image_name", in a fixed order
-    count: int  # number of images, or None when unknown
-    kind: str  # "images", "tfrecords" or "dataset"
-    where: str  # what was read, for messages
-
-
-def _image_files(folder):
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-
-
-def _test_shards(files, where):
-    files = resolve_files(files, what="test TFRecord files")
-    try:
-        count = count_data_items(files)
-    except DataError:  # shard names without a count: progress without a total
-        count = None
-    return UnlabeledSource(load_dataset(files, labeled=False, ordered=True), count, "tfrecords", where)
-
-
-def _test_folder(folder):
-    return UnlabeledSource(load_jpeg_csv(folder), len(_image_files(folder)), "images", folder)
-
-
-def open_test_source(source, kind="auto"):
-    """The test images of ``source`` as an ``UnlabeledSource``, in a fixed order.
-
-    Args:
-        source: one of
-            - a data dir with ``test_images/`` and/or ``test_tfrecords/`` (the competition layout);
-              kind "auto" prefers ``test_images/`` (the folder Kaggle fills with the hidden test set);
-            - a folder of images (.jpg/.png/...), read in file-name order;
-            - a folder of ``*.tfrec`` shards, a glob pattern or a list of shard paths (file order,
-              then record order); records need "image" and "image_name";
-            - a ``tf.data.Dataset`` of kit dicts with "image" (uint8) and "image_name".
-        kind: "auto", "images" or "tfrecords".
-    Returns:
-        ``UnlabeledSource``.
-    """
-    if kind not in TEST_SOURCE_KINDS:
-        raise ValueError(f"kind={kind!r}; choose from {', '.join(TEST_SOURCE_KINDS)}")
-    if isinstance(source, tf.data.Dataset):
-        return UnlabeledSource(source, None, "dataset", "a tf.data.Dataset")
-    if isinstance(source, (list, tuple)):
-        return _test_shards(list(source), f"{len(source)} shard(s)")
-    source = os.fspath(source)
-    if not os.path.isdir(source):
-        return _test_shards(source, source)  # a glob pattern (or one shard)
-    test = split_paths(source, "test")
-    if kind in ("auto", "images") and os.path.isdir(test.images_dir):
-        return _test_folder(test.images_dir)
-    if kind in ("auto", "tfrecords") and glob.glob(test.shards):
-        return _test_shards(test.shards, test.shards)
-    if kind in ("auto", "images") and _image_files(source):
-        return _test_folder(source)
-    if kind in ("auto", "tfrecords") and glob.glob(os.path.join(source, "*.tfrec")):
-        pattern = os.path.join(source, "*.tfrec")
-        return _test_shards(pattern, pattern)
-    raise DataError(f"{source}: no test {'images or TFRecords' if kind == 'auto' else kind} found; pass a "
-                    "data dir with test_images/ or test_tfrecords/, a folder of images, or *.tfrec shards")
-
-
-def load_test_images(source, limit=None, kind="auto"):
-    """The first ``limit`` test images of ``source`` in prediction order: (ids [n] str, uint8 arrays [H, W, 3])."""
-    dataset = open_test_source(source, kind).dataset
-    if limit is not None:
-        dataset = dataset.take(limit)
-    ids, images = [], []
-    with explain_errors():
-        for example in dataset:
-            ids.append(example["image_name"].numpy().decode())
-            images.append(example["image"].numpy())
-    return ids, images
-
-
-# ============ other sources: JPEG folder + CSV, one folder per class, tfds ============
-
-
-def _read_image_file(path, source):
-    data = tf.io.read_file(path)
-    check = tf.debugging.Assert(_has_image_magic(data),
-                                [tf.strings.join(["kitlib: ", source, " is not a JPEG/PNG/GIF/BMP image; "
-                                                  "remove or replace it."])])
-    with tf.control_dependencies([check]):
-        return tf.identity(data)
-
-
-def _files_dataset(paths, names, labels, decode):
-    columns = {"path": list(paths), "image_name": list(names)}
-    if labels is not None:
-        columns["label"] = tf.constant(labels, tf.int32)
-
-    def load(row):
-        data = _read_image_file(row["path"], tf.strings.join(["file ", row["path"]]))
-        out = {"image": decode_image(data) if decode else data, "image_name": row["image_name"]}
-        if "label" in row:
-            out["label"] = row["label"]
-        return out
-
-    return tf.data.Dataset.from_tensor_slices(columns).map(load, num_parallel_calls=AUTOTUNE)
-
-
-def load_jpeg_csv(images_dir, csv_path=None, num_classes=NUM_CLASSES, decode=True):
-    """``train_images/`` + ``train.csv`` (image_id,label), or a test folder without CSV.
-
-    Args:
-        images_dir: folder of images named by ``image_id``.
-        csv_path: CSV with header ``image_id,label``; None lists every image in the folder
-            (unlabelled, for ``test_images/``).
-        num_classes: valid labels are 0..num_classes-1.
-        decode: as in ``load_dataset``.
-    Returns:
-        ``tf.data.Dataset`` of dicts, in CSV (or file-name) order.
-    """
-    images_dir = os.fspath(images_dir)
-    if not os.path.isdir(images_dir):
-        raise DataError(f"{images_dir}: image folder not found")
-    if csv_path is None:
-        names = _image_files(images_dir)
-        if not names:
-            raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
-        return _files_dataset([os.path.join(images_dir, n) for n in names], names, None, decode)
-    names, labels = [], []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path}: expected a header 'image_id,label', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise DataError(f"{csv_path}, line {line}: label {row['label']!r} is not an integer") from None
-            if not 0 <= label < num_classes:
-                raise DataError(f"{csv_path}, line {line}: label {label} outside the classes 0..{num_classes - 1}")
-            path = os.path.join(images_dir, row["image_id"])
-            if not os.path.isfile(path):
-                raise DataError(f"{csv_path}, line {line}: image {path} does not exist")
-            names.append(row["image_id"])
-            labels.append(label)
-    if not names:
-        raise DataError(f"{csv_path}: no rows after the header")
-    return _files_dataset([os.path.join(images_dir, n) for n in names], names, labels, decode)
-
-
-def load_image_folder(root, decode=True):
-    """One sub-folder per class (``root/<class name>/*.jpg``), classes in sorted folder order.
-
-    Returns:
-        (dataset, class_names): the dataset of dicts (labelled) and the folder names in label order.
-    """
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: folder not found")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise DataError(f"{root}: no class sub-folders; expected root/<class name>/<image>.jpg")
-    paths, names, labels = [], [], []
-    for label, cls in enumerate(classes):
-        files = sorted(n for n in os.listdir(os.path.join(root, cls)) if n.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise DataError(f"{os.path.join(root, cls)}: class folder holds no images")
-        paths += [os.path.join(root, cls, n) for n in files]
-        names += [f"{cls}/{n}" for n in files]
-        labels += [label] * len(files)
-    return _files_dataset(paths, names, labels, decode), tuple(classes)
-
-
-@contextlib.contextmanager
-def _tfds_gcs_disabled():
-    """Stop tfds from asking GCS for metadata (it retries for minutes offline); restores the flag."""
-    from tensorflow_datasets.core.utils import gcs_utils
-
-    before = gcs_utils._is_gcs_disabled
-    gcs_utils._is_gcs_disabled = True
-    try:
-        yield
-    finally:
-        gcs_utils._is_gcs_disabled = before
-
-
-def load_tfds(name, data_dir=None, download=False, split="train"):
-    """A tfds dataset with (image, label) supervised keys as the kit's dicts.
-
-    Offline (``download=False``, the default) it only reads a dataset already prepared in
-    ``data_dir`` and fails at once otherwise, instead of retrying the network for minutes.
-
-    Returns:
-        (dataset, class_names).
-    """
-    import tensorflow_datasets as tfds
-
-    if not download:
-        with _tfds_gcs_disabled():
-            try:
-                builder = tfds.builder(name, data_dir=data_dir)
-            except Exception as err:  # unknown name, or a builder that needs the network
-                raise DataError(f"tfds dataset {name!r} cannot be opened offline ({err}); "
-                                "check the name or pass download=True with internet") from None
-            if not builder.is_prepared():
-                raise DataError(
-                    f"tfds dataset {name!r} is not prepared in {builder.data_dir}; with the internet off "
-                    "nothing can be downloaded. Prepare it where there is internet (download=True), "
-                    "attach that folder (e.g. as a Kaggle dataset) and pass data_dir=...")
-            dataset = builder.as_dataset(split=split, as_supervised=True)
-    else:
-        builder = tfds.builder(name, data_dir=data_dir)
-        builder.download_and_prepare()
-        dataset = builder.as_dataset(split=split, as_supervised=True)
-    label_feature = builder.info.features[builder.info.supervised_keys[1]]
-    class_names = tuple(getattr(label_feature, "names", ()) or ())
-
-    def to_dict(image, label):
-        if image.shape.rank == 3 and image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        return {"image": image, "label": tf.cast(label, tf.int32)}
-
-    return dataset.map(to_dict, num_parallel_calls=AUTOTUNE), class_names
 
 
 # ============ writing ============

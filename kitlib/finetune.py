@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from kitlib import bit, data, export, losses
+from kitlib import bit, data, export, losses, sources
 from kitlib.compat import keras, tf
 
 TFDS_PREFIX = "tfds:"
@@ -92,7 +92,7 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
     source = os.fspath(source)
     train_paths = data.split_paths(source, "train")
     if source.startswith(TFDS_PREFIX):
-        dataset, class_names = data.load_tfds(source[len(TFDS_PREFIX):], data_dir=tfds_data_dir)
+        dataset, class_names = sources.load_tfds(source[len(TFDS_PREFIX):], data_dir=tfds_data_dir)
         kind = "tfds"
     elif tf.io.gfile.isdir(train_paths.tfrecords_dir):  # local or gs://
         files = data.list_tfrecords(source, "train")
@@ -105,11 +105,11 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
                       data.count_data_items(val_files), _first_image_hw(train), "tfrecords")
     elif os.path.isfile(train_paths.csv) and os.path.isdir(train_paths.images_dir):
         class_names = data.class_names_of(source)
-        dataset = data.load_jpeg_csv(train_paths.images_dir, train_paths.csv,
+        dataset = sources.load_jpeg_csv(train_paths.images_dir, train_paths.csv,
                                      num_classes=len(class_names), decode=decode)
         kind = "jpeg_csv"
     elif os.path.isdir(source):
-        dataset, class_names = data.load_image_folder(source, decode=decode)
+        dataset, class_names = sources.load_image_folder(source, decode=decode)
         kind = "image_folder"
     else:
         raise data.DataError(f"{source}: no such folder. Pass a folder with train_tfrecords/, or train.csv + "

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from kitlib import bit, data, export
+from kitlib import bit, data, export, sources
 from kitlib.compat import tf
 
 HEADER = ("image_id", "label")
@@ -128,10 +128,10 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     Args:
         model: a folder written by ``export.save_classifier`` (loaded from the local path), or a
             loaded ``export.Classifier`` (anything with ``predict_proba``, ``image_size``).
-        source: see ``data.open_test_source`` (data dir, image folder, shards, glob, list or dataset).
+        source: see ``sources.open_test_source`` (data dir, image folder, shards, glob, list or dataset).
         tta: "none" | "flip" | "crops" | "flip+crops", "identity,hflip", or a list of ``VIEWS``.
         batch_size: images per forward pass.
-        kind: "auto" | "images" | "tfrecords" (see ``data.open_test_source``).
+        kind: "auto" | "images" | "tfrecords" (see ``sources.open_test_source``).
         resize_per_crop: R / S for the crop views.
         verbose: 1 shows a progress bar.
     Returns:
@@ -144,7 +144,7 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     views, size = parse_tta(tta), int(classifier.image_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    src = data.open_test_source(source, kind)
+    src = sources.open_test_source(source, kind)
     if "image_name" not in src.dataset.element_spec:
         raise data.DataError(f"{src.where}: records have no 'image_name', so no submission row can name them; "
                              "write the test shards with image names (kitlib.data.write_tfrecords)")
@@ -312,7 +312,7 @@ class Prediction:
     seconds: float  # wall time of the prediction
 
     def probs_for(self, image_ids):
-        """Rows of ``probs`` for the given ids, [n, C] (e.g. the images ``data.load_test_images`` returned)."""
+        """Rows of ``probs`` for the given ids, [n, C] (e.g. the images ``sources.load_test_images`` returned)."""
         row = {i: n for n, i in enumerate(self.image_ids)}
         return self.probs[[row[i] for i in image_ids]]
 
@@ -323,7 +323,7 @@ def predict_and_write(model_dir, data_dir, out_csv, tta=DEFAULT_TTA, kind="auto"
 
     Args:
         model_dir: folder from ``export.save_classifier`` (local path), or a loaded ``export.Classifier``.
-        data_dir: the competition layout (or any source ``data.open_test_source`` takes).
+        data_dir: the competition layout (or any source ``sources.open_test_source`` takes).
         out_csv: where ``submission.csv`` goes.
         tta, kind, batch_size: as in ``predict``.
         sample_submission: path, None, or "auto" (``data_dir/sample_submission.csv`` when present):
@@ -366,7 +366,7 @@ def add_arguments(parser):
     parser.add_argument("--tta", default=DEFAULT_TTA,
                         help=f"preset ({', '.join(TTA_PRESETS)}) or comma list of views ({', '.join(VIEWS)}); "
                              "probabilities are averaged over the views")
-    parser.add_argument("--source", choices=data.TEST_SOURCE_KINDS, default="auto",
+    parser.add_argument("--source", choices=sources.TEST_SOURCE_KINDS, default="auto",
                         help="read test_images/ or test_tfrecords/ (auto: test_images/ when present)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--sample-submission", default="auto",

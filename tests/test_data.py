@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import data
+from kitlib import data, sources
 from kitlib.data import DataError, explain_errors
 
 
@@ -197,7 +197,7 @@ def test_label_map_of_the_sample_matches_class_names(sample_dir):
 
 
 def test_jpeg_csv_and_tfrecords_of_the_sample_agree(sample_dir):
-    from_csv = _collect(data.load_jpeg_csv(os.path.join(sample_dir, "train_images"),
+    from_csv = _collect(sources.load_jpeg_csv(os.path.join(sample_dir, "train_images"),
                                            os.path.join(sample_dir, "train.csv")))
     from_tfrec = {r["image_name"]: r for r in _collect(data.load_dataset(data.list_tfrecords(sample_dir)))}
     assert len(from_csv) == len(from_tfrec) == 100
@@ -207,7 +207,7 @@ def test_jpeg_csv_and_tfrecords_of_the_sample_agree(sample_dir):
 
 
 def test_jpeg_folder_without_csv_lists_test_images(sample_dir):
-    rows = _collect(data.load_jpeg_csv(os.path.join(sample_dir, "test_images")))
+    rows = _collect(sources.load_jpeg_csv(os.path.join(sample_dir, "test_images")))
     assert len(rows) == 15 and "label" not in rows[0] and rows[0]["image"].shape[2] == 3
 
 
@@ -216,23 +216,23 @@ def test_jpeg_csv_errors_name_the_line(tmp_path):
     bad = tmp_path / "train.csv"
     bad.write_text("image_id,label\na.jpg,1\nb.jpg,2\n")
     with pytest.raises(DataError, match=r"train\.csv, line 3: image .*b\.jpg does not exist"):
-        data.load_jpeg_csv(tmp_path, bad)
+        sources.load_jpeg_csv(tmp_path, bad)
     bad.write_text("image_id,label\na.jpg,5\n")
     with pytest.raises(DataError, match=r"line 2: label 5 outside"):
-        data.load_jpeg_csv(tmp_path, bad)
+        sources.load_jpeg_csv(tmp_path, bad)
 
 
 def test_jpeg_file_that_is_not_an_image_is_named(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"<html>oops</html>")
     with pytest.raises(DataError, match=r"a\.jpg is not a JPEG/PNG/GIF/BMP image"):
-        _collect(data.load_jpeg_csv(tmp_path))
+        _collect(sources.load_jpeg_csv(tmp_path))
 
 
 def test_image_folder_labels_follow_sorted_class_folders(tmp_path):
     for cls, value in (("healthy", 200), ("cmd", 50)):
         os.makedirs(tmp_path / cls)
         (tmp_path / cls / "x.jpg").write_bytes(_jpeg(value))
-    dataset, classes = data.load_image_folder(tmp_path)
+    dataset, classes = sources.load_image_folder(tmp_path)
     assert classes == ("cmd", "healthy")
     rows = _collect(dataset)
     assert [(r["image_name"].decode(), int(r["label"])) for r in rows] == [("cmd/x.jpg", 0), ("healthy/x.jpg", 1)]
@@ -242,9 +242,9 @@ def test_image_folder_labels_follow_sorted_class_folders(tmp_path):
 
 
 def test_a_data_dir_gives_its_test_images_first_and_its_test_shards_on_request(sample_dir):
-    images = data.open_test_source(sample_dir)
+    images = sources.open_test_source(sample_dir)
     assert (images.kind, images.count, images.where) == ("images", 15, os.path.join(sample_dir, "test_images"))
-    shards = data.open_test_source(sample_dir, kind="tfrecords")
+    shards = sources.open_test_source(sample_dir, kind="tfrecords")
     assert (shards.kind, shards.count) == ("tfrecords", 15)
     names = [sorted(ex["image_name"] for ex in _collect(source.dataset)) for source in (images, shards)]
     assert names[0] == names[1] == sorted(n.encode() for n in os.listdir(images.where))
@@ -252,20 +252,20 @@ def test_a_data_dir_gives_its_test_images_first_and_its_test_shards_on_request(s
 
 def test_a_folder_without_test_data_is_refused_with_what_to_pass(tmp_path):
     with pytest.raises(DataError, match="no test images or TFRecords found"):
-        data.open_test_source(str(tmp_path))
+        sources.open_test_source(str(tmp_path))
     with pytest.raises(ValueError, match="kind='jpeg'"):
-        data.open_test_source(str(tmp_path), kind="jpeg")
+        sources.open_test_source(str(tmp_path), kind="jpeg")
 
 
 def test_load_test_images_reads_the_shards_in_record_order(sample_dir):
-    ids, images = data.load_test_images(sample_dir, limit=3, kind="tfrecords")
+    ids, images = sources.load_test_images(sample_dir, limit=3, kind="tfrecords")
     assert ids == ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # the shard's record order
     assert images[0].dtype == np.uint8 and images[0].shape == (256, 340, 3)
 
 
 def test_load_tfds_offline_fails_at_once_with_advice(tmp_path):
     with pytest.raises(DataError, match="not prepared .*internet off"):
-        data.load_tfds("mnist", data_dir=str(tmp_path))
+        sources.load_tfds("mnist", data_dir=str(tmp_path))
 
 
 def test_sample_csv_matches_the_train_shards(sample_dir):
