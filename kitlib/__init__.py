@@ -18,7 +18,9 @@ Modules, one concern each:
     optim       LARS and the warmup-cosine schedule.
     pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.
     evaluate    kNN / linear-probe accuracy of frozen features.
-    bit         BiT-HyperRule, MixUp, input pipeline, resolving TF-Hub / Kaggle handles, zero head.
+    bit_hyperrule  the BiT-HyperRule: resolution, MixUp, schedule and lr from the data's size.
+    bit_input   BiT's tf.data pipeline: crops, flips, MixUp, static-shape batches.
+    bit         backbone + zero head, tiny backbones, resolving TF-Hub / Kaggle handles.
     losses      cross-entropy with label smoothing, bi-tempered logistic loss.
     finetune    ``python -m kitlib finetune``: data source -> rule -> fit -> evaluate -> export.
     export      the fine-tuned classifier on disk, read back offline.

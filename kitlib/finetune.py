@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from kitlib import bit, data, export, losses, sources
+from kitlib import bit, bit_hyperrule, bit_input, data, export, losses, sources
 from kitlib.compat import keras, tf
 
 TFDS_PREFIX = "tfds:"
@@ -82,8 +82,8 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
             ``"tfds:NAME"`` (prepared offline in ``tfds_data_dir``).
         val_fraction: share held out for validation, in [0, 1).
         seed: seed of the file-level split (TFRecords).
-        decode: False keeps images as encoded bytes (decoded later by ``bit.train_dataset`` /
-            ``bit.eval_dataset``, after shuffling); tfds datasets are always decoded.
+        decode: False keeps images as encoded bytes (decoded later by ``bit_input.train_dataset`` /
+            ``bit_input.eval_dataset``, after shuffling); tfds datasets are always decoded.
     Returns:
         a ``Source``.
     """
@@ -169,7 +169,7 @@ class FinetuneConfig:
     t1: float = losses.T1_CASSAVA
     t2: float = losses.T2_CASSAVA
     val_fraction: float = 0.2
-    base_lr: float = bit.BASE_LR
+    base_lr: float = bit_hyperrule.BASE_LR
     resolution: tuple = None
     evaluations: int = 10
     seed: int = 0
@@ -288,8 +288,8 @@ def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verb
 
     Args:
         model: compiled classifier (``compile_classifier``).
-        train_batches: endless (images, one-hot labels) batches of the global batch (``bit.train_dataset``).
-        val_batches: padded evaluation batches (``bit.eval_dataset(..., pad=True)``) or None.
+        train_batches: endless (images, one-hot labels) batches of the global batch (``bit_input.train_dataset``).
+        val_batches: padded evaluation batches (``bit_input.eval_dataset(..., pad=True)``) or None.
         out_dir: gets ``checkpoints/best.weights.h5``, ``history.csv`` and ``tensorboard/``.
         evaluations: about how many times to validate during the run.
         restore_best: load the best-validation weights at the end (else keep the last).
@@ -362,7 +362,7 @@ def report(model, batches, class_names):
 @dataclasses.dataclass
 class FinetuneResult:
     model: object  # the Keras classifier (best-validation weights unless restore_best=False)
-    rule: bit.HyperRule
+    rule: bit_hyperrule.HyperRule
     source: Source
     history: object  # keras History
     evaluation: dict  # None without a validation split
@@ -423,7 +423,7 @@ def finetune(config=None, rt=None, **fields):
     # seed, so whatever ran before in this process must not change the batches
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.data_dir, config.val_fraction, config.seed, config.tfds_data_dir)
-    rule = bit.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
+    rule = bit_hyperrule.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
                          config.steps, config.resolution)
     epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, config.evaluations)
     steps_per_execution = steps_per_execution_for(rt.kind, steps_per_epoch, config.steps_per_execution)
@@ -441,8 +441,8 @@ def finetune(config=None, rt=None, **fields):
     num_classes = len(source.class_names)
     model = bit.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
     compile_classifier(model, rule, loss_fn, steps_per_execution)
-    train_batches = bit.train_dataset(source.train, rule, num_classes, seed=config.seed)
-    val_batches = (bit.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
+    train_batches = bit_input.train_dataset(source.train, rule, num_classes, seed=config.seed)
+    val_batches = (bit_input.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
                    if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
     history = train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations, config.verbose,
                     config.restore_best, validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
@@ -481,7 +481,7 @@ def add_arguments(parser):
     parser.add_argument("--t1", type=float, default=losses.T1_CASSAVA, help="bi-tempered t1 (bounded loss)")
     parser.add_argument("--t2", type=float, default=losses.T2_CASSAVA, help="bi-tempered t2 (heavy tail)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation, in [0, 1)")
-    parser.add_argument("--base-lr", type=float, default=bit.BASE_LR, help="lr at batch 512 (BiT: 0.003)")
+    parser.add_argument("--base-lr", type=float, default=bit_hyperrule.BASE_LR, help="lr at batch 512 (BiT: 0.003)")
     parser.add_argument("--resolution", type=int, nargs=2, metavar=("RESIZE", "CROP"), default=None,
                         help="override the rule's (resize, crop), e.g. 160 128 for a CPU smoke run")
     parser.add_argument("--evaluations", type=int, default=10, help="validation rounds during the run")

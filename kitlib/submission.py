@@ -7,7 +7,7 @@ by Keras 3 on JAX; TensorFlow only decodes and resizes the images) and writes
 probabilities of several views of each image (flips and crops); ``predict`` does the same.
 
 Preprocessing (S = the classifier's ``image_size``, e.g. BiT's 480 crop):
-    identity                     the whole image resized to S x S: exactly what ``kitlib.bit.preprocess_eval``
+    identity                     the whole image resized to S x S: exactly what ``kitlib.bit_input.preprocess_eval``
                                  gives the validation set in ``finetune`` (official BiT evaluates
                                  this way), so TTA "none" reproduces the validation accuracy;
     hflip, vflip                 that view mirrored left-right / upside-down (a leaf has no canonical
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from kitlib import bit, data, export, sources
+from kitlib import bit_input, data, export, sources
 from kitlib.compat import tf
 
 HEADER = ("image_id", "label")
@@ -79,7 +79,7 @@ def _resize(image, views, image_size, resize_per_crop):
     empty = tf.zeros([0, 0, 3])  # a resize no view needs is skipped
 
     def resized(side):  # the fine-tuning evaluation resize, so "identity" is exactly what validation saw
-        return bit.preprocess_eval(image, side)
+        return bit_input.preprocess_eval(image, side)
 
     full = resized(image_size) if any(v in _FULL_VIEWS for v in views) else empty
     zoomed = resized(zoomed_size(image_size, resize_per_crop)) if any(v in _CROP_VIEWS for v in views) else empty

@@ -22,7 +22,7 @@ def _short_class_name(name):
 
 
 def plot_bit_schedules(rules, labels=None):
-    """Learning rate of ``kitlib.bit.HyperRule`` s: per step, and relative to the peak per fraction of the run.
+    """Learning rate of ``kitlib.bit_hyperrule.HyperRule`` s: per step, and relative to the peak per fraction of the run.
 
     Args:
         rules: HyperRule objects (e.g. the same data at batch 64, 128 and 512).

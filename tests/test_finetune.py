@@ -163,7 +163,7 @@ def test_finetune_command_with_the_bi_tempered_loss_trains_and_exports(sample_di
 
 
 def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bit, "_can_connect", lambda host, **kw: False)  # offline, whatever this machine has
+    monkeypatch.setattr(bit, "can_connect", lambda host, **kw: False)  # offline, whatever this machine has
     code = cli.main(["finetune", "--data", sample_dir, "--backbone", "https://tfhub.dev/google/bit/m-r50x1/1",
                      "--out", str(tmp_path / "run"), "--batch-size", "8", "--steps", "4"])
     assert code == 2

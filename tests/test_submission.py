@@ -108,11 +108,11 @@ def test_views_flip_and_cut_the_corners_of_the_image():
 
 
 def test_identity_view_is_the_validation_preprocessing_of_finetune(sample_dir):
-    from kitlib import bit
+    from kitlib import bit_input
 
     image = data.decode_image(tf.io.read_file(os.path.join(sample_dir, "test_images", "1233559501.jpg")))
     view = submission.tta_views(image, 48, "none")[0]
-    np.testing.assert_allclose(view, bit.preprocess_eval(image, 48), atol=1e-6)
+    np.testing.assert_allclose(view, bit_input.preprocess_eval(image, 48), atol=1e-6)
 
 
 def test_presets_and_lists_name_views_and_unknown_views_are_refused():
