@@ -35,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from kitlib import data, multicrop, runtime  # noqa: E402
-from kitlib.color import SWAV_COLOR, split_seed  # noqa: E402
+from kitlib.color import SWAV_COLOR  # noqa: E402
+from kitlib.color_host import split_seed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pipeline import BATCH, WARM_IMAGES, one_pass, write_shards  # noqa: E402

@@ -13,7 +13,8 @@ Modules, one concern each:
     sources     JPEG folder + CSV, class folders, tfds, and the test images wherever they are.
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
     multicrop   SwAV multi-crop geometry and tf.data pipeline: every crop of an example from one image.
-    color       SwAV colour jitter, grayscale and blur: ColorConfig, the host path, the ColorAugment layer.
+    color       SwAV colour jitter, grayscale and blur: ColorConfig and the ColorAugment layer (accelerator).
+    color_host  the same augmentation on the host (TensorFlow, in the multicrop map), the gallery.
     swav        SwAV: Sinkhorn, swapped-prediction loss, prototypes, queue, SwAVModel.
     optim       LARS and the warmup-cosine schedule.
     pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.

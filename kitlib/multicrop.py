@@ -2,8 +2,8 @@
 
 Follows SwAV (Caron et al. 2020, arXiv 2006.09882; facebookresearch/swav ``src/multicropdataset.py``):
 per crop a random resized crop by *area* and aspect ratio of the original image and a horizontal
-flip; the crop's colours are `kitlib.color`'s concern (`augment_crops` on the host, or the
-`ColorAugment` layer in the train step with ``augment="device"``). Randomness is stateless: the
+flip; the crop's colours are `kitlib.color`'s concern (`kitlib.color_host.augment_crops` on the host,
+or the `ColorAugment` layer in the train step with ``augment="device"``). Randomness is stateless: the
 pipeline derives a seed per example from ``tf.data.Dataset.random``, so the same seed gives the same
 crops however many threads run the map.
 
@@ -17,7 +17,8 @@ import dataclasses
 import math
 import re
 
-from kitlib.color import SWAV_COLOR, augment_crops, as_seed, split_seed
+from kitlib.color import SWAV_COLOR
+from kitlib.color_host import augment_crops, as_seed, split_seed
 from kitlib.compat import tf
 from kitlib.data import AUTOTUNE
 from kitlib.runtime import usable_cores
@@ -255,7 +256,7 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
         config: `MultiCropConfig`.
         augment: False: crops only; "device": crops + flips (colour on the accelerator with
             `kitlib.color.ColorAugment`); True or "host": the full SwAV augmentation here (flip,
-            then `kitlib.color.augment_crops`: one clipped colour map and the blur per crop).
+            then `kitlib.color_host.augment_crops`: one clipped colour map and the blur per crop).
         seed: [2] int seed (None: random).
         dct_method: libjpeg IDCT ("INTEGER_FAST": ~20 % faster, +-1 grey level; "" for the default).
         max_upscale: JPEG bytes only: decode at the coarsest libjpeg scale (1/2, 1/4, 1/8) at which

@@ -312,7 +312,7 @@ def show_augmentations(gallery, max_columns=6):
     """One row per augmentation, a few independent draws per row.
 
     Args:
-        gallery: dict name -> [draws, S, S, 3] float [0, 1] (`kitlib.color.augmentation_gallery`).
+        gallery: dict name -> [draws, S, S, 3] float [0, 1] (`kitlib.color_host.augmentation_gallery`).
     Returns:
         Figure with len(gallery) rows.
     """

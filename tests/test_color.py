@@ -1,5 +1,5 @@
-"""kitlib.color: the host colour path as multicrop runs it (rates, range, maths), the blur, and the
-ColorAugment layer (keras.ops on JAX): rates, exact probabilities 0 and 1, the torchvision chain, seeds."""
+"""kitlib.color_host and kitlib.color: the host colour path as multicrop runs it (rates, range, maths), the blur,
+and the ColorAugment layer (keras.ops on JAX): rates, exact probabilities 0 and 1, the torchvision chain, seeds."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import color, multicrop
+from kitlib import color, color_host, multicrop
 from kitlib.color import ColorConfig
 
 N_DRAWS = 4000     # draws per probability estimate: the standard error of a rate is <= 0.008
@@ -94,22 +94,24 @@ def _jitter_ops_in_order(x, b, c, s, d, order):
 def test_fused_jitter_map_equals_the_four_ops_in_any_order_when_nothing_clips(order):
     x = 0.4 + 0.2 * np.random.default_rng(1).random((12, 12, 3))       # mid-range: no op leaves [0, 1]
     b, c, s, d = 1.15, 0.8, 1.2, 0.05
-    maps, weight = color._jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([False]))
-    fused = color._apply_fused_map(tf.constant(x * 255.0, tf.float32), maps[0], weight[0], 1 / 255)
+    maps, weight = color_host.jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([False]))
+    fused = color_host.apply_color_map(tf.constant(x * 255.0, tf.float32), maps[0], weight[0], 1 / 255)
     np.testing.assert_allclose(fused, _jitter_ops_in_order(x, b, c, s, d, order), atol=1e-5)
-    maps, weight = color._jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([True]))
-    gray = color._apply_fused_map(tf.constant(x, tf.float32), maps[0], weight[0], 1.0)
+    maps, weight = color_host.jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([True]))
+    gray = color_host.apply_color_map(tf.constant(x, tf.float32), maps[0], weight[0], 1.0)
     expected = _jitter_ops_in_order(x, b, c, s, d, order) @ np.array([0.299, 0.587, 0.114])
     np.testing.assert_allclose(gray, np.repeat(expected[..., None], 3, -1), atol=1e-5)
 
 
 
-def test_gaussian_blur_equals_a_reflect_padded_2d_convolution():
-    x = tf.random.stateless_uniform([3, 30, 40, 3], [5, 6])
-    out = tf.stack([color.gaussian_blur(image, 1.5, kernel_size=7) for image in x])
-    taps = np.exp(-np.arange(-3, 4) ** 2 / (2 * 1.5 ** 2))
+@pytest.mark.parametrize("height, width, k", [(30, 40, 7), (4, 4, 3), (5, 9, 5)])
+def test_gaussian_blur_equals_a_reflect_padded_2d_convolution(height, width, k):
+    # (4, 4, 3), (5, 9, 5): the reflection reaches across the whole image from both ends
+    x = tf.random.stateless_uniform([3, height, width, 3], [5, 6])
+    out = tf.stack([color_host.gaussian_blur(image, 1.5, kernel_size=k) for image in x])
+    taps = np.exp(-np.arange(-(k // 2), k // 2 + 1) ** 2 / (2 * 1.5 ** 2))
     kernel = np.outer(taps, taps) / taps.sum() ** 2
-    padded = tf.pad(x, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    padded = tf.pad(x, [[0, 0], [k // 2, k // 2], [k // 2, k // 2], [0, 0]], mode="REFLECT")
     expected = tf.nn.depthwise_conv2d(padded, np.tile(kernel[:, :, None, None], [1, 1, 3, 1]).astype(np.float32),
                                       [1, 1, 1, 1], "VALID")
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -124,16 +126,8 @@ def test_host_blur_by_matrices_or_convolution_equals_the_2d_convolution(height, 
     padded = tf.pad(x[None], [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
     kernel = np.tile(np.outer(one_d, one_d)[:, :, None, None], [1, 1, 3, 1]).astype(np.float32)
     expected = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
-    np.testing.assert_allclose(color.gaussian_blur(x, 1.3, kernel_size=9), expected, atol=1e-5)
+    np.testing.assert_allclose(color_host.gaussian_blur(x, 1.3, kernel_size=9), expected, atol=1e-5)
 
-
-
-def test_blur_matrix_is_the_reflected_banded_filter():
-    matrix = color._blur_matrix(tf.constant([0.25, 0.5, 0.25]), 4).numpy()
-    np.testing.assert_allclose(matrix, [[0.5, 0.5, 0, 0],          # row 0 reads x1, x0, x1
-                                        [0.25, 0.5, 0.25, 0],
-                                        [0, 0.25, 0.5, 0.25],
-                                        [0, 0, 0.5, 0.5]])
 
 
 @pytest.mark.parametrize("side, kernel", [(224, 23), (96, 9), (160, 17), (32, 3)])
@@ -141,10 +135,10 @@ def test_blur_kernel_follows_the_crop_size(side, kernel):
     assert color.blur_kernel_size(side) == kernel
     impulse = np.zeros([1, side, side, 3], np.float32)
     impulse[0, side // 2, side // 2] = 1.0
-    blurred = color.gaussian_blur(tf.constant(impulse[0]), 2.0).numpy()[None]
+    blurred = color_host.gaussian_blur(tf.constant(impulse[0]), 2.0).numpy()[None]
     assert (blurred[0, side // 2, :, 0] > 0).sum() == kernel       # the impulse spreads over the kernel
     np.testing.assert_allclose(blurred.sum(), 3.0, rtol=1e-4)       # normalised taps keep the mean
-    flat = color.gaussian_blur(tf.fill([side, side, 3], 0.5), 1.0)  # reflected borders: no dark frame
+    flat = color_host.gaussian_blur(tf.fill([side, side, 3], 0.5), 1.0)  # reflected borders: no dark frame
     np.testing.assert_allclose(flat, 0.5, atol=1e-5)
 
 
@@ -233,35 +227,33 @@ def test_color_augment_layer_matches_the_host_grayscale_and_blur():
     x = np.random.default_rng(1).random([4, 40, 56, 3]).astype(np.float32)
     luma = np.repeat((x @ np.array([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)   # ITU-R 601
     np.testing.assert_allclose(color.ColorAugment(jitter_p=0.0, gray_p=1.0, blur_p=0.0)(x), luma, atol=1e-6)
-    host_gray = color.augment_crops(tf.unstack(tf.constant(x)), ColorConfig(jitter_p=0.0, gray_p=1.0, blur_p=0.0))
+    host_gray = color_host.augment_crops(tf.unstack(tf.constant(x)), ColorConfig(jitter_p=0.0, gray_p=1.0, blur_p=0.0))
     np.testing.assert_allclose(np.stack(host_gray), luma, atol=1e-6)
     for side, sigma in ((32, 0.8), (96, 1.7), (40, 1.3)):                       # 3, 9 and 3 taps
         x = np.random.default_rng(side).random([3, side, side if side != 40 else 56, 3]).astype(np.float32)
         layer = color.ColorAugment(jitter_p=0.0, gray_p=0.0, blur_p=1.0, sigma=(sigma, sigma), seed=0)
-        host = np.stack([color.gaussian_blur(tf.constant(image), sigma) for image in x])  # reflect padded
+        host = np.stack([color_host.gaussian_blur(tf.constant(image), sigma) for image in x])  # reflect padded
         np.testing.assert_allclose(layer(x, training=True), host, atol=1e-5)
 
 
 @pytest.mark.parametrize("order", [("brightness", "contrast", "saturation", "hue"),
                                    ("hue", "saturation", "contrast", "brightness"),
                                    ("contrast", "hue", "brightness", "saturation")])
-def test_color_augment_layer_jitter_runs_the_drawn_order_with_a_clip_after_each_op(order):
+def test_color_augment_layer_jitter_runs_the_given_order_with_a_clip_after_each_op(order):
     names = ("brightness", "contrast", "saturation", "hue")
     x = np.random.default_rng(2).random([2, 8, 8, 3])
     b, c, s, d = 1.7, 0.6, 1.5, 0.12                                 # strong: ops leave [0, 1] and clip
-    a, strength = 0.8, 1.0
-    u = np.zeros([2, color._DRAWS], np.float32)
-    u[:, color._BRIGHT:color._HUE] = [(f - 1 + a) / (2 * a) for f in (b, c, s)]
-    u[:, color._HUE] = (d / (0.2 * strength) + 1) / 2
-    u[:, color._ORDER:color._ORDER + 4] = [0.1 + 0.2 * order.index(name) for name in names]  # ranks
     expected = x.copy()
     for i in range(2):                                                # per image: contrast's mean is its own
         for name in order:                                            # torchvision: clip after every op
             expected[i] = np.clip(_jitter_ops_in_order(expected[i], b, c, s, d, [name]), 0.0, 1.0)
-    out = color._jitter_batch(np.float32(x), u, strength)
+    factors = [np.full([2], v, np.float32) for v in (b, c, s, d)]
+    out = color.jitter_batch(np.float32(x), *factors, np.array([[names.index(n) for n in order]] * 2))
     np.testing.assert_allclose(out, expected, atol=1e-5)
     unclipped = _jitter_ops_in_order(x[0], b, c, s, d, order)
     assert np.abs(np.clip(unclipped, 0, 1) - expected[0]).max() > 1e-2  # the clips between ops matter
+    still = color.ColorAugment(strength=0.0, seed=0, **{**OFF, "jitter_p": 1.0})(np.float32(x), training=True)
+    np.testing.assert_allclose(still, x, atol=1e-5)  # the layer's draws at strength 0: factors 1, hue 0
 
 
 @pytest.mark.slow
