@@ -9,6 +9,7 @@ Modules, one concern each:
     runtime     devices, DataParallel, precision policy, refusing a hidden accelerator, data paths.
     backbones   every backbone (small CNN, ResNet-50, BiT) built, saved and loaded from any source.
     resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
+    resnetv2_layers  its layers: weight-standardised conv, float32 GroupNorm, the host initializer.
     data        the competition layout; Cassava TFRecords read, validated and written.
     sources     JPEG folder + CSV, class folders, tfds, and the test images wherever they are.
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kitlib import resnetv2
+from kitlib import resnetv2, resnetv2_layers
 from kitlib.compat import keras
 
 SMALL = {"name_or_arch": (None, 0.5), "num_units": (1, 1, 1, 1)}  # 32..256 channels, 1024 features
@@ -89,7 +89,7 @@ def test_tiny_variant_shapes_and_npz_groups(tmp_path):
     weights = randomize(model)
     path = resnetv2.save_npz(model, str(tmp_path / "tiny.npz"))  # groups=4 recorded, read back
     again = resnetv2.from_npz(path)
-    assert {layer.groups for layer in again.layers if isinstance(layer, resnetv2.GroupNorm)} == {4}
+    assert {layer.groups for layer in again.layers if isinstance(layer, resnetv2_layers.GroupNorm)} == {4}
     for key, variable in resnetv2.official_variables(again).items():
         np.testing.assert_array_equal(np.asarray(variable.value), weights[key])
     with pytest.raises(ValueError, match="groups"):
@@ -123,7 +123,7 @@ def test_r50x1_parameter_count():
 
 def test_weight_standardisation():
     rng = np.random.default_rng(3)
-    layer = resnetv2.StandardizedConv2D(6, 3, strides=2)
+    layer = resnetv2_layers.StandardizedConv2D(6, 3, strides=2)
     x = rng.standard_normal((2, 9, 11, 4)).astype(np.float32)
     layer.build(x.shape)
     raw = (rng.standard_normal((3, 3, 4, 6)) * 0.2 + 0.5).astype(np.float32)
@@ -151,7 +151,7 @@ def test_group_norm_against_numpy():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((2, 5, 6, 16)) * 3 + 1).astype(np.float32)
     gamma, beta = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
-    layer = resnetv2.GroupNorm(4)
+    layer = resnetv2_layers.GroupNorm(4)
     layer.build(x.shape)
     layer.gamma.assign(gamma)
     layer.beta.assign(beta)
