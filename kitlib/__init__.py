@@ -11,7 +11,8 @@ Modules, one concern each:
     resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
     resnetv2_layers  its layers: weight-standardised conv, float32 GroupNorm, the host initializer.
     data        the competition layout; Cassava TFRecords read, validated and written.
-    sources     JPEG folder + CSV, class folders, tfds, and the test images wherever they are.
+    sources     JPEG folder + CSV, class folders, tfds; a training source split train/val (load_source) and
+                the test images wherever they are (open_test_source).
     sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
     multicrop   SwAV multi-crop geometry and tf.data pipeline: every crop of an example from one image.
     color       SwAV colour jitter, grayscale and blur: ColorConfig and the ColorAugment layer (accelerator).
@@ -25,6 +26,7 @@ Modules, one concern each:
     bit         backbone + zero head, tiny backbones, resolving TF-Hub / Kaggle handles.
     losses      cross-entropy with label smoothing, bi-tempered logistic loss.
     finetune    ``python -m kitlib finetune``: data source -> rule -> fit -> evaluate -> export.
+    training    the classifier's compile, fit rounds, callbacks, predictions and validation report.
     export      the fine-tuned classifier on disk, read back offline.
     submission  ``python -m kitlib predict``: TTA predictions -> validated submission.csv.
     demo        ``python -m kitlib demo``: pretrain -> fine-tune -> submission on the sample.

@@ -1,12 +1,12 @@
 """Fine-tune a backbone with the BiT-HyperRule on Keras 3 (JAX): ``python -m kitlib finetune``.
 
 One run, one ``FinetuneConfig`` (printed once, saved as ``config.json``): read the data (Cassava
-TFRecords, JPEG folder + CSV, one folder per class, or a tfds name), split off validation, derive the
-``HyperRule`` from the TRAINING size and the GLOBAL batch, load the backbone (``backbones.load``: a
-BiT ``.npz`` / SavedModel / handle, or the SwAV ``backbone.keras``) and put a zero-initialised head on
-it, ``fit()`` for exactly the rule's steps (SGD momentum 0.9, MixUp in the tf.data pipeline, the best
-validation accuracy checkpointed and restored, CSV log, progress bar), evaluate (accuracy, per-class
-report, confusion matrix) and export the classifier (``kitlib.export``):
+TFRecords, JPEG folder + CSV, one folder per class, or a tfds name) and split off validation
+(``sources.load_source``), derive the ``HyperRule`` from the TRAINING size and the GLOBAL batch, load the
+backbone (``backbones.load``: a BiT ``.npz`` / SavedModel / handle, or the SwAV ``backbone.keras``) and put a
+zero-initialised head on it, ``fit()`` for exactly the rule's steps (SGD momentum 0.9, MixUp in the tf.data
+pipeline, the best validation accuracy checkpointed and restored, CSV log, progress bar), evaluate
+(accuracy, per-class report, confusion matrix) and export the classifier (``kitlib.export``):
 
     out/classifier.keras, classifier.json   the classifier (float32) + class names and image size
     out/config.json                         the run's settings, the rule, the devices
@@ -19,122 +19,19 @@ metrics inside the compiled step are over the global batch, so 8 devices train l
 """
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
+import secrets
 import sys
 
 import numpy as np
 
-from kitlib import bit, bit_hyperrule, bit_input, data, export, losses, sources
+from kitlib import bit, bit_hyperrule, bit_input, export, losses, sources, training
 from kitlib.compat import keras, tf
-
-TFDS_PREFIX = "tfds:"
-
-
-# ============ data sources ============
-
-
-@dataclasses.dataclass
-class Source:
-    """Train/validation datasets of kit dicts, with what the rule needs to know about them."""
-
-    train: tf.data.Dataset
-    val: tf.data.Dataset  # None when val_fraction == 0
-    class_names: tuple
-    train_size: int
-    val_size: int
-    image_hw: tuple  # (h, w) of the first training image; "image" may be encoded bytes (see load_source)
-    kind: str  # "tfrecords" | "jpeg_csv" | "image_folder" | "tfds"
-
-
-def _split_examples(dataset, val_fraction):
-    """(train, val) at example level: example i is validation when floor((i+1) f) > floor(i f).
-
-    Deterministic for an ordered dataset, spreads validation evenly (every class of a sorted
-    folder is represented) and gives round-down(n f) validation examples.
-    """
-    def is_val(i, _):
-        i = tf.cast(i, tf.float64)
-        return tf.floor((i + 1) * val_fraction) > tf.floor(i * val_fraction)
-
-    indexed = dataset.enumerate()
-    train = indexed.filter(lambda i, ex: tf.logical_not(is_val(i, ex))).map(lambda i, ex: ex)
-    val = indexed.filter(is_val).map(lambda i, ex: ex)
-    return train, val
-
-
-def _count(dataset):
-    """Number of elements (from the cardinality when known, else by one pass)."""
-    n = int(dataset.cardinality())
-    if n >= 0:
-        return n
-    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
-
-
-def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=False):
-    """Open a data source and split it into train / validation.
-
-    Args:
-        source: a folder with ``train_tfrecords/`` (Cassava shards, split at file level), a folder with
-            ``train.csv`` + ``train_images/``, a folder with one sub-folder per class, or
-            ``"tfds:NAME"`` (prepared offline in ``tfds_data_dir``).
-        val_fraction: share held out for validation, in [0, 1).
-        seed: seed of the file-level split (TFRecords).
-        decode: False keeps images as encoded bytes (decoded later by ``bit_input.train_dataset`` /
-            ``bit_input.eval_dataset``, after shuffling); tfds datasets are always decoded.
-    Returns:
-        a ``Source``.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    source = os.fspath(source)
-    train_paths = data.split_paths(source, "train")
-    if source.startswith(TFDS_PREFIX):
-        dataset, class_names = sources.load_tfds(source[len(TFDS_PREFIX):], data_dir=tfds_data_dir)
-        kind = "tfds"
-    elif tf.io.gfile.isdir(train_paths.tfrecords_dir):  # local or gs://
-        files = data.list_tfrecords(source, "train")
-        train_files, val_files = data.split_files(files, val_fraction, seed) if val_fraction else (files, [])
-        # shards mixed one record of each in turn, the same order every run: the batches are a function
-        # of the seed (the same run on 1 device and on 8)
-        train = data.load_dataset(train_files, decode=decode, reproducible=True)
-        val = data.load_dataset(val_files, ordered=True, decode=decode) if val_files else None
-        return Source(train, val, data.class_names_of(source), data.count_data_items(train_files),
-                      data.count_data_items(val_files), _first_image_hw(train), "tfrecords")
-    elif os.path.isfile(train_paths.csv) and os.path.isdir(train_paths.images_dir):
-        class_names = data.class_names_of(source)
-        dataset = sources.load_jpeg_csv(train_paths.images_dir, train_paths.csv,
-                                     num_classes=len(class_names), decode=decode)
-        kind = "jpeg_csv"
-    elif os.path.isdir(source):
-        dataset, class_names = sources.load_image_folder(source, decode=decode)
-        kind = "image_folder"
-    else:
-        raise data.DataError(f"{source}: no such folder. Pass a folder with train_tfrecords/, or train.csv + "
-                             "train_images/, or one sub-folder per class, or tfds:NAME")
-    if not class_names:
-        raise data.DataError(f"{source}: the dataset does not name its classes; use a labelled source")
-    total = _count(dataset)
-    val_size = math.floor(total * val_fraction)  # what _split_examples selects, without reading the images
-    train, val = _split_examples(dataset, val_fraction) if val_fraction else (dataset, None)
-    return Source(train, val, tuple(class_names), total - val_size, val_size, _first_image_hw(train), kind)
-
-
-def _first_image_hw(dataset):
-    """(h, w) of the first image: what ``get_resolution`` decides on (Cassava: 600 x 800)."""
-    with data.explain_errors():
-        for example in dataset.take(1):
-            image = example["image"]
-            image = data.decode_image(image) if image.dtype == tf.string else image
-            return tuple(int(v) for v in image.shape[:2])
-    raise data.DataError("the training split is empty; lower val_fraction or add data")
 
 
 # ============ the run's settings ============
-
-_MAX_STEPS_PER_EXECUTION = 32  # TPU: several steps per host round trip
 
 
 @dataclasses.dataclass
@@ -142,7 +39,7 @@ class FinetuneConfig:
     """Everything one fine-tuning run depends on (printed once, saved in ``config.json``).
 
     Attributes:
-        data_dir: see ``load_source``. backbone: a ``backbones.load`` source (.keras file or pretrain
+        data_dir: see ``sources.load_source``. backbone: a ``backbones.load`` source (.keras file or pretrain
             output folder, BiT .npz, BiT SavedModel folder, TF-Hub / Kaggle Models handle). out_dir: outputs.
         global_batch_size: B over all devices, a multiple of the device count (the rule scales steps by
             512/B and the lr by B/512).
@@ -151,7 +48,9 @@ class FinetuneConfig:
         val_fraction: held-out share for validation and the best checkpoint, in [0, 1).
         base_lr: lr at batch 512 (BiT: 0.003). resolution: optional (resize, crop) instead of the rule's.
         evaluations: about how many validation rounds (Keras epochs) the run has.
-        seed: split (TFRecords), shuffle, crops, flips and MixUp. tfds_data_dir: where tfds:NAME is prepared.
+        seed: split (TFRecords), shuffle, crops, flips and MixUp (TensorFlow's global seed is set to it);
+            None: a fresh seed per run (recorded in config.json), no global seed set.
+        tfds_data_dir: where tfds:NAME is prepared.
         steps_per_execution: steps per compiled call (None: up to 32 on TPU, 1 elsewhere).
         restore_best: end with the best-validation weights (else the last ones).
         mixed_precision: "auto" (bfloat16 on TPU, float32 elsewhere) or a Keras policy name; used when
@@ -217,39 +116,6 @@ class FinetuneConfig:
         return values
 
 
-# ============ model, training, evaluation ============
-
-
-def compile_classifier(model, rule, loss_fn, steps_per_execution=1):
-    """Compile with the rule's SGD(momentum 0.9), ``loss_fn`` and weighted accuracy.
-
-    The loss is averaged over the real examples of a batch (``mean_with_sample_weight``: zero-weight
-    padding of the last validation batch does not count); accuracy is a weighted metric, so padded
-    rows never count either. Returns the model.
-    """
-    model.compile(optimizer=rule.optimizer(), loss=losses.PerExampleLoss(loss_fn),
-                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                  steps_per_execution=steps_per_execution)
-    return model
-
-
-def evaluation_rounds(total_steps, evaluations=10):
-    """(epochs, steps_per_epoch) with epochs * steps_per_epoch == total_steps exactly.
-
-    ``epochs`` is the divisor of total_steps closest to ``evaluations`` (validation runs once per epoch).
-    """
-    divisors = [d for d in range(1, total_steps + 1) if total_steps % d == 0]
-    epochs = min(divisors, key=lambda d: (abs(d - evaluations), -d))
-    return epochs, total_steps // epochs
-
-
-def steps_per_execution_for(kind, steps_per_epoch, wanted=None):
-    """Steps per compiled call: ``wanted``, else the largest divisor of steps_per_epoch <= 32 on a TPU
-    (fewer host round trips), 1 elsewhere. Always divides steps_per_epoch."""
-    limit = wanted or (_MAX_STEPS_PER_EXECUTION if kind == "TPU" else 1)
-    return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
-
-
 # BiT-R50x1 at 480 px: images per device that fit (TPU v5e core in bfloat16; a 16 GB GPU in float32)
 _IMAGES_PER_DEVICE = {"TPU": 64, "GPU": 16, "CPU": 16}
 
@@ -261,101 +127,6 @@ def suggested_global_batch(kind, num_devices=1):
     return per_device * num_devices if kind != "CPU" else per_device
 
 
-def best_checkpoint_path(out_dir):
-    return os.path.join(out_dir, "checkpoints", "best.weights.h5")
-
-
-def training_callbacks(out_dir, monitor="val_accuracy"):
-    """ModelCheckpoint (best ``monitor``: weights to ``checkpoints/best.weights.h5``), CSVLogger
-    (``history.csv``) and TensorBoard (``tensorboard/``; only when the tensorboard package is installed,
-    as on Kaggle/Colab: TensorFlow >= 2.20 no longer pulls it in)."""
-    os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(best_checkpoint_path(out_dir), monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv")),
-    ]
-    if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False))
-    else:
-        print("finetune: tensorboard is not installed, so no TensorBoard logs (pip install tensorboard)")
-    return callbacks
-
-
-def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verbose=1, restore_best=True,
-          validation_steps=None):
-    """``fit()`` for exactly ``rule.total_steps`` steps with checkpoint / CSV / TensorBoard callbacks.
-
-    Args:
-        model: compiled classifier (``compile_classifier``).
-        train_batches: endless (images, one-hot labels) batches of the global batch (``bit_input.train_dataset``).
-        val_batches: padded evaluation batches (``bit_input.eval_dataset(..., pad=True)``) or None.
-        out_dir: gets ``checkpoints/best.weights.h5``, ``history.csv`` and ``tensorboard/``.
-        evaluations: about how many times to validate during the run.
-        restore_best: load the best-validation weights at the end (else keep the last).
-        validation_steps: batches in ``val_batches`` when known (Keras then needs not run into its end).
-    Returns:
-        the Keras ``History``.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, evaluations)
-    callbacks = training_callbacks(out_dir, "val_accuracy" if val_batches is not None else "accuracy")
-    with data.explain_errors():
-        history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
-                            verbose=verbose)
-    best = best_checkpoint_path(out_dir)
-    if restore_best and os.path.isfile(best):
-        model.load_weights(best)
-    return history
-
-
-def predict_batches(model, batches):
-    """Logits and labels of labelled batches, padding dropped.
-
-    Args:
-        model: classifier, images [b, S, S, 3] -> logits [b, C].
-        batches: (images, one-hot labels [b, C]) or padded (images, labels, weights [b]) batches;
-            under a distribution each batch must split over the devices (``eval_dataset(pad=True)``).
-    Returns:
-        (logits float32 [N, C], labels int [N]) numpy, over the real examples only.
-    """
-    logits, labels = [], []
-    with data.explain_errors():
-        for batch in batches:
-            images, onehot = np.asarray(batch[0]), np.asarray(batch[1])
-            keep = np.asarray(batch[2]) > 0 if len(batch) > 2 else np.ones(len(images), bool)
-            out = np.asarray(model.predict_on_batch(export.shard_batch(images)), np.float32)
-            logits.append(out[keep])
-            labels.append(np.argmax(onehot[keep], axis=-1))
-    return np.concatenate(logits), np.concatenate(labels)
-
-
-def report(model, batches, class_names):
-    """The validation report: accuracy, per-class report and confusion matrix (scikit-learn) on labelled batches.
-
-    Args:
-        batches: see ``predict_batches``.
-        class_names: C names.
-    Returns:
-        dict: "accuracy" (float), "report" (str), "per_class" (sklearn dict), "confusion_matrix"
-        (int [C, C], rows = true class), "y_true", "y_pred" (int [N]).
-    """
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
-
-    logits, y_true = predict_batches(model, batches)
-    y_pred = np.argmax(logits, axis=-1)
-    labels = list(range(len(class_names)))
-    kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "report": classification_report(y_true, y_pred, digits=3, **kwargs),
-        "per_class": classification_report(y_true, y_pred, output_dict=True, **kwargs),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels),
-        "y_true": y_true, "y_pred": y_pred,
-    }
-
-
 # ============ the whole run ============
 
 
@@ -363,7 +134,7 @@ def report(model, batches, class_names):
 class FinetuneResult:
     model: object  # the Keras classifier (best-validation weights unless restore_best=False)
     rule: bit_hyperrule.HyperRule
-    source: Source
+    source: sources.TrainingSource
     history: object  # keras History
     evaluation: dict  # None without a validation split
     out_dir: str
@@ -393,6 +164,63 @@ def _write_json(path, record):
         json.dump(_json_ready(record), f, indent=1)
 
 
+def _run_seed(seed):
+    """The run's seed: ``seed``, with TensorFlow's global seed set to it; None draws a fresh one and touches nothing.
+
+    Nothing else global is seeded (numpy, Python and Keras keep their state): the model starts from the backbone's
+    weights and a zero head, crops, flips and MixUp are stateless ops of (seed, position), the file split takes
+    the seed itself.
+    """
+    if seed is None:
+        return secrets.randbelow(2**31)
+    tf.random.set_seed(seed)  # tf.data's shuffle seed combines with the global seed: an earlier one would change it
+    return int(seed)
+
+
+def _run_record(config, rt, source, rule, seed):
+    """The run's settings as ``config.json`` records them: config, devices, policy, source, rule."""
+    epochs, steps_per_epoch = training.evaluation_rounds(rule.total_steps, config.evaluations)
+    steps_per_execution = training.steps_per_execution_for(rt.kind, steps_per_epoch, config.steps_per_execution)
+    return {"config": config.as_dict(), "seed": seed, "backend": keras.backend.backend(), "device_kind": rt.kind,
+            "devices": rt.num_devices, "global_batch_size": config.global_batch_size,
+            "per_device_batch": config.global_batch_size // rt.num_devices,
+            "policy": keras.config.dtype_policy().name, "steps_per_execution": steps_per_execution,
+            "evaluation_rounds": epochs, "source": source.kind, "class_names": list(source.class_names),
+            "train_size": source.train_size, "val_size": source.val_size, "rule": rule.as_dict()}
+
+
+def _fit_and_evaluate(config, source, rule, steps_per_execution, seed):
+    """Backbone + zero head, fit for the rule's steps, then the validation report.
+
+    Returns:
+        (model, History, evaluation): evaluation is `report`'s dict, None without a validation split.
+    """
+    from kitlib import backbones  # noqa: PLC0415
+
+    num_classes = len(source.class_names)
+    model = bit.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
+    training.compile_classifier(model, rule, config.loss_fn(), steps_per_execution)
+    train_batches = bit_input.train_dataset(source.train, rule, num_classes, seed=seed)
+    val_batches = (bit_input.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
+                   if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
+    history = training.train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations,
+                             config.verbose, config.restore_best,
+                             validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
+    evaluation = training.report(model, val_batches, source.class_names) if val_batches is not None else None
+    return model, history, evaluation
+
+
+def _add_results(record, history, evaluation):
+    """``record`` with the history and, when there was a validation split, accuracy, per-class report and
+    confusion matrix (what ``finetune.json`` holds beyond ``config.json``)."""
+    record["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    if evaluation is not None:
+        record["val_accuracy"] = evaluation["accuracy"]
+        record["confusion_matrix"] = evaluation["confusion_matrix"]
+        record["per_class"] = evaluation["per_class"]
+    return record
+
+
 def finetune(config=None, rt=None, **fields):
     """Fine-tune ``config.backbone`` on ``config.data_dir`` with the BiT-HyperRule and export the classifier.
 
@@ -408,55 +236,31 @@ def finetune(config=None, rt=None, **fields):
         ValueError: bad settings, a global batch that does not split over the devices, unreadable data
         (``data.DataError``) or an unreachable backbone handle, each saying what to do.
     """
-    from kitlib import backbones, runtime  # noqa: PLC0415
+    from kitlib import runtime  # noqa: PLC0415
 
     if config is None:
         config = FinetuneConfig(**fields)
     elif fields:
         config = dataclasses.replace(config, **fields)
-    loss_fn = config.loss_fn()
     rt = rt or runtime.setup(allow_cpu=config.allow_cpu, policy=config.mixed_precision,
                              verbose=bool(config.verbose))
     runtime.check_global_batch(config.global_batch_size, rt.num_devices)
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
-    # the run is a function of its config: TensorFlow's op-level seeds (shuffles) combine with the global
-    # seed, so whatever ran before in this process must not change the batches
-    keras.utils.set_random_seed(config.seed)
-    source = load_source(config.data_dir, config.val_fraction, config.seed, config.tfds_data_dir)
+    seed = _run_seed(config.seed)
+    source = sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir)
     rule = bit_hyperrule.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
-                         config.steps, config.resolution)
-    epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, config.evaluations)
-    steps_per_execution = steps_per_execution_for(rt.kind, steps_per_epoch, config.steps_per_execution)
-    record = {"config": config.as_dict(), "backend": keras.backend.backend(), "device_kind": rt.kind,
-              "devices": rt.num_devices, "global_batch_size": config.global_batch_size,
-              "per_device_batch": config.global_batch_size // rt.num_devices,
-              "policy": keras.config.dtype_policy().name, "steps_per_execution": steps_per_execution,
-              "evaluation_rounds": epochs, "source": source.kind, "class_names": list(source.class_names),
-              "train_size": source.train_size, "val_size": source.val_size, "rule": rule.as_dict()}
+                                   config.steps, config.resolution)
+    record = _run_record(config, rt, source, rule, seed)
     if config.verbose:
         print("finetune settings:\n" + "\n".join(f"  {k}: {json.dumps(_json_ready(v))}" for k, v in record.items()))
     os.makedirs(config.out_dir, exist_ok=True)
     _write_json(os.path.join(config.out_dir, "config.json"), record)
 
-    num_classes = len(source.class_names)
-    model = bit.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
-    compile_classifier(model, rule, loss_fn, steps_per_execution)
-    train_batches = bit_input.train_dataset(source.train, rule, num_classes, seed=config.seed)
-    val_batches = (bit_input.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
-                   if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
-    history = train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations, config.verbose,
-                    config.restore_best, validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
-    evaluation = report(model, val_batches, source.class_names) if val_batches is not None else None
+    model, history, evaluation = _fit_and_evaluate(config, source, rule, record["steps_per_execution"], seed)
     export.save_classifier(model, config.out_dir, source.class_names, rule.crop)
-
-    record["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    if evaluation is not None:
-        record["val_accuracy"] = evaluation["accuracy"]
-        record["confusion_matrix"] = evaluation["confusion_matrix"]
-        record["per_class"] = evaluation["per_class"]
-        if config.verbose:
-            print(f"validation accuracy {evaluation['accuracy']:.4f}\n{evaluation['report']}")
-    _write_json(os.path.join(config.out_dir, "finetune.json"), record)
+    _write_json(os.path.join(config.out_dir, "finetune.json"), _add_results(record, history, evaluation))
+    if evaluation is not None and config.verbose:
+        print(f"validation accuracy {evaluation['accuracy']:.4f}\n{evaluation['report']}")
     return FinetuneResult(model, rule, source, history, evaluation, config.out_dir, config)
 
 
@@ -494,8 +298,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kitlib import runtime  # noqa: PLC0415
-
     try:
         config = FinetuneConfig(
             data_dir=args.data, backbone=args.backbone, out_dir=args.out, global_batch_size=args.batch_size,

@@ -1,6 +1,8 @@
-"""Image sources other than TFRecord shards, as the kit's dicts (see ``kitlib.data``): a JPEG folder with a
-``train.csv``, one folder per class, a tfds dataset, and the test images to predict wherever they are
-(``open_test_source``: a data dir, a folder of images, test shards, or a ``tf.data.Dataset``).
+"""Data sources of any layout, as the kit's dicts (see ``kitlib.data``): the readers of everything that is not
+TFRecord shards (a JPEG folder with a ``train.csv``, one folder per class, a tfds dataset), and the two doors
+the commands use: ``load_source`` (a training source split into train / validation, whatever its layout) and
+``open_test_source`` (the test images to predict: a data dir, a folder of images, test shards, or a
+``tf.data.Dataset``).
 
 Bad input raises ``kitlib.data.DataError`` naming the file and what to do; a file that is not an image fails
 while the pipeline runs with a ``kitlib:`` message (``kitlib.data.explain_errors`` turns it into a DataError).
@@ -10,14 +12,17 @@ import contextlib
 import csv
 import dataclasses
 import glob
+import math
 import os
 
 import tensorflow as tf
 
-from kitlib.data import (AUTOTUNE, IMAGE_EXTENSIONS, NUM_CLASSES, DataError, count_data_items, decode_image,
-                         explain_errors, has_image_magic, load_dataset, resolve_files, split_paths)
+from kitlib.data import (AUTOTUNE, IMAGE_EXTENSIONS, NUM_CLASSES, DataError, class_names_of, count_data_items,
+                         decode_image, explain_errors, has_image_magic, list_tfrecords, load_dataset, resolve_files,
+                         split_files, split_paths)
 
 TEST_SOURCE_KINDS = ("auto", "images", "tfrecords")
+TFDS_PREFIX = "tfds:"
 
 
 # ============ test sets: a data dir, a JPEG folder, TFRecords, a dataset ============
@@ -243,3 +248,102 @@ def load_tfds(name, data_dir=None, download=False, split="train"):
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
     return dataset.map(to_dict, num_parallel_calls=AUTOTUNE), class_names
+
+
+# ============ a training source: train / validation split of any layout ============
+
+
+@dataclasses.dataclass
+class TrainingSource:
+    """Train/validation datasets of kit dicts, with what the rule needs to know about them."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset  # None when val_fraction == 0
+    class_names: tuple
+    train_size: int
+    val_size: int
+    image_hw: tuple  # (h, w) of the first training image; "image" may be encoded bytes (see load_source)
+    kind: str  # "tfrecords" | "jpeg_csv" | "image_folder" | "tfds"
+
+
+def _split_examples(dataset, val_fraction):
+    """(train, val) at example level: example i is validation when floor((i+1) f) > floor(i f).
+
+    Deterministic for an ordered dataset, spreads validation evenly (every class of a sorted
+    folder is represented) and gives round-down(n f) validation examples.
+    """
+    def is_val(i, _):
+        i = tf.cast(i, tf.float64)
+        return tf.floor((i + 1) * val_fraction) > tf.floor(i * val_fraction)
+
+    indexed = dataset.enumerate()
+    train = indexed.filter(lambda i, ex: tf.logical_not(is_val(i, ex))).map(lambda i, ex: ex)
+    val = indexed.filter(is_val).map(lambda i, ex: ex)
+    return train, val
+
+
+def _count(dataset):
+    """Number of elements (from the cardinality when known, else by one pass)."""
+    n = int(dataset.cardinality())
+    if n >= 0:
+        return n
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=False):
+    """Open a data source and split it into train / validation.
+
+    Args:
+        source: a folder with ``train_tfrecords/`` (Cassava shards, split at file level), a folder with
+            ``train.csv`` + ``train_images/``, a folder with one sub-folder per class, or
+            ``"tfds:NAME"`` (prepared offline in ``tfds_data_dir``).
+        val_fraction: share held out for validation, in [0, 1).
+        seed: seed of the file-level split (TFRecords).
+        decode: False keeps images as encoded bytes (decoded later by ``bit_input.train_dataset`` /
+            ``bit_input.eval_dataset``, after shuffling); tfds datasets are always decoded.
+    Returns:
+        a ``TrainingSource``.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    source = os.fspath(source)
+    train_paths = split_paths(source, "train")
+    if source.startswith(TFDS_PREFIX):
+        dataset, class_names = load_tfds(source[len(TFDS_PREFIX):], data_dir=tfds_data_dir)
+        kind = "tfds"
+    elif tf.io.gfile.isdir(train_paths.tfrecords_dir):  # local or gs://
+        files = list_tfrecords(source, "train")
+        train_files, val_files = split_files(files, val_fraction, seed) if val_fraction else (files, [])
+        # shards mixed one record of each in turn, the same order every run: the batches are a function
+        # of the seed (the same run on 1 device and on 8)
+        train = load_dataset(train_files, decode=decode, reproducible=True)
+        val = load_dataset(val_files, ordered=True, decode=decode) if val_files else None
+        return TrainingSource(train, val, class_names_of(source), count_data_items(train_files),
+                      count_data_items(val_files), _first_image_hw(train), "tfrecords")
+    elif os.path.isfile(train_paths.csv) and os.path.isdir(train_paths.images_dir):
+        class_names = class_names_of(source)
+        dataset = load_jpeg_csv(train_paths.images_dir, train_paths.csv,
+                                     num_classes=len(class_names), decode=decode)
+        kind = "jpeg_csv"
+    elif os.path.isdir(source):
+        dataset, class_names = load_image_folder(source, decode=decode)
+        kind = "image_folder"
+    else:
+        raise DataError(f"{source}: no such folder. Pass a folder with train_tfrecords/, or train.csv + "
+                             "train_images/, or one sub-folder per class, or tfds:NAME")
+    if not class_names:
+        raise DataError(f"{source}: the dataset does not name its classes; use a labelled source")
+    total = _count(dataset)
+    val_size = math.floor(total * val_fraction)  # what _split_examples selects, without reading the images
+    train, val = _split_examples(dataset, val_fraction) if val_fraction else (dataset, None)
+    return TrainingSource(train, val, tuple(class_names), total - val_size, val_size, _first_image_hw(train), kind)
+
+
+def _first_image_hw(dataset):
+    """(h, w) of the first image: what ``get_resolution`` decides on (Cassava: 600 x 800)."""
+    with explain_errors():
+        for example in dataset.take(1):
+            image = example["image"]
+            image = decode_image(image) if image.dtype == tf.string else image
+            return tuple(int(v) for v in image.shape[:2])
+    raise DataError("the training split is empty; lower val_fraction or add data")

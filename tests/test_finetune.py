@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import bit, cli, data, export, finetune
+from kitlib import bit, cli, data, export, finetune, sources, training
 from kitlib.compat import keras, tf
 
 
@@ -23,7 +23,7 @@ def tiny_backbone(tmp_path_factory):
 @pytest.mark.parametrize("total, wanted, rounds", [
     (500, 10, (10, 50)), (4000, 10, (10, 400)), (20, 4, (4, 5)), (37, 10, (1, 37)), (7, 10, (7, 1))])
 def test_evaluation_rounds_cover_exactly_the_rule_steps(total, wanted, rounds):
-    assert finetune.evaluation_rounds(total, wanted) == rounds  # (epochs, steps per epoch): the divisor nearest
+    assert training.evaluation_rounds(total, wanted) == rounds  # (epochs, steps per epoch): the divisor nearest
 
 
 def test_an_example_level_split_is_disjoint_complete_and_takes_validation_from_every_class(tmp_path):
@@ -31,7 +31,7 @@ def test_an_example_level_split_is_disjoint_complete_and_takes_validation_from_e
         (tmp_path / name).mkdir()
         for i in range(5):
             (tmp_path / name / f"{i}.png").write_bytes(tf.io.encode_png(np.full([4, 4, 3], i, np.uint8)).numpy())
-    source = finetune.load_source(str(tmp_path), val_fraction=0.2)
+    source = sources.load_source(str(tmp_path), val_fraction=0.2)
     train = [ex["image_name"].numpy().decode() for ex in source.train]
     val = [ex["image_name"].numpy().decode() for ex in source.val]
     assert val == ["a/4.png", "b/4.png"] and (source.train_size, source.val_size) == (8, 2)
@@ -39,7 +39,7 @@ def test_an_example_level_split_is_disjoint_complete_and_takes_validation_from_e
 
 
 def test_cassava_tfrecords_are_split_by_shard_and_the_rule_sees_the_training_size(sample_dir):
-    source = finetune.load_source(sample_dir, val_fraction=0.25)
+    source = sources.load_source(sample_dir, val_fraction=0.25)
     assert source.kind == "tfrecords" and source.class_names == data.CLASS_NAMES
     assert (source.train_size, source.val_size) == (75, 25)
     assert min(source.image_hw) >= 256
@@ -55,7 +55,7 @@ def test_jpeg_folder_with_csv_and_class_folders_are_read_with_their_sizes(sample
     os.symlink(os.path.join(sample_dir, "train.csv"), jpeg / "train.csv")
     with open(os.path.join(sample_dir, "train.csv")) as f:
         rows = len(list(csv.DictReader(f)))
-    source = finetune.load_source(str(jpeg), val_fraction=0.2)
+    source = sources.load_source(str(jpeg), val_fraction=0.2)
     assert source.kind == "jpeg_csv" and source.train_size + source.val_size == rows
     assert source.val_size == sum(1 for _ in source.val)
 
@@ -65,14 +65,14 @@ def test_jpeg_folder_with_csv_and_class_folders_are_read_with_their_sizes(sample
         for i in range(3):
             image = np.full([20, 24, 3], colour + i, np.uint8)
             (folders / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-    source = finetune.load_source(str(folders), val_fraction=1 / 3)
+    source = sources.load_source(str(folders), val_fraction=1 / 3)
     assert source.kind == "image_folder" and source.class_names == ("cats", "dogs")
     assert (source.train_size, source.val_size, source.image_hw) == (4, 2, (20, 24))
 
 
 def test_missing_data_folder_fails_with_what_to_pass(tmp_path):
     with pytest.raises(data.DataError, match="train_tfrecords"):
-        finetune.load_source(str(tmp_path / "nowhere"))
+        sources.load_source(str(tmp_path / "nowhere"))
 
 
 def test_callbacks_keep_the_best_validation_weights_and_log_every_round(tmp_path):
@@ -81,19 +81,19 @@ def test_callbacks_keep_the_best_validation_weights_and_log_every_round(tmp_path
     model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"])
     x, y = np.array([[1, 0], [0, 1]] * 4, np.float32), np.eye(2, dtype=np.float32)[[0, 1] * 4]
     model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=4, verbose=0,
-              callbacks=finetune.training_callbacks(str(tmp_path)))
+              callbacks=training.training_callbacks(str(tmp_path)))
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "val_accuracy" in rows[0]
-    assert finetune.best_checkpoint_path(str(tmp_path)) == str(tmp_path / "checkpoints" / "best.weights.h5")
-    model.load_weights(finetune.best_checkpoint_path(str(tmp_path)))  # a weights file of this model
+    assert training.best_checkpoint_path(str(tmp_path)) == str(tmp_path / "checkpoints" / "best.weights.h5")
+    model.load_weights(training.best_checkpoint_path(str(tmp_path)))  # a weights file of this model
 
 
 @pytest.mark.parametrize("kind, steps_per_epoch, wanted, expected", [
     ("CPU", 50, None, 1), ("GPU", 50, None, 1), ("TPU", 50, None, 25), ("TPU", 64, None, 32), ("TPU", 7, None, 7),
     ("TPU", 37, None, 1), ("CPU", 50, 10, 10), ("CPU", 50, 8, 5)])
 def test_steps_per_execution_divides_the_round_and_is_large_only_on_tpu(kind, steps_per_epoch, wanted, expected):
-    assert finetune.steps_per_execution_for(kind, steps_per_epoch, wanted) == expected
+    assert training.steps_per_execution_for(kind, steps_per_epoch, wanted) == expected
 
 
 def test_config_refuses_bad_settings_before_any_data_is_read_and_serialises(tmp_path):
@@ -205,7 +205,7 @@ def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
 
 def test_tfds_source_offline_and_unprepared_fails_at_once_with_advice(tmp_path):
     with pytest.raises(data.DataError, match="not prepared"):
-        finetune.load_source("tfds:cats_vs_dogs", tfds_data_dir=str(tmp_path))
+        sources.load_source("tfds:cats_vs_dogs", tfds_data_dir=str(tmp_path))
 
 
 def test_suggested_global_batch_fits_the_devices_and_splits_over_them():
