@@ -222,6 +222,45 @@ def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, se
     return timed / wall, cpu * 1000 / timed, start_up
 
 
+def pipelines(shards):
+    """The rows to time: (name, endless dataset of batches, per-batch step or None), the floor and the seed first."""
+    records = data.load_dataset(shards, decode=False).repeat()
+    color_on_cpu = color_step(color.ColorAugment())
+    rows = [
+        ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
+        (SEED_ROW, seed_pipeline(shards), None),
+    ]
+    for name, config in (("SEED_NOTEBOOK 2x224+3x96", multicrop.SEED_NOTEBOOK),
+                         ("SWAV_PAPER 2x224+6x96", multicrop.SWAV_PAPER)):
+        host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
+        device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
+        rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
+        if config is multicrop.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
+            full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
+            full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
+            rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
+        rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
+        if config is multicrop.SEED_NOTEBOOK:
+            rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
+    return rows
+
+
+def print_summary(passes, floor_row):
+    """The table of every pipeline's passes, then each kitlib row against the seed and the decode floor."""
+    print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s} {'start-up s':>11s}")
+    for name, runs in passes.items():
+        best = max(runs)
+        print(f"{name:56s} {best[0]:9.0f} ({np.median([r[0] for r in runs]):5.0f}) {best[1]:13.2f} "
+              f"{np.median([r[2] for r in runs]):11.2f}")
+    floor, seed = passes[floor_row], passes[SEED_ROW]
+    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
+          "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
+    for name, runs in passes.items():
+        if name.startswith("kitlib"):
+            (seed_wall, seed_cpu), (floor_wall, floor_cpu) = within_rounds(runs, seed), within_rounds(runs, floor)
+            print(f"{name:56s} {seed_wall:5.1f}x ({seed_cpu:4.1f}x) seed  {floor_wall:5.2f} ({floor_cpu:4.2f}) floor")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="800x600 images to write (default 512)")
@@ -247,42 +286,14 @@ def main(argv=None):
         size_kb = sum(os.path.getsize(f) for f in shards) / written / 1024
         print(f"wrote {written} {WIDTH}x{HEIGHT} JPEGs ({size_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s; "
               f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed, the shards read endlessly\n")
-        records = data.load_dataset(shards, decode=False).repeat()
-        color_on_cpu = color_step(color.ColorAugment())
-        rows = [
-            ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
-            (SEED_ROW, seed_pipeline(shards), None),
-        ]
-        for name, config in (("SEED_NOTEBOOK 2x224+3x96", multicrop.SEED_NOTEBOOK),
-                             ("SWAV_PAPER 2x224+6x96", multicrop.SWAV_PAPER)):
-            host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
-            device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
-            rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
-            if config is multicrop.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
-                full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
-                full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
-                rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
-            rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
-            if config is multicrop.SEED_NOTEBOOK:
-                rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
+        rows = pipelines(shards)
         passes = {name: [] for name, _, _ in rows}
         for round_ in range(args.passes):  # rounds of one pass per pipeline: drifts hit all alike
             for name, dataset, step in rows:
                 passes[name].append(one_pass(dataset, per_batch=step, seconds=args.seconds))
             print(f"round {round_ + 1}/{args.passes}: " + ", ".join(
                 f"{run[0]:.0f}" for run in (passes[name][-1] for name, _, _ in rows)) + " images/s", flush=True)
-    print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s} {'start-up s':>11s}")
-    for name, runs in passes.items():
-        best = max(runs)
-        print(f"{name:56s} {best[0]:9.0f} ({np.median([r[0] for r in runs]):5.0f}) {best[1]:13.2f} "
-              f"{np.median([r[2] for r in runs]):11.2f}")
-    floor, seed = passes[rows[0][0]], passes[SEED_ROW]
-    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
-          "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
-    for name, runs in passes.items():
-        if name.startswith("kitlib"):
-            (seed_wall, seed_cpu), (floor_wall, floor_cpu) = within_rounds(runs, seed), within_rounds(runs, floor)
-            print(f"{name:56s} {seed_wall:5.1f}x ({seed_cpu:4.1f}x) seed  {floor_wall:5.2f} ({floor_cpu:4.2f}) floor")
+    print_summary(passes, floor_row=rows[0][0])
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     if args.json:
         with open(args.json, "w") as out:
