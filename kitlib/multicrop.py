@@ -25,7 +25,7 @@ from kitlib.runtime import usable_cores
 
 CROP_RATIO = (3 / 4, 4 / 3)    # aspect-ratio range of random resized crops (torchvision default)
 MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 2x from decoded pixels
-_JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
+JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
 _KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
 
 
@@ -191,13 +191,18 @@ def parse_multicrop_spec(spec):
 
 # ============ one example -> its crops ============
 
-def _jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
-    """Index into _JPEG_SCALES of the coarsest scale at which no crop is upsampled more than
-    ``max_upscale`` times from its window (1.0: every window keeps at least its crop's side)."""
+def jpeg_scale_index(boxes, sizes, shape, max_upscale=1.0):
+    """Index (int32 scalar) into `JPEG_SCALES` of the coarsest scale at which no crop is upsampled more than
+    ``max_upscale`` times from its window (1.0: every window keeps at least its crop's side).
+
+    Args:
+        boxes: [V, 4] windows (y0, x0, h, w) in pixels of the full image. sizes: [V] float32 crop sides.
+        shape: (height, width) of the full image (a decoded side keeps at least one pixel).
+    """
     fit = tf.reduce_min(max_upscale * tf.minimum(boxes[:, 2], boxes[:, 3]) / sizes)
     small = tf.reduce_min(tf.cast(shape, tf.float32))  # keep at least one pixel per side
     index = tf.constant(0)
-    for i, scale in enumerate(_JPEG_SCALES[1:], start=1):
+    for i, scale in enumerate(JPEG_SCALES[1:], start=1):
         index = tf.where((fit >= scale) & (small >= scale), i, index)
     return index
 
@@ -227,8 +232,8 @@ def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
     def jpeg():
         shape = tf.image.extract_jpeg_shape(contents)[:2]
         boxes = boxes_for(shape)
-        index = _jpeg_scale_index(boxes, sizes, shape, max_upscale)
-        scale = tf.gather(tf.constant(_JPEG_SCALES, tf.float32), index)
+        index = jpeg_scale_index(boxes, sizes, shape, max_upscale)
+        scale = tf.gather(tf.constant(JPEG_SCALES, tf.float32), index)
         scaled_shape = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / scale), tf.int32)
         top_left = tf.cast(tf.floor(tf.reduce_min(boxes[:, :2], 0) / scale), tf.int32)
         bottom_right = tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, :2] + boxes[:, 2:], 0) / scale), tf.int32)
@@ -236,7 +241,7 @@ def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
         extent = tf.clip_by_value(bottom_right, top_left + 1, scaled_shape) - top_left
         window = tf.concat([top_left, extent], 0)
         image = tf.switch_case(index, [lambda r=r: tf.image.decode_and_crop_jpeg(
-            contents, window, channels=3, ratio=r, dct_method=dct_method) for r in _JPEG_SCALES])
+            contents, window, channels=3, ratio=r, dct_method=dct_method) for r in JPEG_SCALES])
         return image, boxes / scale - tf.cast(tf.concat([top_left, [0, 0]], 0), tf.float32)
 
     def other():

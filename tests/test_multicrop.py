@@ -128,8 +128,8 @@ def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolera
     for i in range(3):
         seed = tf.constant([4, i], tf.int64)
         boxes = multicrop.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
-        index = int(multicrop._jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
-        assert (multicrop._JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
+        index = int(multicrop.jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
+        assert (multicrop.JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
         from_bytes = multicrop.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="",
                                                max_upscale=1.0)  # full quality: windows keep their crop's size
         from_pixels = multicrop.multicrop_example(tf.io.decode_jpeg(jpeg), config, augment=False, seed=seed)
@@ -145,7 +145,7 @@ def test_decode_scale_of_an_800x600_jpeg_follows_max_upscale(max_upscale, usual_
     for i in range(100):
         boxes = tf.concat([multicrop.sample_crop_boxes(shape, n, (lo, hi), seed=[i, g]) for g, (n, lo, hi)
                            in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
-        ratio = multicrop._JPEG_SCALES[int(multicrop._jpeg_scale_index(boxes, sizes, shape, max_upscale))]
+        ratio = multicrop.JPEG_SCALES[int(multicrop.jpeg_scale_index(boxes, sizes, shape, max_upscale))]
         sides = np.minimum(boxes[:, 2], boxes[:, 3]) / ratio                 # window sides, decoded pixels
         assert (sizes / sides <= max_upscale + 1e-4).all(), "a crop is upsampled more than max_upscale"
         ratios.append(ratio)
@@ -153,13 +153,16 @@ def test_decode_scale_of_an_800x600_jpeg_follows_max_upscale(max_upscale, usual_
     assert multicrop.MAX_UPSCALE == 2.0  # the default: 800x600 decodes at 1/2 (400x300) with SwAV's crops
 
 
-def test_flipped_window_is_the_mirror_image_of_the_window():
+def test_flipped_crops_are_the_mirror_images_of_the_crops():
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (40, 50, 3)), tf.uint8)
-    box = tf.constant([3.2, 0.0, 30.0, 21.7])  # touches the left edge
-    plain = multicrop._resized_window(image, box, 16, tf.constant(False))
-    flipped = multicrop._resized_window(image, box, 16, tf.constant(True))
-    np.testing.assert_allclose(flipped, tf.reverse(plain, [1]), atol=1e-4)
-    np.testing.assert_allclose(plain / 255.0, multicrop._crop(image, box, 16), atol=1e-6)
+    config = MultiCropConfig.from_spec("8x16@0.3-1")                   # windows often touch an edge
+    seed = tf.constant([5, 1], tf.int64)
+    plain = multicrop.multicrop_example(image, config, augment=False, seed=seed)
+    flipped = multicrop.multicrop_example(image, config, augment="device", seed=seed)  # the same windows, flipped
+    mirrored = [not np.allclose(a, b, atol=1e-4) for a, b in zip(plain, flipped)]
+    for a, b, m in zip(plain, flipped, mirrored):                      # the window flipped = the crop flipped
+        np.testing.assert_allclose(b, tf.reverse(a, [1]) if m else a, atol=1e-4)
+    assert 0 < sum(mirrored) < len(mirrored)
 
 
 # ============ determinism ============
@@ -205,7 +208,7 @@ def test_encoded_images_are_decoded_once_jpeg_or_png():
     graph = fn.get_concrete_function(tf.TensorSpec([], tf.string)).graph.as_graph_def()
     ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
     assert ops.count("DecodeImage") == 1                            # PNG/GIF/BMP: one full decode
-    assert ops.count("DecodeAndCropJpeg") == len(multicrop._JPEG_SCALES)  # one per scale, one runs
+    assert ops.count("DecodeAndCropJpeg") == len(multicrop.JPEG_SCALES)  # one per scale, one runs
 
 
 # ============ configuration ============
