@@ -67,11 +67,6 @@ def accelerator_marks(environ=None, find=glob.glob):
     return {"TPU": tpu, "GPU": gpu}
 
 
-def accelerator_attached(environ=None, find=glob.glob):
-    """True when this machine has a TPU or an NVIDIA GPU (see `accelerator_marks`)."""
-    return any(accelerator_marks(environ, find).values())
-
-
 def device_kind(platform):
     """"TPU", "GPU" or "CPU" for a JAX platform name ("tpu", "gpu", "cuda", "rocm", "cpu")."""
     platform = platform.lower()
