@@ -37,7 +37,7 @@ HUE_SIN = np.linalg.inv(_YIQ) @ np.array([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]]) @
 
 @dataclasses.dataclass(frozen=True)
 class ColorConfig:
-    """SwAV's per-crop colour distortion and blur: the parameters of `augment_crops` (host) and
+    """SwAV's per-crop colour distortion and blur: the parameters of `color_host.augment_crops` (host) and
     `ColorAugment` (accelerator).
 
     Args:
@@ -255,7 +255,7 @@ def _reflected_gaussian(sigma, k, n):
 
 
 def _blur_batch(x, sigma, k):
-    """Separable Gaussian blur with its own sigma per image, borders reflected (as `gaussian_blur`).
+    """Separable Gaussian blur with its own sigma per image, borders reflected (as `color_host.gaussian_blur`).
 
     Args:
         x: [B, H, W, C] float32 with static H, W.

@@ -22,7 +22,7 @@ def _short_class_name(name):
 
 
 def plot_bit_schedules(rules, labels=None):
-    """Learning rate of ``kitlib.bit_hyperrule.HyperRule`` s: per step, and relative to the peak per fraction of the run.
+    """Learning rate of ``bit_hyperrule.HyperRule`` s: per step, and relative to the peak per fraction of the run.
 
     Args:
         rules: HyperRule objects (e.g. the same data at batch 64, 128 and 512).
@@ -188,7 +188,7 @@ def plot_swav_history(history, ln_k):
     """SwAV loss per epoch against the collapse floor ln K, and prototype-usage entropy.
 
     Args:
-        history: history.csv rows (``kitlib.pretrain.read_history``) or ``History.history``.
+        history: history.csv rows (``kitlib.checkpoint.read_history``) or ``History.history``.
         ln_k: ln of the number of prototypes (``SwAVModel.ln_k``).
     Returns:
         Figure with two axes: loss vs ln K; usage entropy vs its maximum ln K.
