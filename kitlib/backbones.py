@@ -19,7 +19,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # inputs are [0, 1]; the backbone standar
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_CNN_WIDTHS = (32, 64, 128)       # CPU tests and demos: three stride-2 conv blocks
 SMALL_CNN_BN_MOMENTUM = 0.9            # PyTorch's 0.1: moving statistics settle within a short run
-KIT_NAMES = ("small_cnn", "resnet50")
+KIT_NAMES = ("small_cnn", "small_cnn_grid", "resnet50")
+
+
+@keras.saving.register_keras_serializable(package="kitlib")
+class GridPool(keras.layers.Layer):
+    """Average over each quadrant of a feature map: [N, h, w, C] -> [N, 4 C] (any h, w >= 1).
+
+    The halves overlap by the middle row/column when h or w is odd, so every crop size works. Global
+    average pooling throws away where a pattern sits; on small images (digits, tiles) that layout is
+    much of the signal, and 2 x 2 cells keep it at 4x the width.
+    """
+
+    def call(self, x):
+        h, w = x.shape[1], x.shape[2]
+        rows = (x[:, :(h + 1) // 2], x[:, h // 2:])
+        cells = [keras.ops.mean(part[:, :, cols], axis=(1, 2)) for part in rows
+                 for cols in (slice(0, (w + 1) // 2), slice(w // 2, None))]
+        return keras.ops.concatenate(cells, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 4 * input_shape[-1])
 
 
 def _standardize(inputs):
@@ -54,7 +74,8 @@ def build(name="resnet50"):
             x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
             x = keras.layers.BatchNormalization(momentum=SMALL_CNN_BN_MOMENTUM)(x)
             x = keras.layers.ReLU()(x)
-        features = keras.layers.GlobalAveragePooling2D(name="features")(x)
+        features = (GridPool(name="features")(x) if name == "small_cnn_grid"
+                    else keras.layers.GlobalAveragePooling2D(name="features")(x))
     return keras.Model(inputs, features, name=name)
 
 

@@ -133,16 +133,22 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+OPTIMIZERS = ("lars", "sgd", "adam")
+
+
 def build_optimizer(name="lars", learning_rate=0.6, momentum=0.9, weight_decay=1e-6, trust_coefficient=0.001):
-    """The pretraining optimiser by name: "lars" (SwAV) or "sgd" (same, without layer adaptation).
+    """The pretraining optimiser by name: "lars" (SwAV), "sgd" (LARS without layer adaptation) or
+    "adam" (Keras's Adam, no weight decay: the small-data choice of `kitlib.swav.rule`).
 
     Args:
-        name: "lars" | "sgd". learning_rate: float or schedule. Others as in `LARS`.
+        name: one of OPTIMIZERS. learning_rate: float or schedule. Others as in `LARS` (unused by Adam).
     Returns:
-        a `LARS` instance.
+        a `LARS` or `keras.optimizers.Adam` instance.
     """
     name = name.lower()
-    if name not in ("lars", "sgd"):
-        raise ValueError(f"unknown optimizer {name!r}; use 'lars' (SwAV default) or 'sgd'.")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)} (SwAV: 'lars').")
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
     return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay,
                 trust_coefficient=trust_coefficient if name == "lars" else None)

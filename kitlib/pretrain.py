@@ -10,7 +10,6 @@ Rerunning the same command after an interruption (kill -9 included) resumes from
 epoch; a finished run only re-exports. ``epochs=0`` exports the random-init backbone.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -18,10 +17,10 @@ import os
 
 import numpy as np
 
-from kitlib import backbones, color, data, export, multicrop, runtime
+from kitlib import backbones, checkpoint, color, data, export, multicrop, recipe, runtime
 from kitlib.compat import keras
-from kitlib.optim import WarmupCosine, build_optimizer, swav_learning_rate
-from kitlib.swav import SwAVModel, suggest_num_prototypes
+from kitlib.optim import OPTIMIZERS, WarmupCosine, build_optimizer
+from kitlib.swav import SwAVModel
 
 _CACHE_LIMIT = 5_000  # cache encoded records in memory below this many images
 # settings that fix variable shapes: a checkpoint cannot be resumed if one of them changed
@@ -32,21 +31,24 @@ _AUGMENT_MODES = {"host": True, "device": "device", "none": False}
 
 @dataclasses.dataclass
 class PretrainConfig:
-    """Every setting of one SwAV run; None fields are filled by `resolve` from the data and devices.
+    """Every setting of one SwAV run. Fields left None are chosen by `resolve` from the data and the
+    devices: SwAV's recipe by `kitlib.recipe.rule` (the paper's at ImageNet-like scale, the small-data
+    recipe below it), printed with its reasons; any field given here overrides the rule.
 
     Attributes:
         data_dir: folder holding ``train_tfrecords/`` (competition layout). out_dir: outputs, resumed.
         epochs: passes over the data (0: export the random-init backbone).
         global_batch_size: images per step over all devices (a multiple of the device count).
-        backbone: "resnet50" | "small_cnn" (`kitlib.backbones.build`). prototypes: K (None: 3000).
+        backbone: a `kitlib.backbones.KIT_NAMES` name. prototypes: K.
         crops: multi-crop spec ``COUNTxSIZE@MIN-MAX,...`` (big crops first).
         augmentation: "host" (colour in tf.data), "device" (colour in the compiled step, on the
             accelerator), "none" (crops only), "auto" (device on TPU/GPU, host on CPU).
-        hidden_dim, output_dim: projection head. optimizer: "lars" | "sgd".
-        base_lr, final_lr: None -> `swav_learning_rate(global batch)`, base / 1000.
-        warmup_epochs: None -> min(10, epochs // 10). weight_decay: skipped for BN and biases.
+        color_strength, gray_p, blur_p: the colour distortion (`kitlib.color.ColorConfig`; SwAV 1, 0.2, 0.5).
+        hidden_dim, output_dim: projection head. optimizer: "lars" | "sgd" | "adam".
+        base_lr, final_lr: peak and final learning rate (final None: base / 1000).
+        warmup_epochs: linear warmup. weight_decay: skipped for BN and biases (LARS/SGD).
         temperature, epsilon, sinkhorn_iters: SwAV's τ, ε and Sinkhorn iterations.
-        freeze_prototypes_niters: None -> one epoch of steps (paper: 313 at 4096, 5005 at 256).
+        freeze_prototypes_niters: steps with frozen prototypes (None: one epoch; paper 313 at 4096).
         queue_length, queue_start_epoch: the queue (0: none; paper 3840 from epoch 15 at batch 256).
         steps_per_execution: steps per compiled call (TPU: 32+). max_steps_per_epoch: cap (smoke runs).
         knn_every: every N epochs log ``knn_acc`` of frozen features on the labelled split (0: off).
@@ -56,25 +58,28 @@ class PretrainConfig:
     """
     data_dir: str = None
     out_dir: str = None
-    epochs: int = 100
-    global_batch_size: int = 256
-    backbone: str = "resnet50"
+    epochs: int = None
+    global_batch_size: int = None
+    backbone: str = None
     prototypes: int = None
-    crops: str = "2x224@0.14-1,6x96@0.05-0.14"
+    crops: str = None
     augmentation: str = "auto"
-    hidden_dim: int = 2048
+    color_strength: float = None
+    gray_p: float = None
+    blur_p: float = None
+    hidden_dim: int = None
     output_dim: int = 128
-    optimizer: str = "lars"
+    optimizer: str = None
     base_lr: float = None
     final_lr: float = None
     warmup_epochs: int = None
     weight_decay: float = 1e-6
     temperature: float = 0.1
-    epsilon: float = 0.05
+    epsilon: float = None
     sinkhorn_iters: int = 3
     freeze_prototypes_niters: int = None
-    queue_length: int = 0
-    queue_start_epoch: int = 15
+    queue_length: int = None
+    queue_start_epoch: int = None
     steps_per_execution: int = 1
     max_steps_per_epoch: int = None
     knn_every: int = 0
@@ -85,40 +90,48 @@ class PretrainConfig:
 
     @classmethod
     def smoke(cls, **overrides):
-        """The small run the demo, the tests and the notebooks' CI smoke cell share: a CPU learns in it.
-
-        Crops only (on 100 images and ~120 steps the full colour augmentation leaves the loss at ln K),
-        crops large enough to hold leaf texture, K = 10 x the 5 classes, a high LARS lr (the trust
-        ratio 0.001 makes the effective step ~lr * 1e-3 * |w|/|g|) and no warmup.
-        """
-        settings = dict(epochs=40, global_batch_size=32, backbone="small_cnn", prototypes=50, hidden_dim=512,
-                        output_dim=128, crops="2x64@0.3-1,2x32@0.1-0.3", augmentation="none", base_lr=10.0,
-                        warmup_epochs=0, seed=0)
+        """The small run the demo, the tests and the notebooks' CI smoke cell share: the rule's recipe
+        for the data (`kitlib.recipe.rule`), shortened to 40 epochs at batch 32 so a CPU runs it in
+        about half a minute on the bundled sample."""
+        settings = dict(epochs=40, global_batch_size=32, seed=0)
         settings.update(overrides)
         return cls(**settings)
 
-    def resolve(self, num_images, num_devices=1, kind="CPU"):
+    def resolve(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224)):
         """A copy with every None/auto filled in for `num_images` images on `num_devices` of `kind`.
 
         Raises ValueError for a global batch that does not split over the devices or gives no step.
         """
-        runtime.check_global_batch(self.global_batch_size, num_devices)
+        return self.resolve_with_reasons(num_images, num_devices, kind, image_hw)[0]
+
+    def resolve_with_reasons(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224)):
+        """`resolve`, and {field: why} for every field the rule (`kitlib.recipe.rule`) filled."""
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
-        steps = num_images // self.global_batch_size
-        if steps < 1 and self.epochs > 0:
+        batch = self.global_batch_size or recipe.default_global_batch(num_images, num_devices)
+        runtime.check_global_batch(batch, num_devices)
+        chosen = recipe.rule(num_images, image_hw, batch)
+        filled = {k: v for k, v in chosen.settings.items() if getattr(self, k) is None}
+        reasons = {k: chosen.reasons[k] for k in filled}
+        if self.global_batch_size is None:
+            reasons["global_batch_size"] = recipe.BATCH_REASON
+        config = dataclasses.replace(self, global_batch_size=batch, **filled)
+        if self.optimizer is not None and self.base_lr is None and config.optimizer != chosen.settings["optimizer"]:
+            config.base_lr = recipe.default_learning_rate(config.optimizer, batch)  # the flag's own default
+            config.final_lr = self.final_lr
+        steps = num_images // batch
+        if steps < 1 and config.epochs > 0:
             raise ValueError(f"{self.data_dir}: {num_images} training images give no full batch of "
-                             f"{self.global_batch_size}; lower --batch-size.")
+                             f"{batch}; lower --batch-size.")
         steps = max(1, min(steps, self.max_steps_per_epoch or steps))
-        base_lr = swav_learning_rate(self.global_batch_size)[0] if self.base_lr is None else self.base_lr
-        return dataclasses.replace(
-            self, max_steps_per_epoch=steps, base_lr=base_lr,
-            final_lr=base_lr * 1e-3 if self.final_lr is None else self.final_lr,
-            warmup_epochs=min(10, self.epochs // 10) if self.warmup_epochs is None else self.warmup_epochs,
-            prototypes=self.prototypes or suggest_num_prototypes(),
-            freeze_prototypes_niters=steps if self.freeze_prototypes_niters is None else self.freeze_prototypes_niters,
+        config = dataclasses.replace(
+            config, max_steps_per_epoch=steps,
+            final_lr=config.base_lr * 1e-3 if config.final_lr is None else config.final_lr,
+            freeze_prototypes_niters=steps if config.freeze_prototypes_niters is None
+            else config.freeze_prototypes_niters,
             augmentation=("device" if kind in ("TPU", "GPU") else "host") if self.augmentation == "auto"
             else self.augmentation)
+        return config, dict(regime=chosen.regime, **reasons)
 
 
 # ============ callbacks: is it learning? ============
@@ -171,93 +184,9 @@ class CollapseMonitor(keras.callbacks.Callback):
                           f"learning (collapse). Usual causes: {COLLAPSE_CAUSES}.")
 
 
-# ============ checkpoints: every variable, one atomic file ============
-
-def _state_variables(model):
-    return list(model.variables) + list(model.optimizer.variables)
-
-
-def save_state(model, path, epochs_done):
-    """Every model and optimizer variable (step, momentum, queue included) to one .npz, atomically."""
-    variables = _state_variables(model)
-    arrays = {f"v{i:05d}": np.asarray(keras.ops.convert_to_numpy(v.value)) for i, v in enumerate(variables)}
-    arrays["paths"] = np.array([v.path for v in variables])
-    arrays["epochs_done"] = np.array(epochs_done)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a kill -9 never leaves half a checkpoint
-
-
-def restore_state(model, path):
-    """Load `save_state`'s file into a model built the same way; returns the epochs it had done.
-
-    Variables are matched in order and checked by shape (layer names carry per-process counters).
-    """
-    with np.load(path) as saved:
-        variables = _state_variables(model)
-        paths = [str(p) for p in saved["paths"]]
-        shapes = [saved[f"v{i:05d}"].shape for i in range(len(paths))]
-        wrong = [f"{v.path} {tuple(v.shape)} vs saved {p} {s}" for v, p, s in zip(variables, paths, shapes)
-                 if tuple(v.shape) != tuple(s)]
-        if len(paths) != len(variables) or wrong:
-            raise ValueError(f"checkpoint {path} does not fit this model ({len(paths)} saved variables, "
-                             f"{len(variables)} here; {'; '.join(wrong[:3])}); use a new --out, or delete that "
-                             "folder to start over.")
-        for i, variable in enumerate(variables):
-            variable.assign(saved[f"v{i:05d}"])
-        return int(saved["epochs_done"])
-
-
-class _CheckpointAndHistory(keras.callbacks.Callback):
-    """After each epoch: append the epoch's logs to history.csv, then save the state."""
-
-    def __init__(self, state_path, history_path, monitor, ln_k):
-        super().__init__()
-        self.state_path, self.history_path, self.monitor, self.ln_k = state_path, history_path, monitor, ln_k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor.nan_epoch is not None:
-            return  # never overwrite the last good state with a diverged one
-        row = {k: float(v) for k, v in (logs or {}).items()}
-        # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
-        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
-        append_history(self.history_path, row)
-        save_state(self.model, self.state_path, epoch + 1)
-
-
-def read_history(path):
-    """history.csv as a list of dicts of floats (epoch as int); [] when absent."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
-
-
-def append_history(path, row):
-    """Append one epoch's row to history.csv (columns grow when a new metric appears)."""
-    rows = read_history(path) + [row]
-    columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)  # atomic: a kill never leaves half a file
-
-
-def _truncate_history(path, epochs_done):
-    rows = [r for r in read_history(path) if r["epoch"] <= epochs_done]
-    if os.path.exists(path):
-        os.remove(path)
-    for row in rows:
-        append_history(path, row)
-    return rows
-
-
 # ============ pretrain ============
 
-def training_batches(files, crops, global_batch, augmentation="host", seed=None):
+def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR):
     """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
     [global_batch, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
 
@@ -265,6 +194,7 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None)
         files: TFRecord shards (``kitlib.data.list_tfrecords``). crops: spec or MultiCropConfig.
         global_batch: images per step over all devices. augmentation: "host" | "device" | "none".
         seed: int for a reproducible order and crops (None: shards interleaved as they stream in).
+        color_config: `kitlib.color.ColorConfig` of the host colour augmentation.
     """
     if augmentation not in _AUGMENT_MODES:
         raise ValueError(f"augmentation must be 'host', 'device' or 'none', got {augmentation!r}")
@@ -275,8 +205,20 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None)
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards
     batches = multicrop.multicrop_batches(records.repeat(), _crop_config(crops), global_batch,
                                           augment=_AUGMENT_MODES[augmentation],
-                                          shuffle_buffer=min(num_images, 1024), seed=seed)
+                                          shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
     return batches.map(lambda *crops: (tuple(crops),))
+
+
+def typical_image_hw(files, records=8):
+    """(height, width) of a typical training image: the median over the first `records` records."""
+    from kitlib.compat import tf  # noqa: PLC0415
+
+    shapes = [tf.image.extract_jpeg_shape(ex["image"]).numpy()[:2] if tf.io.is_jpeg(ex["image"])
+              else tf.shape(tf.io.decode_image(ex["image"], channels=3, expand_animations=False)).numpy()[:2]
+              for ex in data.load_dataset(files, labeled=False, decode=False, ordered=True).take(records)]
+    if not shapes:
+        raise data.DataError(f"{files[0]}: no image records to read the image size from")
+    return tuple(int(v) for v in np.median(np.array(shapes), axis=0))
 
 
 def random_init_backbone(name, seed):
@@ -324,19 +266,52 @@ def export_backbone(backbone, path):
     return backbones.save(export.with_dtype_policy(backbone, "float32"), path)
 
 
+def color_config(config):
+    """The run's `kitlib.color.ColorConfig` (jitter probability as SwAV's, 0.8)."""
+    return color.ColorConfig(strength=config.color_strength, gray_p=config.gray_p, blur_p=config.blur_p)
+
+
 def _build_model(config, net):
     steps = config.max_steps_per_epoch
     model = SwAVModel(net, num_prototypes=config.prototypes, hidden_dim=config.hidden_dim,
                       output_dim=config.output_dim, temperature=config.temperature, epsilon=config.epsilon,
                       sinkhorn_iters=config.sinkhorn_iters, freeze_prototypes_niters=config.freeze_prototypes_niters,
                       queue_length=config.queue_length, queue_start_step=config.queue_start_epoch * steps,
-                      crop_augment=color.ColorAugment(seed=config.seed) if config.augmentation == "device" else None)
+                      crop_augment=color.ColorAugment(color_config(config), seed=config.seed) if config.augmentation == "device" else None)
     schedule = WarmupCosine(config.base_lr, max(1, config.epochs * steps), config.warmup_epochs * steps,
                             final_lr=config.final_lr)
     model.compile(optimizer=build_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay),
                   steps_per_execution=config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     return model
+
+
+def plan(config, rt):
+    """The run `pretrain(config, rt)` will do: the config resolved from the data and the devices.
+
+    Returns:
+        (resolved `PretrainConfig`, the config.json record, {field: why} for the fields the rule chose).
+    """
+    if config.data_dir is None or config.out_dir is None:
+        raise ValueError("PretrainConfig needs data_dir and out_dir")
+    files = data.list_tfrecords(config.data_dir)
+    num_images = data.count_data_items(files)
+    image_hw = typical_image_hw(files)
+    config, reasons = config.resolve_with_reasons(num_images, rt.num_devices, rt.kind, image_hw)
+    record = dict(dataclasses.asdict(config), backend=keras.backend.backend(), devices=rt.num_devices,
+                  device_kind=rt.kind, policy=rt.policy, num_images=num_images, image_hw=list(image_hw),
+                  recipe=reasons.pop("regime"), chosen_by_rule=sorted(reasons))
+    return config, record, reasons
+
+
+def describe_plan(config, record, reasons):
+    """What the rule chose and why, one line per field (`plan`'s outputs), for printing."""
+    head = (f"kitlib pretrain: the {record['recipe']} recipe for {record['num_images']} images of "
+            f"{record['image_hw'][0]}x{record['image_hw'][1]} at global batch {config.global_batch_size} "
+            "(kitlib.recipe.rule; a flag or config field overrides any line)")
+    if not reasons:
+        return head + ": every setting was given."
+    return head + ":\n" + "\n".join(f"  {k} = {getattr(config, k)!r}: {why}" for k, why in reasons.items())
 
 
 def pretrain(config, rt=None, print_fn=print):
@@ -350,18 +325,13 @@ def pretrain(config, rt=None, print_fn=print):
     Returns:
         `PretrainResult`.
     """
-    if config.data_dir is None or config.out_dir is None:
-        raise ValueError("PretrainConfig needs data_dir and out_dir")
     rt = rt or runtime.setup(allow_cpu=config.allow_cpu, policy=config.mixed_precision, verbose=bool(config.verbose))
-    files = data.list_tfrecords(config.data_dir)
-    num_images = data.count_data_items(files)
-    config = config.resolve(num_images, rt.num_devices, rt.kind)
-    record = dict(dataclasses.asdict(config), backend=keras.backend.backend(), devices=rt.num_devices,
-                  device_kind=rt.kind, policy=rt.policy, num_images=num_images,
-                  steps_per_epoch=config.max_steps_per_epoch)
+    config, record, reasons = plan(config, rt)
     _write_config(config.out_dir, record)
     if config.verbose:
-        print_fn("kitlib pretrain: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+        print_fn("kitlib pretrain: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "chosen_by_rule"))
+        print_fn(describe_plan(config, record, reasons))
+    files = data.list_tfrecords(config.data_dir)
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)  # first, so the backbone starts as random_init_backbone's
     net = backbones.build(config.backbone)
@@ -369,32 +339,33 @@ def pretrain(config, rt=None, print_fn=print):
     state_path = os.path.join(config.out_dir, "checkpoints", "state.npz")
     epochs_done = 0
     if os.path.exists(state_path):
-        epochs_done = restore_state(model, state_path)
+        epochs_done = checkpoint.restore_state(model, state_path)
         if config.verbose:
             print_fn(f"kitlib pretrain: resuming after epoch {epochs_done} "
                      f"(step {int(model.optimizer.iterations.numpy())}) from {state_path}")
     os.makedirs(os.path.dirname(state_path), exist_ok=True)
     history_path = os.path.join(config.out_dir, "history.csv")
-    _truncate_history(history_path, epochs_done)
+    checkpoint.truncate_history(history_path, epochs_done)
     monitor = CollapseMonitor(model.ln_k, print_fn=print_fn)
     callbacks = [monitor]
     if config.knn_every:
         from kitlib.evaluate import KNNMonitor  # noqa: PLC0415 - sklearn only when asked
 
-        labelled = data.load_dataset(files, labeled=True, ordered=True)
+        labelled = data.load_dataset(files, labeled=True, ordered=True,
+                                     num_classes=len(data.class_names_of(config.data_dir)))
         callbacks.append(KNNMonitor(net, labelled, image_size=_crop_config(config.crops).size_crops[0],
                                     every=config.knn_every))
-    callbacks.append(_CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
+    callbacks.append(checkpoint.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
     if epochs_done < config.epochs:
         batches = training_batches(files, config.crops, config.global_batch_size, config.augmentation,
-                                   seed=config.seed)
+                                   seed=config.seed, color_config=color_config(config))
         model.fit(batches, epochs=config.epochs, initial_epoch=epochs_done,
                   steps_per_epoch=config.max_steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
     if monitor.nan_epoch is not None:
         raise FloatingPointError(f"SwAV pretraining diverged (NaN loss) in epoch {monitor.nan_epoch + 1}; "
                                  f"the last good checkpoint is {state_path}. Lower base_lr and rerun.")
     backbone_path = export_backbone(net, os.path.join(config.out_dir, "backbone.keras"))
-    history = read_history(history_path)
+    history = checkpoint.read_history(history_path)
     if not history:  # no epoch trained (epochs=0): the columns alone
         with open(history_path, "w") as f:
             f.write("epoch,loss\n")
@@ -407,13 +378,16 @@ def pretrain(config, rt=None, print_fn=print):
 _FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--epochs": ("epochs", int, "passes over the data (0: export the random-init backbone)"),
     "--batch-size": ("global_batch_size", int, "global batch: images per step over all devices"),
-    "--prototypes": ("prototypes", int, "K (default 3000, the paper's; ~10 x the classes on small data: 50 for Cassava)"),
+    "--prototypes": ("prototypes", int, "K, the number of prototypes"),
     "--crops": ("crops", str, "multi-crop spec COUNTxSIZE@MIN-MAX,..."),
+    "--color-strength": ("color_strength", float, "colour-jitter strength s (SwAV 1.0)"),
+    "--gray-p": ("gray_p", float, "probability of a grey crop (SwAV 0.2)"),
+    "--blur-p": ("blur_p", float, "probability of a blurred crop (SwAV 0.5)"),
     "--hidden-dim": ("hidden_dim", int, None),
     "--output-dim": ("output_dim", int, None),
-    "--base-lr": ("base_lr", float, "default: 0.6 at global batch 256, 4.8 at 4096 (LARS)"),
+    "--base-lr": ("base_lr", float, "peak lr (the rule: LARS 0.6 at batch 256, 4.8 at 4096; Adam 3e-3)"),
     "--final-lr": ("final_lr", float, "default base lr / 1000"),
-    "--warmup-epochs": ("warmup_epochs", int, "default min(10, epochs // 10)"),
+    "--warmup-epochs": ("warmup_epochs", int, None),
     "--weight-decay": ("weight_decay", float, None),
     "--temperature": ("temperature", float, None),
     "--epsilon": ("epsilon", float, None),
@@ -435,13 +409,15 @@ def add_arguments(parser):
     a = parser.add_argument
     a("--data", required=True, help="folder holding train_tfrecords/ (competition layout)")
     a("--out", required=True, help="output folder: config.json, checkpoints/, history.csv, backbone.keras")
-    a("--backbone", default=defaults.backbone, choices=list(backbones.KIT_NAMES))
+    a("--backbone", default=defaults.backbone, choices=list(backbones.KIT_NAMES), help="default: the rule's")
     a("--augmentation", default=defaults.augmentation, choices=list(AUGMENTATIONS))
-    a("--optimizer", default=defaults.optimizer, choices=["lars", "sgd"])
+    a("--optimizer", default=defaults.optimizer, choices=list(OPTIMIZERS), help="default: the rule's")
     for flag, (field, kind, help_text) in _FLAGS.items():
         default = getattr(defaults, field)
-        a(flag, type=kind, default=default, help=f"{help_text or field} (default {default})")
-    a("--smoke", action="store_true", help="the small CPU preset (PretrainConfig.smoke); other flags override it")
+        a(flag, type=kind, default=default,
+          help=f"{help_text or field} (default {'chosen by kitlib.recipe.rule' if default is None else default})")
+    a("--smoke", action="store_true", help="the CI smoke preset (PretrainConfig.smoke: the rule's recipe, 40 "
+      "epochs at batch 32); other flags override it")
     a("--allow-cpu", action="store_true", help="train on the CPU even where a TPU/GPU exists that JAX cannot see")
     a("--verbose", type=int, default=1, choices=[0, 1, 2], help="0 silent, 1 progress bar, 2 a line per epoch")
 

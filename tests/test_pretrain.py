@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from kitlib import backbones, data, evaluate, pretrain, runtime
+from kitlib import backbones, checkpoint, data, evaluate, pretrain, runtime
 from kitlib.compat import keras
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(
     images = np.random.default_rng(0).random((3, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(result.backbone(images, training=False)),
                                rtol=1e-5, atol=1e-6)
-    rows = pretrain.read_history(os.path.join(tmp_path, "history.csv"))
+    rows = checkpoint.read_history(os.path.join(tmp_path, "history.csv"))
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert {"loss", "ln_k", "usage_entropy", "lr"} <= set(rows[0])
 
@@ -179,10 +179,11 @@ def test_config_resolves_from_the_data_and_the_devices():
 def test_cli_flags_fill_one_config_and_smoke_keeps_the_flags_given():
     config = _parse(["--data", "d", "--out", "o", "--crops", "2x224@0.14-1,6x96@0.05-0.14", "--prototypes", "50",
                      "--batch-size", "16", "--backbone", "small_cnn"])
-    assert (config.epochs, config.prototypes, config.global_batch_size, config.optimizer) == (100, 50, 16, "lars")
-    assert (config.data_dir, config.out_dir, config.backbone) == ("d", "o", "small_cnn")
+    assert (config.prototypes, config.global_batch_size, config.backbone) == (50, 16, "small_cnn")
+    assert (config.epochs, config.optimizer, config.base_lr) == (None, None, None)  # left to the rule
+    assert (config.data_dir, config.out_dir) == ("d", "o")
     smoke = _parse(["--data", "d", "--out", "o", "--smoke", "--epochs", "3"])
-    assert (smoke.epochs, smoke.backbone, smoke.prototypes) == (3, "small_cnn", 50)
+    assert (smoke.epochs, smoke.global_batch_size, smoke.seed, smoke.backbone) == (3, 32, 0, None)
 
 
 class _FakeModel:

@@ -1,0 +1,94 @@
+"""SwAV run state on disk: every model and optimizer variable in one atomic ``state.npz``, and
+``history.csv`` with one row per finished epoch. A kill -9 never leaves half a file: both are written
+to a temporary name and renamed."""
+
+import csv
+import os
+
+import numpy as np
+
+from kitlib.compat import keras
+
+
+def _state_variables(model):
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+def save_state(model, path, epochs_done):
+    """Every model and optimizer variable (step, momentum, queue included) to one .npz, atomically."""
+    variables = _state_variables(model)
+    arrays = {f"v{i:05d}": np.asarray(keras.ops.convert_to_numpy(v.value)) for i, v in enumerate(variables)}
+    arrays["paths"] = np.array([v.path for v in variables])
+    arrays["epochs_done"] = np.array(epochs_done)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a kill -9 never leaves half a checkpoint
+
+
+def restore_state(model, path):
+    """Load `save_state`'s file into a model built the same way; returns the epochs it had done.
+
+    Variables are matched in order and checked by shape (layer names carry per-process counters).
+    """
+    with np.load(path) as saved:
+        variables = _state_variables(model)
+        paths = [str(p) for p in saved["paths"]]
+        shapes = [saved[f"v{i:05d}"].shape for i in range(len(paths))]
+        wrong = [f"{v.path} {tuple(v.shape)} vs saved {p} {s}" for v, p, s in zip(variables, paths, shapes)
+                 if tuple(v.shape) != tuple(s)]
+        if len(paths) != len(variables) or wrong:
+            raise ValueError(f"checkpoint {path} does not fit this model ({len(paths)} saved variables, "
+                             f"{len(variables)} here; {'; '.join(wrong[:3])}); use a new --out, or delete that "
+                             "folder to start over.")
+        for i, variable in enumerate(variables):
+            variable.assign(saved[f"v{i:05d}"])
+        return int(saved["epochs_done"])
+
+
+class CheckpointAndHistory(keras.callbacks.Callback):
+    """After each epoch: append the epoch's logs to history.csv, then save the state (never a diverged
+    one: `monitor.nan_epoch` set means the last good state is kept)."""
+
+    def __init__(self, state_path, history_path, monitor, ln_k):
+        super().__init__()
+        self.state_path, self.history_path, self.monitor, self.ln_k = state_path, history_path, monitor, ln_k
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor.nan_epoch is not None:
+            return  # never overwrite the last good state with a diverged one
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
+        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
+        append_history(self.history_path, row)
+        save_state(self.model, self.state_path, epoch + 1)
+
+
+def read_history(path):
+    """history.csv as a list of dicts of floats (epoch as int); [] when absent."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def append_history(path, row):
+    """Append one epoch's row to history.csv (columns grow when a new metric appears)."""
+    rows = read_history(path) + [row]
+    columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)  # atomic: a kill never leaves half a file
+
+
+def truncate_history(path, epochs_done):
+    """Keep the rows of the epochs a resumed checkpoint has done; returns them."""
+    rows = [r for r in read_history(path) if r["epoch"] <= epochs_done]
+    if os.path.exists(path):
+        os.remove(path)
+    for row in rows:
+        append_history(path, row)
+    return rows

@@ -1,0 +1,89 @@
+"""kitlib.recipe.rule as a pure function: its table at a few sizes, the paper's settings at scale, and how
+PretrainConfig.resolve lets any given field override it."""
+
+import math
+
+import pytest
+
+from kitlib import pretrain, recipe
+
+
+def test_imagenet_scale_gets_the_papers_recipe():
+    chosen = recipe.rule(1_281_167, (375, 500), 4096)
+    s = chosen.settings
+    assert chosen.regime == "paper"
+    assert (s["backbone"], s["crops"], s["prototypes"], s["optimizer"]) == (
+        "resnet50", "2x224@0.14-1,6x96@0.05-0.14", 3000, "lars")
+    assert (s["base_lr"], s["final_lr"]) == pytest.approx((4.8, 0.0048))
+    assert (s["warmup_epochs"], s["hidden_dim"], s["queue_length"], s["epsilon"]) == (10, 2048, 0, 0.05)
+    assert (s["color_strength"], s["gray_p"], s["blur_p"]) == (1.0, 0.2, 0.5)
+
+
+def test_cassava_at_batch_256_gets_the_paper_queue():
+    s = recipe.rule(21_397, (600, 800), 256).settings
+    assert (s["backbone"], s["prototypes"], s["base_lr"]) == ("resnet50", 3000, pytest.approx(0.6))
+    assert (s["queue_length"], s["queue_start_epoch"]) == (3840, 15)
+    assert recipe.rule(21_397, (600, 800), 512).settings["queue_length"] == 4096  # whole batches
+
+
+@pytest.mark.parametrize("num_images, hw, batch, crops, k, epochs", [
+    (1_797, (32, 32), 64, "2x32@0.5-1,4x16@0.2-0.5", 32, 139),    # digits
+    (200, (32, 32), 32, "2x32@0.5-1,4x16@0.2-0.5", 10, 400),      # faces: K and epochs at their bounds
+    (1_560, (32, 32), 64, "2x32@0.5-1,4x16@0.2-0.5", 31, 160),    # photo tiles
+    (100, (256, 340), 32, "2x64@0.5-1,4x32@0.2-0.5", 10, 400),    # the Cassava sample: 64 px crops
+    (5_000, (25, 25), 64, "2x32@0.5-1,4x16@0.2-0.5", 32, 50),     # sizes round to 16 px
+    (50_000, (32, 32), 256, "2x32@0.5-1,4x16@0.2-0.5", 128, 20),  # many small images: still small
+])
+def test_small_data_table(num_images, hw, batch, crops, k, epochs):
+    chosen = recipe.rule(num_images, hw, batch)
+    s = chosen.settings
+    assert chosen.regime == "small"
+    assert (s["crops"], s["prototypes"], s["epochs"]) == (crops, k, epochs)
+    assert (s["backbone"], s["optimizer"], s["base_lr"], s["queue_length"]) == ("small_cnn_grid", "adam", 3e-3, 0)
+    assert (s["color_strength"], s["blur_p"]) == (0.5, 0.0)
+    assert s["prototypes"] <= batch // 2  # every batch can spread over the prototypes without a queue
+    assert set(chosen.reasons) == set(s) and all(chosen.reasons.values())
+
+
+def test_the_regime_turns_on_both_the_number_and_the_size_of_images():
+    assert recipe.rule(9_999, (600, 800), 256).regime == "small"
+    assert recipe.rule(10_000, (600, 800), 256).regime == "paper"
+    assert recipe.rule(10_000, (127, 800), 256).regime == "small"
+
+
+def test_bad_sizes_raise():
+    for args in [(0, (32, 32), 64), (10, (0, 32), 64), (10, (32, 32), 0)]:
+        with pytest.raises(ValueError, match="positive"):
+            recipe.rule(*args)
+
+
+def test_default_batch_is_a_multiple_of_the_devices():
+    assert [recipe.default_global_batch(n) for n in (100, 9_999, 10_000)] == [64, 64, 256]
+    assert recipe.default_global_batch(100, num_devices=8) == 64
+    assert recipe.default_global_batch(100, num_devices=3) == 63
+
+
+def test_resolve_fills_what_was_not_given_and_keeps_what_was():
+    given = pretrain.PretrainConfig(data_dir="d", out_dir="o", prototypes=50, crops="2x64@0.3-1,2x32@0.1-0.3")
+    config, reasons = given.resolve_with_reasons(1_797, 1, "CPU", (32, 32))
+    assert (config.prototypes, config.crops) == (50, "2x64@0.3-1,2x32@0.1-0.3")
+    assert (config.backbone, config.optimizer, config.global_batch_size, config.epochs) == (
+        "small_cnn_grid", "adam", 64, 139)
+    assert reasons["regime"] == "small" and "prototypes" not in reasons and "backbone" in reasons
+    assert (config.max_steps_per_epoch, config.freeze_prototypes_niters) == (28, 28)  # one epoch
+    assert config.final_lr == pytest.approx(3e-6)
+
+
+def test_an_optimizer_chosen_by_hand_gets_its_own_learning_rate():
+    lars = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars").resolve(1_797, 1, "CPU", (32, 32))
+    assert (lars.base_lr, lars.final_lr) == pytest.approx((0.6 * (64 / 256) ** 0.75, 0.6 * (64 / 256) ** 0.75 / 1e3))
+    adam = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="adam").resolve(21_397, 1, "TPU", (600, 800))
+    assert (adam.backbone, adam.base_lr) == ("resnet50", 3e-3)
+
+
+def test_describe_lists_every_choice_with_its_reason():
+    chosen = recipe.rule(1_797, (32, 32), 64)
+    lines = chosen.describe().splitlines()
+    assert len(lines) == len(chosen.settings)
+    assert any(line.startswith("  optimizer = 'adam'") and "LARS" in line for line in lines)
+    assert math.isclose(chosen.settings["final_lr"], chosen.settings["base_lr"] * 1e-3)
