@@ -68,9 +68,9 @@ def paper_config(rule_config, image_side):
     paper = recipe.rule(10 ** 7, (224, 224), rule_config.global_batch_size).settings
     paper.update(backbone="small_cnn", crops=f"2x{big}@0.14-1,6x{small}@0.05-0.14", epochs=rule_config.epochs,
                  prototypes=rule_config.prototypes, queue_length=0,
-                 warmup_epochs=min(paper["warmup_epochs"], rule_config.epochs // 10))
-    return dataclasses.replace(rule_config, **paper, freeze_prototypes_niters=None, final_lr=None,
-                               max_steps_per_epoch=None)
+                 warmup_epochs=min(paper["warmup_epochs"], rule_config.epochs // 10),
+                 freeze_prototypes_niters=None, final_lr=None, max_steps_per_epoch=None)  # resolved per run
+    return dataclasses.replace(rule_config, **paper)
 
 
 def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=print):

@@ -17,7 +17,7 @@ PAPER_PROTOTYPES = 3000
 LARGE_MIN_IMAGES = 10_000   # from here on (with large images) the paper's recipe
 LARGE_MIN_SIDE = 128        # images smaller than this get the small-image backbone whatever their number
 SMALL_MAX_CROP = 64         # small-data crops: at most 64 px (a few thousand images, minutes on a CPU)
-SMALL_IMAGES_SEEN = 250_000  # small-data epochs: about this many images in all (~10 min on 2 CPU cores at 32 px)
+SMALL_IMAGES_SEEN = 150_000  # small-data epochs: about this many images in all (~7 min on 2 CPU cores at 32 px)
 SMALL_EPOCH_RANGE = (20, 400)
 SMALL_LR = 3e-3             # Adam; 1e-2 collapsed to ln K on digits, 1e-3 learned 3x slower
 
