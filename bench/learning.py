@@ -77,9 +77,8 @@ def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=p
     """Pretrain with the rule and with the paper's recipe on one set; score all four feature kinds."""
     data_dir = image_sets.prepare(name, os.path.join(out_root, "data"), sample_dir)
     files = data.list_tfrecords(data_dir)
-    rule = pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"), seed=seed,
-                                   epochs=epochs, verbose=0)
-    rule = rule.resolve(data.count_data_items(files), rt.num_devices, rt.kind, pretrain.typical_image_hw(files))
+    rule, _, _ = pretrain.plan(pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"),
+                                                       seed=seed, epochs=epochs, verbose=0), rt)
     rule = dataclasses.replace(rule, knn_every=max(1, rule.epochs // 10))
     side = int(rule.crops.split("x")[1].split("@")[0])
     rows = {"raw pixels": dict(pixel_score(data_dir, side), seconds=0.0),

@@ -97,20 +97,21 @@ class PretrainConfig:
         settings.update(overrides)
         return cls(**settings)
 
-    def resolve(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224)):
-        """A copy with every None/auto filled in for `num_images` images on `num_devices` of `kind`.
+    def resolve(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
+        """A copy with every None/auto filled in for `num_images` images of `image_hw` (and `num_classes`
+        classes, when known) on `num_devices` of `kind`.
 
         Raises ValueError for a global batch that does not split over the devices or gives no step.
         """
-        return self.resolve_with_reasons(num_images, num_devices, kind, image_hw)[0]
+        return self.resolve_with_reasons(num_images, num_devices, kind, image_hw, num_classes)[0]
 
-    def resolve_with_reasons(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224)):
+    def resolve_with_reasons(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
         """`resolve`, and {field: why} for every field the rule (`kitlib.recipe.rule`) filled."""
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
         batch = self.global_batch_size or recipe.default_global_batch(num_images, num_devices)
         runtime.check_global_batch(batch, num_devices)
-        chosen = recipe.rule(num_images, image_hw, batch)
+        chosen = recipe.rule(num_images, image_hw, batch, num_classes)
         filled = {k: v for k, v in chosen.settings.items() if getattr(self, k) is None}
         reasons = {k: chosen.reasons[k] for k in filled}
         if self.global_batch_size is None:
@@ -297,7 +298,9 @@ def plan(config, rt):
     files = data.list_tfrecords(config.data_dir)
     num_images = data.count_data_items(files)
     image_hw = typical_image_hw(files)
-    config, reasons = config.resolve_with_reasons(num_images, rt.num_devices, rt.kind, image_hw)
+    label_map = data.split_paths(config.data_dir).label_map
+    num_classes = len(data.read_label_map(label_map)) if os.path.isfile(label_map) else None
+    config, reasons = config.resolve_with_reasons(num_images, rt.num_devices, rt.kind, image_hw, num_classes)
     record = dict(dataclasses.asdict(config), backend=keras.backend.backend(), devices=rt.num_devices,
                   device_kind=rt.kind, policy=rt.policy, num_images=num_images, image_hw=list(image_hw),
                   recipe=reasons.pop("regime"), chosen_by_rule=sorted(reasons))

@@ -26,23 +26,28 @@ def test_cassava_at_batch_256_gets_the_paper_queue():
     assert recipe.rule(21_397, (600, 800), 512).settings["queue_length"] == 4096  # whole batches
 
 
-@pytest.mark.parametrize("num_images, hw, batch, crops, k, epochs", [
-    (1_797, (32, 32), 64, "2x32@0.5-1,4x16@0.2-0.5", 32, 83),    # digits
-    (200, (32, 32), 32, "2x32@0.5-1,4x16@0.2-0.5", 10, 400),      # faces: K and epochs at their bounds
-    (1_560, (32, 32), 64, "2x32@0.5-1,4x16@0.2-0.5", 31, 96),    # photo tiles
-    (100, (256, 340), 32, "2x64@0.5-1,4x32@0.2-0.5", 10, 400),    # the Cassava sample: 64 px crops
-    (5_000, (25, 25), 64, "2x32@0.5-1,4x16@0.2-0.5", 32, 30),     # sizes round to 16 px
-    (50_000, (32, 32), 256, "2x32@0.5-1,4x16@0.2-0.5", 128, 20),  # many small images: still small
+@pytest.mark.parametrize("num_images, hw, batch, classes, backbone, crops, k, epochs, colour", [
+    (1_797, (32, 32), 64, 10, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 100, 83, 0.5),    # digits
+    (200, (32, 32), 64, 2, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 20, 400, 0.0),       # faces: crops only
+    (1_560, (32, 32), 64, 13, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 130, 96, 0.5),    # photo tiles
+    (100, (256, 340), 32, 5, "small_cnn", "2x64@0.3-1,4x32@0.1-0.3", 50, 400, 0.0),          # the Cassava sample
+    (5_000, (25, 25), 64, None, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 100, 30, 0.5),  # no label map
+    (50_000, (32, 32), 256, None, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 1000, 20, 0.5),  # many, small
+    (300, (64, 96), 64, None, "small_cnn", "2x64@0.3-1,4x32@0.1-0.3", 10, 400, 0.0),         # K's floor
 ])
-def test_small_data_table(num_images, hw, batch, crops, k, epochs):
-    chosen = recipe.rule(num_images, hw, batch)
+def test_small_data_table(num_images, hw, batch, classes, backbone, crops, k, epochs, colour):
+    chosen = recipe.rule(num_images, hw, batch, classes)
     s = chosen.settings
     assert chosen.regime == "small"
-    assert (s["crops"], s["prototypes"], s["epochs"]) == (crops, k, epochs)
-    assert (s["backbone"], s["optimizer"], s["base_lr"], s["queue_length"]) == ("small_cnn_grid", "adam", 3e-3, 0)
-    assert (s["color_strength"], s["blur_p"]) == (0.5, 0.0)
-    assert s["prototypes"] <= batch // 2  # every batch can spread over the prototypes without a queue
+    assert (s["backbone"], s["crops"], s["prototypes"], s["epochs"], s["color_strength"]) == (
+        backbone, crops, k, epochs, colour)
+    assert (s["optimizer"], s["base_lr"], s["queue_length"], s["blur_p"]) == ("adam", 3e-3, 0, 0.0)
+    assert s["gray_p"] == (0.2 if colour else 0.0)
     assert set(chosen.reasons) == set(s) and all(chosen.reasons.values())
+
+
+def test_the_papers_k_at_scale_whatever_the_classes():
+    assert recipe.rule(21_397, (600, 800), 256, num_classes=5).settings["prototypes"] == 3000
 
 
 def test_the_regime_turns_on_both_the_number_and_the_size_of_images():
@@ -65,7 +70,7 @@ def test_default_batch_is_a_multiple_of_the_devices():
 
 def test_resolve_fills_what_was_not_given_and_keeps_what_was():
     given = pretrain.PretrainConfig(data_dir="d", out_dir="o", prototypes=50, crops="2x64@0.3-1,2x32@0.1-0.3")
-    config, reasons = given.resolve_with_reasons(1_797, 1, "CPU", (32, 32))
+    config, reasons = given.resolve_with_reasons(1_797, 1, "CPU", (32, 32), num_classes=10)
     assert (config.prototypes, config.crops) == (50, "2x64@0.3-1,2x32@0.1-0.3")
     assert (config.backbone, config.optimizer, config.global_batch_size, config.epochs) == (
         "small_cnn_grid", "adam", 64, 83)
