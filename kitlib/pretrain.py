@@ -116,6 +116,8 @@ class PretrainConfig:
         reasons = {k: chosen.reasons[k] for k in filled}
         if self.global_batch_size is None:
             reasons["global_batch_size"] = recipe.BATCH_REASON
+        if "warmup_epochs" in filled and self.epochs is not None:  # a short run given by hand: <= 10 % warmup
+            filled["warmup_epochs"] = min(filled["warmup_epochs"], self.epochs // 10)
         config = dataclasses.replace(self, global_batch_size=batch, **filled)
         if self.optimizer is not None and self.base_lr is None and config.optimizer != chosen.settings["optimizer"]:
             config.base_lr = recipe.default_learning_rate(config.optimizer, batch)  # the flag's own default

@@ -77,6 +77,8 @@ def test_resolve_fills_what_was_not_given_and_keeps_what_was():
     assert reasons["regime"] == "small" and "prototypes" not in reasons and "backbone" in reasons
     assert (config.max_steps_per_epoch, config.freeze_prototypes_niters) == (28, 28)  # one epoch
     assert config.final_lr == pytest.approx(3e-6)
+    short = pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=5).resolve(1_797, 1, "CPU", (32, 32), 10)
+    assert (short.epochs, short.warmup_epochs) == (5, 0)  # the rule's warmup stays within 10 % of a short run
 
 
 def test_an_optimizer_chosen_by_hand_gets_its_own_learning_rate():
