@@ -18,8 +18,10 @@ Modules, one concern each:
     color       SwAV colour jitter, grayscale and blur: ColorConfig and the ColorAugment layer (accelerator).
     color_host  the same augmentation on the host (TensorFlow, in the multicrop map), the gallery.
     swav        SwAV: Sinkhorn, swapped-prediction loss, prototypes, queue, SwAVModel.
-    optim       LARS and the warmup-cosine schedule.
+    optim       LARS, Adam and the warmup-cosine schedule.
+    recipe      SwAV's settings chosen from the data (``rule``): the paper's at scale, a small-data recipe below.
     pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.
+    checkpoint  a run's state.npz (every variable, atomic) and history.csv.
     evaluate    kNN / linear-probe accuracy of frozen features.
     bit_hyperrule  the BiT-HyperRule: resolution, MixUp, schedule and lr from the data's size.
     bit_input   BiT's tf.data pipeline: crops, flips, MixUp, static-shape batches.
