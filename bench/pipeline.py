@@ -1,4 +1,4 @@
-"""Input-pipeline throughput: kitlib multi-crop vs the seed notebook's zipped loaders vs decoding alone.
+"""Input-pipeline throughput: kitlib multi-crop vs the zipped baseline vs decoding alone.
 
     .venv/bin/python bench/pipeline.py [--images 512] [--seconds 10] [--passes 3] [--intra-op-threads both|0|1]
 
@@ -12,8 +12,8 @@ each mode wins and the history of the method are in bench/README.md.
 
 Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
-    seed (zipped)       a re-implementation of the old zipped pipeline: five independently shuffled
-                        loaders, squash-resize, 23-px blur, jitter s=0.5, its tf.data options.
+    zipped baseline     five independently shuffled crop datasets zipped, as a first attempt often
+                        does: squash-resize, 23-px blur, jitter s=0.5, its tf.data options.
     kitlib host         multicrop(decode=False records, augment=True): one decode, full SwAV
                         augmentation on the host; "max_upscale=1" decodes windows at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
@@ -42,11 +42,11 @@ HEIGHT, WIDTH = 600, 800     # Cassava's image size
 JPEG_QUALITY = 92            # with the noise below: ~115 KB per image, like the competition's files
 NOISE_STD = 3.0              # extra sensor noise (grey levels): real photos are not smooth
 NUM_LEAVES = 8               # distinct drawings; every image is a shifted/flipped/noised copy
-BATCH = 32                   # the seed's batch size
+BATCH = 32                   # the zipped baseline's batch size
 WARM_IMAGES = 4 * BATCH      # untimed start of every pass (see one_pass)
-SEED_SHUFFLE = 1024          # the seed's shuffle buffer per loader
+ZIPPED_SHUFFLE = 1024        # the zipped baseline's shuffle buffer per loader
 AUTO = tf.data.AUTOTUNE
-SEED_ROW = "seed: zipped 2x224+3x96 loaders"
+ZIPPED_ROW = "zipped baseline: 2x224+3x96 loaders"
 
 
 def write_shards(out_dir, n, seed=0):
@@ -65,24 +65,24 @@ def write_shards(out_dir, n, seed=0):
     return data.write_tfrecords(examples(), out_dir, shard_size=-(-n // 4))
 
 
-# ============ the seed's pipeline, re-implemented from its description ============
+# ============ the zipped baseline: five independently shuffled crop datasets zipped ============
 
-SEED_RESIZE = {224: 260, 96: 160}   # the seed squashes the whole image to this square first
-SEED_BLUR_KERNEL = 23               # for every crop size
-SEED_JITTER_STRENGTH = 0.5
+ZIPPED_RESIZE = {224: 260, 96: 160}   # the baseline squashes the whole image to this square first
+ZIPPED_BLUR_KERNEL = 23               # for every crop size
+ZIPPED_JITTER_STRENGTH = 0.5
 
 
-# Every helper is a tf.function, as in the seed (nested functions cost it ~3 % more CPU).
+# Every helper is a tf.function, as a first attempt writes them (nested functions cost it ~3 % more CPU).
 
 @tf.function
-def _seed_apply(fn, x, p):
+def _zipped_apply(fn, x, p):
     return tf.cond(tf.random.uniform([]) < p, lambda: fn(x), lambda: x)
 
 
 @tf.function
-def _seed_blur(x):
+def _zipped_blur(x):
     sigma = tf.random.uniform([], 0.1, 2.0)
-    r = SEED_BLUR_KERNEL // 2
+    r = ZIPPED_BLUR_KERNEL // 2
     taps = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2 * sigma**2))
     taps = tf.tile((taps / tf.reduce_sum(taps))[:, None, None, None], [1, 1, 3, 1])
     y = tf.nn.depthwise_conv2d(x[None], taps, [1, 1, 1, 1], "SAME")                       # zero padding
@@ -91,7 +91,7 @@ def _seed_blur(x):
 
 
 @tf.function
-def _seed_jitter(x, s=SEED_JITTER_STRENGTH):
+def _zipped_jitter(x, s=ZIPPED_JITTER_STRENGTH):
     x = tf.image.random_brightness(x, 0.8 * s)                     # fixed order, additive brightness
     x = tf.image.random_contrast(x, 1 - 0.8 * s, 1 + 0.8 * s)
     x = tf.image.random_saturation(x, 1 - 0.8 * s, 1 + 0.8 * s)
@@ -100,59 +100,60 @@ def _seed_jitter(x, s=SEED_JITTER_STRENGTH):
 
 
 @tf.function
-def _seed_gray(x):
+def _zipped_gray(x):
     return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
 
 
 @tf.function
-def _seed_augment(crop):
-    crop = _seed_apply(tf.image.flip_left_right, crop, 0.5)
-    crop = _seed_apply(_seed_blur, crop, 0.5)
-    crop = _seed_apply(_seed_jitter, crop, 0.8)
-    return _seed_apply(_seed_gray, crop, 0.2)
+def _zipped_augment(crop):
+    crop = _zipped_apply(tf.image.flip_left_right, crop, 0.5)
+    crop = _zipped_apply(_zipped_blur, crop, 0.5)
+    crop = _zipped_apply(_zipped_jitter, crop, 0.8)
+    return _zipped_apply(_zipped_gray, crop, 0.2)
 
 
 @tf.function
-def _seed_resize_crop(image, min_scale, max_scale, size):
-    side = SEED_RESIZE[size]
+def _zipped_resize_crop(image, min_scale, max_scale, size):
+    side = ZIPPED_RESIZE[size]
     image = tf.image.resize(image, [side, side])                                  # squashed to a square
     edge = tf.cast(tf.random.uniform([], min_scale * side, max_scale * side), tf.int32)  # side, not area
     return tf.image.resize(tf.image.random_crop(image, [edge, edge, 3]), [size, size])
 
 
 @tf.function
-def _seed_crop(example, size, min_scale, max_scale):
+def _zipped_crop(example, size, min_scale, max_scale):
     image = tf.image.convert_image_dtype(example["image"], tf.float32)
-    return _seed_augment(_seed_resize_crop(image, min_scale, max_scale, size))
+    return _zipped_augment(_zipped_resize_crop(image, min_scale, max_scale, size))
 
 
-def _seed_record(serialized):
-    """The seed's read_tfrecord: parse, decode the JPEG (no checks)."""
+def _zipped_record(serialized):
+    """The baseline's read_tfrecord: parse, decode the JPEG (no checks)."""
     example = tf.io.parse_single_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string),
                                                       "target": tf.io.FixedLenFeature([], tf.int64)})
     return {"image": tf.image.decode_jpeg(example["image"], channels=3), "label": tf.cast(example["target"], tf.int32)}
 
 
-def seed_load(files):
-    """The seed's load_dataset: shards read interleaved in any order, each record parsed and decoded."""
+def zipped_load(files):
+    """The baseline's load_dataset: shards read interleaved in any order, each record parsed and decoded."""
     options = tf.data.Options()
     options.deterministic = False
     records = tf.data.TFRecordDataset(files, num_parallel_reads=AUTO).with_options(options)
-    return records.map(_seed_record, num_parallel_calls=AUTO)
+    return records.map(_zipped_record, num_parallel_calls=AUTO)
 
 
-def seed_pipeline(files, config=multicrop.SEED_NOTEBOOK):
-    """The seed's zipped loaders over ``files`` read endlessly: batches of 32, one crop per loader,
-    each crop from a different image (the bug that issue 3 fixes; here it is only timed)."""
+def zipped_pipeline(files, config=multicrop.FIVE_CROPS):
+    """The zipped baseline over ``files`` read endlessly: batches of 32, one crop per loader, each crop
+    from a different image (why that cannot train: notebooks/03_visualize_crops.ipynb; here it is only
+    timed)."""
     options = tf.data.Options()
     options.deterministic = False
     options.threading.max_intra_op_parallelism = 1
-    source = seed_load(files).repeat()   # iterated once per loader: five reads, five decodes
+    source = zipped_load(files).repeat()   # iterated once per loader: five reads, five decodes
     loaders = []
     for size, count, lo, hi in zip(config.size_crops, config.num_crops, config.min_scale, config.max_scale):
         for _ in range(count):
-            loader = source.shuffle(SEED_SHUFFLE).map(lambda ex, s=size, a=lo, b=hi: _seed_crop(ex, s, a, b),
-                                              num_parallel_calls=AUTO)
+            loader = source.shuffle(ZIPPED_SHUFFLE).map(lambda ex, s=size, a=lo, b=hi: _zipped_crop(ex, s, a, b),
+                                                        num_parallel_calls=AUTO)
             loaders.append(loader.with_options(options))
     return tf.data.Dataset.zip(tuple(loaders)).batch(BATCH).prefetch(AUTO)
 
@@ -189,10 +190,10 @@ def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, se
 
     The first ``warm_images`` are the start-up, untimed: building the iterator (instantiating and
     optimising the map functions: ~0.3 s for the kit's host mode), starting its threads and filling
-    its buffers (the seed's five 1024-image shuffle buffers). Then the steady state that training
-    runs in is timed (kitlib.pretrain reads one iterator over ``records.repeat()`` for the whole run;
-    the seed's loop makes a fresh one per ~14k-image epoch): ``n_images`` images, or as many as come
-    in ``seconds``, whichever is reached first. A finite dataset must hold more than that, so that
+    its buffers (the zipped baseline's five 1024-image shuffle buffers). Then the steady state that
+    training runs in is timed (kitlib.pretrain reads one iterator over ``records.repeat()`` for the
+    whole run; the baseline's loop makes a fresh one per ~14k-image epoch): ``n_images`` images, or as
+    many as come in ``seconds``, whichever is reached first. A finite dataset must hold more than that, so that
     no shuffle buffer drains in the window; the bench reads its shards endlessly.
     CPU time is this process's user + system time over the window (all threads).
     """
@@ -223,42 +224,44 @@ def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, se
 
 
 def pipelines(shards):
-    """The rows to time: (name, endless dataset of batches, per-batch step or None), the floor and the seed first."""
+    """The rows to time: (name, endless dataset of batches, per-batch step or None), the floor and the
+    zipped baseline first."""
     records = data.load_dataset(shards, decode=False).repeat()
     color_on_cpu = color_step(color.ColorAugment())
     rows = [
         ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
-        (SEED_ROW, seed_pipeline(shards), None),
+        (ZIPPED_ROW, zipped_pipeline(shards), None),
     ]
-    for name, config in (("SEED_NOTEBOOK 2x224+3x96", multicrop.SEED_NOTEBOOK),
+    for name, config in (("FIVE_CROPS 2x224+3x96", multicrop.FIVE_CROPS),
                          ("SWAV_PAPER 2x224+6x96", multicrop.SWAV_PAPER)):
         host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
         device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
         rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
-        if config is multicrop.SEED_NOTEBOOK:  # the decode-scale policy off: every window at full resolution
+        if config is multicrop.FIVE_CROPS:  # the decode-scale policy off: every window at full resolution
             full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
             full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
             rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
         rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
-        if config is multicrop.SEED_NOTEBOOK:
+        if config is multicrop.FIVE_CROPS:
             rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
     return rows
 
 
 def print_summary(passes, floor_row):
-    """The table of every pipeline's passes, then each kitlib row against the seed and the decode floor."""
+    """The table of every pipeline's passes, then each kitlib row against the zipped baseline and the
+    decode floor."""
     print(f"\n{'pipeline':56s} {'images/s (median)':>18s} {'CPU ms/image':>13s} {'start-up s':>11s}")
     for name, runs in passes.items():
         best = max(runs)
         print(f"{name:56s} {best[0]:9.0f} ({np.median([r[0] for r in runs]):5.0f}) {best[1]:13.2f} "
               f"{np.median([r[2] for r in runs]):11.2f}")
-    floor, seed = passes[floor_row], passes[SEED_ROW]
-    print("\nspeed-up vs the seed and fraction of the full-resolution decode floor, each the median over the "
-          "rounds of the ratio within a round, by wall time (by CPU time in brackets):")
+    floor, zipped = passes[floor_row], passes[ZIPPED_ROW]
+    print("\nspeed-up vs the zipped baseline and fraction of the full-resolution decode floor, each the median "
+          "over the rounds of the ratio within a round, by wall time (by CPU time in brackets):")
     for name, runs in passes.items():
         if name.startswith("kitlib"):
-            (seed_wall, seed_cpu), (floor_wall, floor_cpu) = within_rounds(runs, seed), within_rounds(runs, floor)
-            print(f"{name:56s} {seed_wall:5.1f}x ({seed_cpu:4.1f}x) seed  {floor_wall:5.2f} ({floor_cpu:4.2f}) floor")
+            (zip_wall, zip_cpu), (floor_wall, floor_cpu) = within_rounds(runs, zipped), within_rounds(runs, floor)
+            print(f"{name:56s} {zip_wall:5.1f}x ({zip_cpu:4.1f}x) zipped  {floor_wall:5.2f} ({floor_cpu:4.2f}) floor")
 
 
 def main(argv=None):
@@ -271,7 +274,7 @@ def main(argv=None):
                         help="threads per CPU op: 1 is what runtime.configure_host_threads sets on a GPU/TPU "
                              "host, whose CPUs only feed the accelerator; 0 is TensorFlow's default (one per "
                              "core); both (default): one run with each, in two processes, then the kit at 1 "
-                             "against the seed at its faster setting")
+                             "against the zipped baseline at its faster setting")
     parser.add_argument("--json", help=argparse.SUPPRESS)  # where a child run leaves its passes
     args = parser.parse_args(argv)
     if args.intra_op_threads == "both":
@@ -311,7 +314,7 @@ def within_rounds(runs, reference):
 def compare_thread_settings(argv):
     """Run the bench at 0 (TensorFlow's default) and at 1 thread per CPU op, each in its own process
     (the setting is fixed once TensorFlow starts), then set the kit at 1 -- what it uses on an
-    accelerator host -- against the seed at whichever setting suits the seed better."""
+    accelerator host -- against the zipped baseline at whichever setting suits it better."""
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for threads in ("0", "1"):
@@ -322,15 +325,16 @@ def compare_thread_settings(argv):
             with open(path) as f:
                 runs[threads] = json.load(f)
     best = lambda threads, name: max(tuple(p) for p in runs[threads]["passes"][name])  # noqa: E731
-    seed_threads = max(("0", "1"), key=lambda t: best(t, SEED_ROW)[0])
-    seed = best(seed_threads, SEED_ROW)
-    print(f"\nthe kit at 1 thread per CPU op against the seed at its faster setting "
-          f"({'default' if seed_threads == '0' else '1'} thread(s) per op: {seed[0]:.0f} images/s, {seed[1]:.2f} CPU ms), "
+    zipped_threads = max(("0", "1"), key=lambda t: best(t, ZIPPED_ROW)[0])
+    zipped = best(zipped_threads, ZIPPED_ROW)
+    print(f"\nthe kit at 1 thread per CPU op against the zipped baseline at its faster setting "
+          f"({'default' if zipped_threads == '0' else '1'} thread(s) per op: {zipped[0]:.0f} images/s, "
+          f"{zipped[1]:.2f} CPU ms), "
           "best passes, by wall time (by CPU time in brackets):")
     for name in runs["1"]["rows"]:
         if name.startswith("kitlib"):
             rate, cpu = best("1", name)[:2]
-            print(f"{name:56s} {rate / seed[0]:5.1f}x ({seed[1] / cpu:4.1f}x) seed")
+            print(f"{name:56s} {rate / zipped[0]:5.1f}x ({zipped[1] / cpu:4.1f}x) zipped")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def _example_until(stage, config):
     return example
 
 
-def stage_pipelines(files, config=multicrop.SEED_NOTEBOOK):
+def stage_pipelines(files, config=multicrop.FIVE_CROPS):
     """{name: dataset of batches}: the stages of the host mode and the full-resolution decode."""
     records = data.load_dataset(files, decode=False).repeat()
     pipelines = {}
@@ -117,8 +117,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="passes per stage (default 5)")
     parser.add_argument("--intra-op-threads", type=int, default=1, choices=[0, 1],
                         help="threads per CPU op: 1 (default, an accelerator host's setting) or 0 (TensorFlow's default)")
-    parser.add_argument("--crops", default=multicrop.SEED_NOTEBOOK.spec,
-                        help=f"multi-crop spec (default the seed's {multicrop.SEED_NOTEBOOK.spec})")
+    parser.add_argument("--crops", default=multicrop.FIVE_CROPS.spec,
+                        help=f"multi-crop spec (default the zipped baseline's {multicrop.FIVE_CROPS.spec})")
     args = parser.parse_args(argv)
     threads = runtime.configure_host_threads(args.intra_op_threads, verbose=False)
     config = multicrop.parse_multicrop_spec(args.crops)

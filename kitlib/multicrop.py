@@ -181,7 +181,8 @@ class MultiCropConfig:
 
 
 SWAV_PAPER = MultiCropConfig((224, 96), (2, 6), (0.14, 0.05), (1.0, 0.14))     # SwAV's best ImageNet run
-SEED_NOTEBOOK = MultiCropConfig((224, 96), (2, 3), (0.14, 0.05), (1.0, 0.14))  # the seed's 2x224 + 3x96
+# 2 x 224 + 3 x 96: the zipped baseline's crops in bench/pipeline.py
+FIVE_CROPS = MultiCropConfig((224, 96), (2, 3), (0.14, 0.05), (1.0, 0.14))
 
 
 def parse_multicrop_spec(spec):

@@ -46,8 +46,8 @@ def test_one_pass_can_time_a_fixed_duration(bench):
 
 def test_within_rounds_is_the_median_of_per_round_ratios(bench):
     runs = [(400.0, 4.0, 0.3), (300.0, 5.0, 0.3), (500.0, 4.0, 0.3)]
-    seed = [(100.0, 16.0, 8.0), (100.0, 20.0, 8.0), (100.0, 18.0, 8.0)]
-    wall, cpu = bench.within_rounds(runs, seed)
+    zipped = [(100.0, 16.0, 8.0), (100.0, 20.0, 8.0), (100.0, 18.0, 8.0)]
+    wall, cpu = bench.within_rounds(runs, zipped)
     assert wall == pytest.approx(4.0) and cpu == pytest.approx(np.median([4.0, 4.0, 4.5]))
 
 

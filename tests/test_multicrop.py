@@ -215,9 +215,9 @@ def test_encoded_images_are_decoded_once_jpeg_or_png():
 
 def test_spec_strings_round_trip_to_the_presets():
     assert multicrop.parse_multicrop_spec("2x224@0.14-1,6x96@0.05-0.14") == multicrop.SWAV_PAPER
-    assert MultiCropConfig.from_spec(" 2 x 224 @ 0.14 - 1 , 3x96@0.05-0.14 ") == multicrop.SEED_NOTEBOOK
+    assert MultiCropConfig.from_spec(" 2 x 224 @ 0.14 - 1 , 3x96@0.05-0.14 ") == multicrop.FIVE_CROPS
     assert MultiCropConfig.from_spec(multicrop.SWAV_PAPER.spec) == multicrop.SWAV_PAPER
-    assert multicrop.SWAV_PAPER.total_crops == 8 and multicrop.SEED_NOTEBOOK.crop_sizes == (224, 224, 96, 96, 96)
+    assert multicrop.SWAV_PAPER.total_crops == 8 and multicrop.FIVE_CROPS.crop_sizes == (224, 224, 96, 96, 96)
 
 
 @pytest.mark.parametrize("spec, message", [
