@@ -225,9 +225,10 @@ def typical_image_hw(files, records=8):
 
 
 def random_init_backbone(name, seed):
-    """The backbone `pretrain(PretrainConfig(backbone=name, seed=seed))` starts from: same seed, same weights."""
-    keras.utils.set_random_seed(seed)
-    return backbones.build(name)
+    """The backbone `pretrain(PretrainConfig(backbone=name, seed=seed))` starts from: same seed, same weights
+    (the caller's random state is left as it was)."""
+    with runtime.seeded(seed):
+        return backbones.build(name)
 
 
 @dataclasses.dataclass
@@ -336,9 +337,13 @@ def pretrain(config, rt=None, print_fn=print):
     if config.verbose:
         print_fn("kitlib pretrain: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "chosen_by_rule"))
         print_fn(describe_plan(config, record, reasons))
+    with runtime.seeded(config.seed):  # a seeded run is repeatable; the caller's random state is kept
+        return _train(config, print_fn)
+
+
+def _train(config, print_fn):
+    """`pretrain` after planning: build (as `random_init_backbone`), restore, fit, export."""
     files = data.list_tfrecords(config.data_dir)
-    if config.seed is not None:
-        keras.utils.set_random_seed(config.seed)  # first, so the backbone starts as random_init_backbone's
     net = backbones.build(config.backbone)
     model = _build_model(config, net)
     state_path = os.path.join(config.out_dir, "checkpoints", "state.npz")

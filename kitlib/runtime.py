@@ -9,9 +9,11 @@ see** (a TPU VM without ``jax[tpu]``, a GPU without the CUDA plugin), with the f
 Nothing here runs at import; each function says what it changed.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
+import random
 import sys
 
 from kitlib.compat import TF_INSTALL_HINT, keras
@@ -186,6 +188,34 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
             print(warning)
         print(f"kitlib: running on {result.describe()} (Keras {keras.__version__} on JAX {jax.__version__})")
     return result
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Inside the block every unseeded draw is reproducible from `seed`, as after
+    ``keras.utils.set_random_seed(seed)`` (Keras's initialisers and global SeedGenerator, Python's and
+    NumPy's generators, TensorFlow's global seed that tf.data's op seeds combine with); after it the
+    caller's random state is back as it was, so a run never reseeds a notebook. None: does nothing.
+    """
+    if seed is None:
+        yield
+        return
+    import numpy as np  # noqa: PLC0415
+    from keras.src.backend.common import global_state  # noqa: PLC0415 - Keras keeps its seed state here
+    from tensorflow.python.eager import context  # noqa: PLC0415 - TF's global seed, readable only here
+
+    keys = ("global_random_seed", "global_seed_generator")
+    saved = ([global_state.get_global_attribute(k) for k in keys], random.getstate(), np.random.get_state(),
+             context.global_seed())
+    keras.utils.set_random_seed(int(seed))
+    try:
+        yield
+    finally:
+        for key, value in zip(keys, saved[0]):
+            global_state.set_global_attribute(key, value)
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+        context.set_global_seed(saved[3])
 
 
 def configure_host_threads(intra_op, verbose=True):

@@ -187,3 +187,27 @@ def test_cli_lists_commands_and_rejects_unknown_ones():
     assert help_out.returncode == 0 and "make-sample" in help_out.stdout
     bad = subprocess.run([sys.executable, "-m", "kitlib", "frobnicate"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_seeded_repeats_draws_inside_and_leaves_the_callers_state_alone():
+    import random
+
+    import numpy as np
+
+    from kitlib.compat import keras
+
+    def draws():
+        return (random.random(), float(np.random.rand()), np.asarray(keras.initializers.GlorotUniform()((3,))))
+
+    random.seed(11)
+    np.random.seed(11)
+    before = (random.getstate(), np.random.get_state()[1].copy())
+    with runtime.seeded(4):
+        first = draws()
+    with runtime.seeded(4):
+        second = draws()
+    assert first[:2] == second[:2]
+    np.testing.assert_array_equal(first[2], second[2])
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+    with runtime.seeded(None):  # no seed: nothing is touched
+        assert random.getstate() == before[0]
