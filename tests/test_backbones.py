@@ -1,6 +1,7 @@
 """kitlib.backbones: the quadrant pooling of small_cnn_grid, known cases and a save/load round trip."""
 
 import numpy as np
+import pytest
 
 from kitlib import backbones
 
@@ -15,6 +16,7 @@ def test_grid_pool_averages_each_quadrant_overlapping_the_middle_when_odd():
     np.testing.assert_allclose(np.asarray(pool(one)), np.full((2, 12), 7.0))
 
 
+@pytest.mark.slow
 def test_small_cnn_grid_takes_any_crop_size_and_round_trips(tmp_path):
     net = backbones.build("small_cnn_grid")
     images = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)

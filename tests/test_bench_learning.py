@@ -14,6 +14,7 @@ def learning():
     return load_bench("learning")
 
 
+@pytest.mark.slow
 def test_digits_are_written_in_the_competition_layout_and_read_back(learning, tmp_path):
     images, labels, names = learning.image_sets.digits()
     assert images.shape == (1797, 32, 32, 3) and images.dtype == np.uint8 and names[3] == "3"

@@ -38,6 +38,7 @@ def test_every_stage_hands_the_batch_the_host_modes_shapes(stages, shards):
     assert next(iter(pipelines[stages.FLOOR]))[0].shape == (stages.BATCH, 3)  # one pixel per decoded image
 
 
+@pytest.mark.slow
 def test_the_first_stages_stop_before_and_after_the_decode(stages, shards):
     lengths = {len(record["image"].numpy()) for record in data.load_dataset(shards, decode=False)}
     pipelines = stages.stage_pipelines(shards, CONFIG)

@@ -36,6 +36,7 @@ def test_tiny_backbone_file_is_seeded_and_loads_as_a_trainable_keras_model(tiny_
         bit.make_tiny_backbone(str(tmp_path / "x.keras"), name="vgg")
 
 
+@pytest.mark.slow
 def test_classifier_head_starts_at_zero_and_fit_moves_every_backbone_weight(tiny_backbone):
     model = bit.build_classifier(tiny_backbone, num_classes=3, image_size=32)
     head, backbone = model.get_layer("head"), model.layers[1]

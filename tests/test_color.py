@@ -197,6 +197,7 @@ def test_color_augment_layer_keeps_inputs_when_not_training_and_shape_dtype_rang
         keras.mixed_precision.set_global_policy(previous)
 
 
+@pytest.mark.slow
 def test_color_augment_layer_fires_with_the_configured_probabilities():
     x = _pattern_batch(N_LAYER)                                       # 32 px: 3 blur taps
     off = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)

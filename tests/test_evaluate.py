@@ -98,6 +98,7 @@ def test_extract_features_equals_the_model_on_the_same_resized_images_in_inferen
     np.testing.assert_allclose(features, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_knn_monitor_logs_knn_acc_from_inside_fit_into_the_history_and_csv(sample_dir, tmp_path):
     labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
     inputs = keras.Input((32, 32, 3))

@@ -107,6 +107,7 @@ def test_loading_a_folder_that_is_not_a_classifier_says_what_to_pass(tmp_path):
 # ============ finding the model ============
 
 
+@pytest.mark.slow
 def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(tmp_path):
     tiny_model_dir = export.make_stand_in_classifier(str(tmp_path / "model"), image_size=32)
     assert sorted(os.listdir(tiny_model_dir)) == ["classifier.json", "classifier.keras"]

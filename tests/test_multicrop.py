@@ -203,6 +203,7 @@ def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
     assert len(list(crops)) == 2                                   # and it runs
 
 
+@pytest.mark.slow
 def test_encoded_images_are_decoded_once_jpeg_or_png():
     fn = tf.function(lambda b: multicrop.multicrop_example(b, SMALL, augment=True, seed=tf.constant([1, 2])))
     graph = fn.get_concrete_function(tf.TensorSpec([], tf.string)).graph.as_graph_def()

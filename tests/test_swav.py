@@ -180,6 +180,7 @@ def column_norms(kernel):
     return np.linalg.norm(np.asarray(kernel), axis=0)
 
 
+@pytest.mark.slow
 def test_prototypes_are_unit_norm_every_step_and_frozen_for_the_first_niters():
     keras.utils.set_random_seed(0)
     model = make_model(freeze_prototypes_niters=2)
@@ -196,6 +197,7 @@ def test_prototypes_are_unit_norm_every_step_and_frozen_for_the_first_niters():
     assert int(model.optimizer.iterations) == 4
 
 
+@pytest.mark.slow
 def test_fit_logs_usage_and_fills_the_queue_from_its_start_step():
     keras.utils.set_random_seed(0)
     model = make_model(steps_per_execution=2, freeze_prototypes_niters=1, queue_length=16, queue_start_step=2)
@@ -207,6 +209,7 @@ def test_fit_logs_usage_and_fills_the_queue_from_its_start_step():
     assert int(model.step) == int(model.optimizer.iterations) == 4
 
 
+@pytest.mark.slow
 def test_queue_push_puts_the_newest_assigned_embeddings_first_and_is_used_once_full():
     model = make_model(queue_length=4, queue_start_step=0)
     rng = np.random.default_rng(1)
