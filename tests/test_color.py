@@ -211,6 +211,7 @@ def test_color_augment_layer_fires_with_the_configured_probabilities():
     assert abs(_changed(full, x).mean() - (1 - 0.2 * 0.8 * 0.5)) < _binomial_tol(0.92)  # untouched: no op fired
 
 
+@pytest.mark.slow
 def test_color_augment_layer_probabilities_zero_and_one_are_exact():
     x = _pattern_batch(N_LAYER)                                       # the shapes of the tests above
     off = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)

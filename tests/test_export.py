@@ -120,6 +120,7 @@ def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(t
     assert np.ptp(probs, axis=0).max() > 1e-4  # the outputs differ from image to image
 
 
+@pytest.mark.slow
 def test_find_classifier_picks_the_one_attached_model_or_writes_a_stand_in(tmp_path):
     attached = tmp_path / "input" / "my-model" / "v1"
     attached.mkdir(parents=True)

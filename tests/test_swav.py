@@ -236,6 +236,7 @@ def test_forward_passes_are_grouped_by_crop_resolution():
     assert swav._resolution_groups(crops) == [(0, 2), (2, 5), (5, 6)]
 
 
+@pytest.mark.slow
 def test_batchnorm_follows_the_training_flag():
     model = make_model()
     crops = list(crop_arrays(steps=1))
