@@ -28,7 +28,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import image_sets  # noqa: E402
 
-from kitlib import data, evaluate, pretrain, runtime  # noqa: E402
+from kitlib import data, evaluate, multicrop, pretrain, recipe, runtime  # noqa: E402
 from kitlib.compat import keras  # noqa: E402
 
 
@@ -39,9 +39,9 @@ def labelled(data_dir):
 
 
 def score(backbone, data_dir, image_size):
-    """{"knn", "linear"} accuracy of a frozen backbone's features of every image at `image_size`."""
-    x, y = evaluate.extract_features(backbone, labelled(data_dir), image_size)
-    return {"knn": evaluate.knn_accuracy(x, y), "linear": evaluate.linear_probe_accuracy(x, y)}
+    """{"knn", "linear"} accuracy of a frozen backbone's features of every image at `image_size`
+    (leave-one-out kNN, cross-validated probe: `kitlib.evaluate.evaluate_backbone`)."""
+    return evaluate.evaluate_backbone(backbone, labelled(data_dir), image_size)
 
 
 def pixel_score(data_dir, image_size):
@@ -59,14 +59,11 @@ def train(config, rt):
 
 def paper_config(rule_config, image_side):
     """The paper's recipe at the rule run's budget: same data, batch, epochs, K and seed; the paper's
-    crops (scaled from 224 px to the rule's big crop), LARS and its lr, warmup, full colour distortion
-    and blur, the 2048-wide head, global average pooling (`recipe.paper`'s settings otherwise)."""
-    from kitlib import recipe
-
-    big = int(rule_config.crops.split("x")[1].split("@")[0])
-    small = max(8, round(big * 96 / 224))
-    paper = recipe.rule(10 ** 7, (224, 224), rule_config.global_batch_size).settings
-    paper.update(backbone="small_cnn", crops=f"2x{big}@0.14-1,6x{small}@0.05-0.14", epochs=rule_config.epochs,
+    crops (scaled from 224 px to `image_side`, the rule's big crop), LARS and its lr, warmup, full colour
+    distortion and blur, the 2048-wide head, global average pooling (`recipe.paper`'s settings otherwise)."""
+    small = max(8, round(image_side * 96 / 224))
+    paper = recipe.paper(rule_config.global_batch_size).settings
+    paper.update(backbone="small_cnn", crops=f"2x{image_side}@0.14-1,6x{small}@0.05-0.14", epochs=rule_config.epochs,
                  prototypes=rule_config.prototypes, queue_length=0,
                  warmup_epochs=min(paper["warmup_epochs"], rule_config.epochs // 10),
                  freeze_prototypes_niters=None, final_lr=None, max_steps_per_epoch=None)  # resolved per run
@@ -80,7 +77,7 @@ def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=p
     rule, _, _ = pretrain.plan(pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"),
                                                        seed=seed, epochs=epochs, verbose=0), rt)
     rule = dataclasses.replace(rule, knn_every=max(1, rule.epochs // 10))
-    side = int(rule.crops.split("x")[1].split("@")[0])
+    side = multicrop.parse_multicrop_spec(rule.crops).size_crops[0]  # the big crops' side
     rows = {"raw pixels": dict(pixel_score(data_dir, side), seconds=0.0),
             "untrained": dict(score(pretrain.random_init_backbone(rule.backbone, seed), data_dir, side), seconds=0.0)}
     curves = {}

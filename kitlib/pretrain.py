@@ -122,6 +122,7 @@ class PretrainConfig:
         if self.optimizer is not None and self.base_lr is None and config.optimizer != chosen.settings["optimizer"]:
             config.base_lr = recipe.default_learning_rate(config.optimizer, batch)  # the flag's own default
             config.final_lr = self.final_lr
+            reasons["base_lr"] = f"the default of {config.optimizer} at batch {batch} (optimizer given)"
         steps = num_images // batch
         if steps < 1 and config.epochs > 0:
             raise ValueError(f"{self.data_dir}: {num_images} training images give no full batch of "

@@ -10,10 +10,10 @@ reason, printed by ``python -m kitlib pretrain`` and notebook 01.
 """
 
 import dataclasses
-import math
 
 PAPER_CROPS = "2x224@0.14-1,6x96@0.05-0.14"
-PAPER_PROTOTYPES = 3000
+PAPER_PROTOTYPES = 3000     # K on ImageNet (1000 classes, 1.28 M images)
+PROTOTYPES_PER_CLASS = 10   # community guidance for small data: K ≈ 10 x the number of classes
 LARGE_MIN_IMAGES = 10_000   # from here on (with large images) the paper's recipe
 LARGE_MIN_SIDE = 128        # images smaller than this get the small-image backbone whatever their number
 SMALL_MAX_CROP = 64         # small-data crops: at most 64 px (a few thousand images, minutes on a CPU)
@@ -37,16 +37,31 @@ class Recipe:
     settings: dict
     reasons: dict
 
-    def describe(self):
-        """The choices as lines ``field = value  (reason)``, for printing."""
-        return "\n".join(f"  {k} = {v!r}  ({self.reasons.get(k, '')})" for k, v in self.settings.items())
+
+def suggest_num_prototypes(num_classes=None):
+    """Number of prototypes K: the paper's 3000, or 10 x the classes when they are few.
+
+    SwAV is robust to K within an order of magnitude of the class count (paper, Table 9), but on a
+    small dataset thousands of prototypes leave each one a handful of images.
+
+    Args:
+        num_classes: int or None, classes expected in the data (Cassava: 5 -> 50).
+    Returns:
+        int K.
+    """
+    if num_classes is None:
+        return PAPER_PROTOTYPES
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    return min(PAPER_PROTOTYPES, PROTOTYPES_PER_CLASS * num_classes)
 
 
 def _round_to(x, step):
     return max(step, int(round(x / step)) * step)
 
 
-def _paper(global_batch):
+def paper(global_batch):
+    """The paper's recipe at `global_batch` (what `rule` returns for ImageNet-like data)."""
     from kitlib.optim import swav_learning_rate  # noqa: PLC0415 - keeps this module free of Keras
 
     base_lr, final_lr = swav_learning_rate(global_batch)
@@ -77,10 +92,11 @@ def _small(num_images, side, global_batch, num_classes):
     crop = min(SMALL_MAX_CROP, _round_to(side, 16))
     epochs = int(min(max(SMALL_IMAGES_SEEN / num_images, SMALL_EPOCH_RANGE[0]), SMALL_EPOCH_RANGE[1]))
     if num_classes:
-        prototypes, k_reason = 10 * num_classes, f"10 x the {num_classes} classes of the label map"
+        prototypes = suggest_num_prototypes(num_classes)
+        k_reason = f"{PROTOTYPES_PER_CLASS} x the {num_classes} classes of the label map"
     else:
-        prototypes, k_reason = max(10, num_images // 50), "no label map: about 50 images per prototype"
-    prototypes = min(PAPER_PROTOTYPES, prototypes)
+        prototypes = min(PAPER_PROTOTYPES, max(10, num_images // 50))
+        k_reason = "no label map: about 50 images per prototype"
     grid = side <= GRID_MAX_SIDE
     colour = num_images >= SMALL_MIN_COLOUR_IMAGES
     settings = dict(
@@ -134,13 +150,8 @@ def rule(num_images, image_hw, global_batch, num_classes=None):
                          f"global_batch={global_batch}")
     side = min(image_hw)
     if num_images >= LARGE_MIN_IMAGES and side >= LARGE_MIN_SIDE:
-        return _paper(global_batch)
+        return paper(global_batch)
     return _small(num_images, side, global_batch, num_classes)
-
-
-def steps_per_epoch(num_images, global_batch):
-    """Full batches per pass over the data (at least 1)."""
-    return max(1, math.floor(num_images / global_batch))
 
 
 BATCH_REASON = "64 below 10,000 images (enough steps per epoch), the paper's 256 above"

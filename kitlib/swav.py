@@ -16,30 +16,11 @@ import math
 import numpy as np
 
 from kitlib.compat import keras
+from kitlib.recipe import PAPER_PROTOTYPES as PAPER_NUM_PROTOTYPES
 
 ops = keras.ops
 
-PAPER_NUM_PROTOTYPES = 3000   # K on ImageNet (1000 classes, 1.28 M images)
-_PROTOTYPES_PER_CLASS = 10    # community guidance for small data: K ≈ 10 x the number of classes
 _SCORE_LIMIT = 1e4            # |z·c| <= 1 for unit vectors; the clip only keeps scores/ε finite otherwise
-
-
-def suggest_num_prototypes(num_classes=None):
-    """Number of prototypes K: the paper's 3000, or 10 x the classes when they are few.
-
-    SwAV is robust to K within an order of magnitude of the class count (paper, Table 9), but on a
-    small dataset thousands of prototypes leave each one a handful of images.
-
-    Args:
-        num_classes: int or None, classes expected in the data (Cassava: 5 -> 50).
-    Returns:
-        int K.
-    """
-    if num_classes is None:
-        return PAPER_NUM_PROTOTYPES
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    return min(PAPER_NUM_PROTOTYPES, _PROTOTYPES_PER_CLASS * num_classes)
 
 
 # ============ Sinkhorn-Knopp ============
@@ -253,7 +234,7 @@ class SwAVModel(keras.Model):
 
     Args:
         backbone: Keras model, images [N, H, W, 3] -> features [N, F] (BN follows ``training``).
-        num_prototypes: K (paper 3000; see `suggest_num_prototypes`). hidden_dim, output_dim: head.
+        num_prototypes: K (paper 3000; `kitlib.recipe.rule` chooses it from the data). hidden_dim, output_dim: head.
         temperature, epsilon, sinkhorn_iters, crops_for_assign: as in `swav_loss`.
         freeze_prototypes_niters: steps with frozen prototypes (paper 313 at batch 4096).
         queue_length: queued embeddings per assigned crop, global (0: no queue; paper 3840 at batch 256).

@@ -88,9 +88,19 @@ def test_an_optimizer_chosen_by_hand_gets_its_own_learning_rate():
     assert (adam.backbone, adam.base_lr) == ("resnet50", 3e-3)
 
 
-def test_describe_lists_every_choice_with_its_reason():
-    chosen = recipe.rule(1_797, (32, 32), 64)
-    lines = chosen.describe().splitlines()
-    assert len(lines) == len(chosen.settings)
+def test_describe_plan_lists_every_choice_with_its_reason():
+    config, reasons = pretrain.PretrainConfig(data_dir="d", out_dir="o").resolve_with_reasons(1_797, 1, "CPU", (32, 32))
+    record = dict(recipe=reasons.pop("regime"), num_images=1_797, image_hw=[32, 32])
+    lines = pretrain.describe_plan(config, record, reasons).splitlines()
+    assert len(lines) == 1 + len(reasons) and "the small recipe for 1797 images of 32x32" in lines[0]
     assert any(line.startswith("  optimizer = 'adam'") and "LARS" in line for line in lines)
-    assert math.isclose(chosen.settings["final_lr"], chosen.settings["base_lr"] * 1e-3)
+    assert math.isclose(config.final_lr, config.base_lr * 1e-3)
+    lars, why = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars").resolve_with_reasons(
+        1_797, 1, "CPU", (32, 32))
+    assert "lars at batch 64" in why["base_lr"] and "optimizer" not in why  # the reason follows the value
+
+
+def test_suggest_num_prototypes():
+    assert recipe.suggest_num_prototypes() == 3000
+    assert recipe.suggest_num_prototypes(5) == 50
+    assert recipe.suggest_num_prototypes(1000) == 3000

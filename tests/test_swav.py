@@ -142,12 +142,6 @@ def test_uniform_predictions_cost_exactly_ln_k():
     assert float(loss) == pytest.approx(math.log(7), rel=1e-6)
 
 
-def test_suggest_num_prototypes():
-    assert swav.suggest_num_prototypes() == 3000
-    assert swav.suggest_num_prototypes(5) == 50
-    assert swav.suggest_num_prototypes(1000) == 3000
-
-
 # ============ model ============
 
 def tiny_backbone():
