@@ -1,8 +1,10 @@
 """kitlib: SwAV self-supervised pretraining and BiT fine-tuning for Cassava-style image data.
 
-Importing the package is cheap and changes no global state: no seeds, no matplotlib rcParams,
-no logging handlers, no mixed-precision policy, no distribution. Compute runs on Keras 3 with the JAX
-backend; TensorFlow only reads data and is imported by the submodules that need it, never here.
+Importing the package is cheap and changes one thing only: ``KERAS_BACKEND`` defaults to ``jax`` (when
+the shell set none), because Keras fixes its backend on first import and ``import tensorflow`` imports
+Keras. Any ``import kitlib...``, in any order, therefore gives Keras on JAX. Nothing else: no seeds, no
+matplotlib rcParams, no logging handlers, no mixed-precision policy, no distribution. TensorFlow only
+reads data and is imported through ``kitlib.compat`` by the submodules that need it, never here.
 
 Modules, one concern each:
     compat      Keras 3 on JAX from one place; TensorFlow for input only.
@@ -39,5 +41,10 @@ Modules, one concern each:
     viz         the notebooks' plots.
     cli         ``python -m kitlib <command>``.
 """
+
+import os as _os
+
+if not _os.environ.get("KERAS_BACKEND"):  # before any submodule (or TensorFlow) imports Keras
+    _os.environ["KERAS_BACKEND"] = "jax"
 
 __version__ = "0.1.0"

@@ -28,7 +28,7 @@ import re
 import struct
 import sys
 
-import tensorflow as tf
+from kitlib.compat import tf
 
 CLASS_NAMES = (
     "Cassava Bacterial Blight (CBB)",

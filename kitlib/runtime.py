@@ -12,8 +12,10 @@ Nothing here runs at import; each function says what it changed.
 import contextlib
 import dataclasses
 import glob
+import importlib.metadata
 import os
 import random
+import re
 import sys
 
 from kitlib.compat import TF_INSTALL_HINT, keras
@@ -21,19 +23,26 @@ from kitlib.compat import TF_INSTALL_HINT, keras
 KAGGLE_INPUT = "/kaggle/input"
 COMPETITION = "cassava-leaf-disease-classification"
 DEFAULT_LOCAL_DATA = "data/sample"
-JAX_VERSION = "0.7.2"  # the platform's (Kaggle GPU image, Colab)
+# What the kit is tested on (.ci/stacks/: Kaggle's GPU and TPU images, Colab): name -> (lowest, highest),
+# compared on the leading release numbers, so "0.10" admits every 0.10.x.
+TESTED_RANGE = {"python": ("3.12", "3.13"), "jax": ("0.7.2", "0.10"), "keras": ("3.13", "3.15"),
+                "numpy": ("2.0", "2.5"), "tensorflow": ("2.20", "2.20")}
 # Environment marks of a TPU VM (Kaggle sets ISTPUVM=1 and TPU_PROCESS_ADDRESSES=local) or a remote TPU.
 TPU_ENV_MARKS = ("ISTPUVM", "TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_PROCESS_ADDRESSES", "COLAB_TPU_ADDR",
                  "TPU_WORKER_ID")
 TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")     # TPU chips on a TPU VM (v4/v5e/v6e)
 GPU_DEVICE_GLOBS = ("/dev/nvidia[0-9]*",)                  # NVIDIA GPUs (the driver's device files)
-_FIX = {
-    "TPU": (f"install JAX's TPU build and restart the kernel: pip install 'jax[tpu]=={JAX_VERSION}' "
-            "(on Kaggle choose the TPU v5e-8 accelerator, whose image has it); if it is installed, another "
-            "process may hold the TPU: restart the session so only one kernel uses it"),
-    "GPU": (f"install JAX's CUDA build and restart the kernel: pip install 'jax[cuda12]=={JAX_VERSION}'; check "
-            "that `nvidia-smi` lists the GPU"),
-}
+
+
+def _fix(hardware):
+    """The one fix for an accelerator JAX does not see: JAX's build for it, at the installed JAX's version."""
+    version = importlib.metadata.version("jax")
+    if hardware == "TPU":
+        return (f"install JAX's TPU build and restart the kernel: pip install 'jax[tpu]=={version}' "
+                "(on Kaggle choose the TPU v5e-8 accelerator, whose image has it); if it is installed, another "
+                "process may hold the TPU: restart the session so only one kernel uses it")
+    return (f"install JAX's CUDA build and restart the kernel: pip install 'jax[cuda12]=={version}'; check "
+            "that `nvidia-smi` lists the GPU")
 
 
 class AcceleratorNotVisible(RuntimeError):
@@ -104,7 +113,7 @@ def check_visible(kind, marks, allow_cpu=False):
         if marks.get(hardware):
             found = ", ".join(marks[hardware][:4])
             message = (f"this machine has a {hardware} ({found}) but JAX sees only the CPU, so training would "
-                       f"run on the host CPU, many times slower. Fix: {_FIX[hardware]}.")
+                       f"run on the host CPU, many times slower. Fix: {_fix(hardware)}.")
             if not allow_cpu:
                 raise AcceleratorNotVisible(
                     f"kitlib: refusing to run: {message} To train on the CPU anyway pass allow_cpu=True "
@@ -245,24 +254,54 @@ def configure_host_threads(intra_op, verbose=True):
     return intra_op
 
 
+def _release(version):
+    """The leading release numbers of a version string: "2.20.0rc1" -> (2, 20, 0), "0.10" -> (0, 10)."""
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
+
+
+def outside_tested_range(versions, tested=None):
+    """The packages whose version lies outside the tested range, one line each ([] when all are inside).
+
+    Args:
+        versions: {"python": "3.12.1", "jax": "0.10.2", ...}; names without a range are ignored.
+        tested: {name: (lowest, highest)} (default `TESTED_RANGE`); a bound "0.10" admits every 0.10.x.
+    """
+    tested = TESTED_RANGE if tested is None else tested
+    lines = []
+    for name, (low, high) in tested.items():
+        if name not in versions:
+            continue
+        have = _release(versions[name])
+        if have[:len(_release(low))] < _release(low) or have[:len(_release(high))] > _release(high):
+            lines.append(f"{name} {versions[name]} (tested: {low} to {high})")
+    return lines
+
+
 def check_environment(verbose=True):
-    """The first cell's check: Keras 3 on JAX, and TensorFlow for input (else the pip line to run).
+    """The first cell's check: Keras 3 on JAX, TensorFlow for input (else the pip line to run), and the
+    versions against the range the kit is tested on (a warning, not an error, outside it).
 
     Returns:
         dict of versions. Raises ImportError with the fix when something is missing.
     """
     import jax  # noqa: PLC0415
+    import numpy  # noqa: PLC0415
 
     try:
-        import tensorflow as tf  # noqa: PLC0415
+        import tensorflow as tf  # noqa: PLC0415 - kitlib.compat set the backend before this can import Keras
     except ImportError as err:
         raise ImportError(
             "TensorFlow is missing (Colab's TPU runtime ships none); kitlib reads data with tf.data. "
             f"Run this once, then restart the runtime:\n    !{TF_INSTALL_HINT}") from err
     versions = {"python": sys.version.split()[0], "keras": keras.__version__, "backend": keras.backend.backend(),
-                "jax": jax.__version__, "tensorflow": tf.__version__}
+                "jax": jax.__version__, "numpy": numpy.__version__, "tensorflow": tf.__version__}
     if verbose:
         print("kitlib environment: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        outside = outside_tested_range(versions)
+        if outside:
+            print("kitlib: WARNING: outside the versions the kit is tested on: " + "; ".join(outside)
+                  + ". It may still work; if something breaks, say which versions in the report.")
     return versions
 
 

@@ -9,7 +9,9 @@ only) whose five classes differ visibly, the way the diseases do:
     3 CMD   yellow-green mosaic on distorted, narrow lobes
     4 Healthy  plain green with light veins
 
-Running it again writes byte-identical files (seeded numpy + TensorFlow's JPEG encoder). The
+Running it again on the same machine writes byte-identical files (seeded numpy + TensorFlow's JPEG
+encoder); another CPU may round a few pixels the other way (float SIMD kernels differ), so elsewhere the
+files, names, labels and records are the same and the pixels agree within a few levels. The
 images are synthetic: they exercise the code paths, they are not the real data (see data/README.md).
 """
 
@@ -118,7 +120,7 @@ def _image_ids(rng, n):
 
 def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, seed=SEED, progress=True):
     """Write the sample in the competition's layout into ``out_dir``; returns a summary dict."""
-    import tensorflow as tf
+    from kitlib.compat import tf  # noqa: PLC0415 - the JPEG encoder
 
     rng = np.random.default_rng(seed)
     labels = [c for c in range(len(CLASS_NAMES)) for _ in range(train_per_class)]

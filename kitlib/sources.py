@@ -15,7 +15,7 @@ import glob
 import math
 import os
 
-import tensorflow as tf
+from kitlib.compat import tf
 
 from kitlib.data import (AUTOTUNE, IMAGE_EXTENSIONS, NUM_CLASSES, DataError, class_names_of, count_data_items,
                          decode_image, explain_errors, has_image_magic, list_tfrecords, load_dataset, resolve_files,
