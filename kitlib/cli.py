@@ -3,11 +3,23 @@
 Each command lives in its own module, which defines ``add_arguments(parser)`` and ``run(args)``
 (returning an exit code or None). Modules are imported only when their command runs, so
 ``python -m kitlib --help`` is instant and one command's dependencies never slow another.
+
+Exit codes, the same for every command: 0 done; 2 a user error (a bad flag, path, record or setting),
+printed as one line ``kitlib <command>: error: <what, where, and the fix>``; 3 a TPU/GPU that JAX cannot
+see (the fix to install). A Python traceback means a bug in the kit.
 """
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+# What kitlib raises for a user's mistake: ValueError (data.DataError is one), FileNotFoundError (a
+# missing path), NotADirectoryError. Raised by Keras, JAX or TensorFlow instead, the same types are bugs;
+# an OSError naming a file (a path that cannot be made, read or written) is the user's wherever it arose.
+USER_ERRORS = (ValueError, OSError)
+_KITLIB_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # command name -> (module, one-line help). A module missing here is simply not offered.
 COMMANDS = {
@@ -60,4 +72,21 @@ def main(argv=None):
     except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
         print(err, file=sys.stderr)
         return 3
+    except USER_ERRORS as err:
+        if not (raised_by_kitlib(err) or (isinstance(err, OSError) and err.filename)):
+            raise
+        print(f"kitlib {argv[0]}: error: {one_line(err)}", file=sys.stderr)
+        return 2
     return 0 if code is None else int(code)
+
+
+def raised_by_kitlib(err):
+    """True when the innermost frame that raised `err` is kitlib's own code: the kit checked the input and
+    wrote the message. An error from deep inside a library keeps its traceback (it is a bug to report)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_KITLIB_DIR + os.sep)
+
+
+def one_line(err):
+    """The error's message on one line (a multi-line message is joined with ' | ')."""
+    return " | ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -4,8 +4,10 @@ The kit computes with Keras 3 + JAX on every device (TPU v5e, GPUs, CPU) and rea
 ``tf.data`` (TFRecords, JPEG decode, multi-crop), the way google-research/big_vision feeds JAX.
 Every kitlib module does ``from kitlib.compat import keras`` (and ``tf`` where it reads data), so:
 
-- ``KERAS_BACKEND`` defaults to ``jax`` here, before Keras is first imported. If Keras was already
-  imported with another backend, or the variable names another one, the import fails with the fix.
+- ``KERAS_BACKEND`` defaults to ``jax`` (``kitlib/__init__`` sets it before any submodule imports Keras).
+  If the variable names another backend, the import fails with the fix. If Keras was loaded before the
+  variable was set (``import tensorflow`` loads Keras with its default backend, ``tensorflow``), Keras is
+  reloaded on JAX (``keras.config.set_backend``) and a note says so: re-import ``keras`` after kitlib.
 - TensorFlow is told to leave accelerators alone (``tf.config.set_visible_devices([], "GPU")``):
   it only feeds JAX, which owns the GPU; otherwise TF would reserve the GPU's memory first.
 - Where TensorFlow is missing (Colab's TPU runtime) ``tf`` raises the one command that brings it.
@@ -13,6 +15,7 @@ Every kitlib module does ``from kitlib.compat import keras`` (and ``tf`` where i
 
 import os
 import sys
+import warnings
 
 BACKEND = "jax"
 TF_INSTALL_HINT = "pip install tensorflow-cpu==2.20.0"
@@ -32,11 +35,19 @@ def _keras():
         raise ImportError("kitlib needs Keras 3 and JAX: pip install 'keras>=3.8' 'jax>=0.4.30'") from err
     if not keras.__version__.startswith("3."):  # pragma: no cover
         raise ImportError(f"kitlib needs Keras 3; this environment has Keras {keras.__version__}.")
-    if keras.backend.backend() != BACKEND:
-        raise ImportError(
-            f"Keras was imported with the {keras.backend.backend()!r} backend before kitlib; kitlib needs "
-            "'jax'. Restart the kernel and set os.environ['KERAS_BACKEND'] = 'jax' before importing keras "
-            "(or import kitlib first).")
+    if keras.backend.backend() != BACKEND:  # loaded before KERAS_BACKEND was set: its default backend
+        loaded = keras.backend.backend()
+        with warnings.catch_warnings():  # its warning is the note below, in one line
+            warnings.simplefilter("ignore", UserWarning)
+            keras.config.set_backend(BACKEND)  # drops every keras module and imports Keras again on JAX
+        import keras  # noqa: PLC0415 - the reloaded package
+        if keras.backend.backend() != BACKEND:  # pragma: no cover - a Keras without set_backend
+            raise ImportError(
+                f"Keras was imported with the {loaded!r} backend before kitlib; kitlib needs 'jax'. Restart the "
+                "kernel and import kitlib (or set os.environ['KERAS_BACKEND'] = 'jax') before tensorflow/keras.")
+        print(f"kitlib: Keras had been loaded with its default backend {loaded!r} (`import tensorflow` loads it); "
+              "reloaded it on 'jax'. Re-import keras after kitlib; Keras objects made before are invalid.",
+              file=sys.stderr)
     return keras
 
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import secrets
-import sys
 
 import numpy as np
 
@@ -298,18 +297,13 @@ def add_arguments(parser):
 
 
 def run(args):
-    try:
-        config = FinetuneConfig(
-            data_dir=args.data, backbone=args.backbone, out_dir=args.out, global_batch_size=args.batch_size,
-            steps=args.steps, loss=args.loss, label_smoothing=args.label_smoothing, t1=args.t1, t2=args.t2,
-            val_fraction=args.val_fraction, base_lr=args.base_lr, resolution=args.resolution,
-            evaluations=args.evaluations, seed=args.seed, tfds_data_dir=args.tfds_data_dir,
-            mixed_precision=args.mixed_precision, allow_cpu=args.allow_cpu)
-        result = finetune(config)
-    except (ValueError, FileNotFoundError) as err:
-        # DataError, an unreachable backbone, a batch that does not split, bad options: the message says what to do
-        # (a TPU/GPU that JAX cannot see is reported by kitlib.cli, exit code 3)
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+    """Run ``python -m kitlib finetune`` with parsed flags (a user error is one line, exit 2: kitlib.cli)."""
+    config = FinetuneConfig(
+        data_dir=args.data, backbone=args.backbone, out_dir=args.out, global_batch_size=args.batch_size,
+        steps=args.steps, loss=args.loss, label_smoothing=args.label_smoothing, t1=args.t1, t2=args.t2,
+        val_fraction=args.val_fraction, base_lr=args.base_lr, resolution=args.resolution,
+        evaluations=args.evaluations, seed=args.seed, tfds_data_dir=args.tfds_data_dir,
+        mixed_precision=args.mixed_precision, allow_cpu=args.allow_cpu)
+    result = finetune(config)
     print(f"saved the classifier ({len(result.source.class_names)} classes, {result.rule.crop}px) to {result.out_dir}")
     return 0

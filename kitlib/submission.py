@@ -23,7 +23,6 @@ import collections
 import csv
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
@@ -377,15 +376,11 @@ def add_arguments(parser):
 
 
 def run(args):
+    """Run ``python -m kitlib predict`` with parsed flags (a user error is one line, exit 2: kitlib.cli)."""
     from kitlib import runtime  # noqa: PLC0415
 
     sample = None if args.sample_submission == "none" else args.sample_submission
-    try:
-        runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several
-        predict_and_write(args.model, args.data, args.out, tta=args.tta, kind=args.source,
-                          batch_size=args.batch_size, sample_submission=sample)
-    except (ValueError, FileNotFoundError) as err:
-        # DataError, a refused submission, a missing model (a TPU/GPU JAX cannot see: kitlib.cli, exit code 3)
-        print(f"predict: error: {err}", file=sys.stderr)
-        return 2
+    runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several
+    predict_and_write(args.model, args.data, args.out, tta=args.tta, kind=args.source,
+                      batch_size=args.batch_size, sample_submission=sample)
     return 0

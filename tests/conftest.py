@@ -1,6 +1,8 @@
-"""Shared fixtures. Keras runs on JAX (set before anything imports Keras). Tests in this process see
-one CPU device; code that runs distributed is tested on 8 simulated devices in a subprocess
-(`run_on_devices`), since XLA's device count is fixed once JAX starts."""
+"""Shared fixtures. The suite runs as users do: no ``KERAS_BACKEND`` is exported, kitlib picks JAX itself.
+This process imports kitlib first (the test modules import TensorFlow, which imports Keras), then drops the
+variable kitlib set, so every subprocess a test starts (the CLI, the notebooks, `run_on_devices`) begins in
+a clean shell. Tests in this process see one CPU device; code that runs distributed is tested on 8
+simulated devices in a subprocess (`run_on_devices`), since XLA's device count is fixed once JAX starts."""
 
 import importlib.util
 import json
@@ -10,7 +12,10 @@ import sys
 import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["KERAS_BACKEND"] = "jax"
+os.environ.pop("KERAS_BACKEND", None)
+import kitlib.compat  # noqa: E402,F401 - Keras on JAX in this process, before a test module imports TensorFlow
+
+os.environ.pop("KERAS_BACKEND", None)  # Keras has read it; subprocesses start without it, as a user's shell
 
 import pytest  # noqa: E402
 
@@ -26,7 +31,7 @@ def sample_dir():
 def run_on_devices(code, devices=8, timeout=600, env=None):
     """Run `code` in a fresh Python whose JAX sees `devices` CPU devices; returns its last stdout line
     parsed as JSON (the code prints ``json.dumps(result)`` last). Fails the test with its stderr."""
-    environ = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
+    environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environ, cwd=REPO, timeout=timeout)

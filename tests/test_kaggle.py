@@ -605,7 +605,7 @@ def test_credentials_never_appear_in_any_output_or_file(stand_in, capsys, fake_e
 @pytest.mark.slow
 def test_importing_the_module_does_not_import_kaggle(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-    env.update(HOME=str(tmp_path), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env.update(HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     done = subprocess.run([sys.executable, "-c", "import sys, kitlib.kaggle_cli; print('kaggle' in sys.modules)"],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -31,7 +31,7 @@ def _outputs(nb):
 
 @pytest.mark.slow
 def test_notebook_01_smoke_run_trains_on_eight_simulated_devices(tmp_path):
-    env = dict(os.environ, SMOKE="1", KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+    env = dict(os.environ, SMOKE="1", TF_CPP_MIN_LOG_LEVEL="2",
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     source = os.path.join(REPO, "notebooks", "01_pretrain_swav_tpu.ipynb")
     done = subprocess.run([sys.executable, "-c", _EXECUTE, source, os.path.join(REPO, "notebooks"),

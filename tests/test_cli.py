@@ -1,0 +1,139 @@
+"""The command line as users run it: a clean shell (no KERAS_BACKEND, nothing exported for the kit), any
+import order, and every user error as one line with exit code 2 (a traceback only for a bug)."""
+
+import os
+import pkgutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import kitlib
+from kitlib import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _clean_env(**extra):
+    """A user's shell: none of the kit's variables (conftest already dropped KERAS_BACKEND; checked here)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS", "PYTHONPATH")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    return env
+
+
+def _kitlib(*argv, cwd=REPO, **extra):
+    return subprocess.run([sys.executable, "-m", "kitlib", *argv], capture_output=True, text=True, cwd=cwd,
+                          env=_clean_env(**extra), timeout=300)
+
+
+def _python(code, **extra):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO,
+                          env=_clean_env(**extra), timeout=300)
+
+
+def _error_line(stderr):
+    """The one line a user error prints (TensorFlow's C++ start-up lines aside)."""
+    lines = [line for line in stderr.splitlines() if line.strip() and "external/local_xla" not in line
+             and "tensorflow/core" not in line and "cpu_feature_guard" not in line]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def test_the_suite_itself_runs_without_keras_backend():
+    assert "KERAS_BACKEND" not in os.environ  # conftest dropped it: subprocesses start as a clean shell
+
+
+def test_make_sample_works_in_a_clean_shell(tmp_path):
+    done = _kitlib("make-sample", "--out", str(tmp_path / "s"), "--per-class", "2", "--test", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(os.listdir(tmp_path / "s" / "train_images")) == 10 and "Traceback" not in done.stderr
+
+
+def test_a_data_first_script_gets_keras_on_jax_in_a_clean_shell():
+    done = _python("""
+        from kitlib import data
+        from kitlib import pretrain
+        import keras
+        print(keras.backend.backend(), data.count_data_items(data.list_tfrecords("data/sample")))
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["jax", "100"]
+
+
+@pytest.mark.slow
+def test_importing_tensorflow_first_still_gives_keras_on_jax_and_says_so():
+    done = _python("""
+        import tensorflow as tf
+        from kitlib import swav
+        import keras
+        print(keras.backend.backend(), swav.SwAVModel.__module__)
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "kitlib.swav" and done.stdout.split()[-2] == "jax"
+    assert "reloaded it on 'jax'" in done.stderr
+
+
+@pytest.mark.slow
+def test_every_module_imported_first_gives_keras_on_jax():
+    names = sorted(m.name for m in pkgutil.iter_modules(kitlib.__path__) if m.name != "__main__")
+    # one fresh interpreter per module; each prints the backend it ended with
+    code = "import importlib, subprocess, sys\n" + "".join(
+        f"subprocess.run([sys.executable, '-c', 'import kitlib.{n}, keras; print(\"{n}\", keras.backend.backend())'],"
+        " check=True)\n" for n in names)
+    done = _python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = dict(line.split() for line in done.stdout.splitlines() if len(line.split()) == 2)
+    assert seen == {n: "jax" for n in names}
+
+
+@pytest.mark.slow
+def test_every_help_works_in_a_clean_shell():
+    for argv in [["--help"]] + [[name, "--help"] for name in cli.COMMANDS] + [["kaggle", "push", "--help"]]:
+        done = _kitlib(*argv)
+        assert done.returncode == 0 and "usage:" in done.stdout and "Traceback" not in done.stderr, (argv, done.stderr)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pretrain", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no train shards match '{tmp}/nowhere/"),
+    (["pretrain", "--data", "{sample}", "--out", "{tmp}/o", "--crops", "2x64,bad", "--verbose", "0"],
+     "malformed multi-crop spec '2x64,bad'"),
+    (["finetune", "--data", "{tmp}/nowhere", "--backbone", "{tmp}/no-model", "--out", "{tmp}/o"], "no-model"),
+    (["predict", "--data", "{sample}", "--model", "{tmp}", "--out", "{tmp}/s.csv"], "not a kitlib classifier"),
+    (["make-sample", "--out", "/proc/no/such/dir"], "No such file or directory: '/proc/no"),
+    (["demo", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no train shards match"),
+])
+def test_a_user_error_is_one_line_and_exit_code_2(argv, expected, tmp_path, sample_dir, capsys):
+    def fill(text):
+        return text.format(tmp=tmp_path, sample=sample_dir)
+
+    assert cli.main([fill(a) for a in argv]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"kitlib {argv[0]}: error: ") and fill(expected) in line
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_eight_devices_is_one_line(tmp_path, sample_dir):
+    done = _kitlib("pretrain", "--data", sample_dir, "--out", str(tmp_path / "o"), "--batch-size", "12",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert done.returncode == 2
+    assert _error_line(done.stderr) == ("kitlib pretrain: error: the global batch 12 does not split evenly over 8 "
+                                        "device(s): use a multiple of 8 (e.g. 16).")
+
+
+def test_an_error_from_inside_a_library_keeps_its_traceback(tmp_path, monkeypatch):
+    (tmp_path / "kit_probe_cmd.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from kitlib import runtime
+        def add_arguments(parser):
+            parser.add_argument("--where")
+        def run(args):
+            if args.where == "kitlib":
+                runtime.check_global_batch(12, 8)   # the kit checked it: a user error
+            np.zeros(-1)                            # numpy's own ValueError: a bug to report
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.COMMANDS, "probe", ("kit_probe_cmd", "a probe"))
+    assert cli.main(["probe", "--where", "kitlib"]) == 2
+    with pytest.raises(ValueError, match="negative dimensions"):
+        cli.main(["probe", "--where", "numpy"])
