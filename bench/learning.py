@@ -1,14 +1,14 @@
 """Does SwAV learn features worth having? Frozen-feature kNN and linear probe on real image sets.
 
 For each set (`bench/image_sets.py`: digits, faces, photo tiles, the Cassava sample) it pretrains the
-same backbone twice at the same budget, with the kit's small-data rule (`kitlib.swav.rule`) and with the
+same backbone twice at the same budget, with the kit's small-data rule (`kitlib.recipe.rule`) and with the
 paper's recipe (`PretrainConfig` defaults), and scores frozen features against the untrained backbone
 and raw pixels:
     knn     weighted kNN (k 20, cosine), leave-one-out over every labelled image
     linear  logistic-regression probe, 5-fold cross-validated
 It prints one table per set, writes ``results.json`` and a kNN-over-epochs plot per set.
 
-    KERAS_BACKEND=jax python bench/learning.py [--sets digits,faces,photos,sample] [--out runs/learning]
+    python bench/learning.py [--sets digits,faces,photos,sample] [--out runs/learning]
 
 Needs scikit-image for the faces and photo tiles (``pip install -r bench/requirements.txt``).
 """
@@ -24,8 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
+import kitlib  # noqa: E402,F401 - Keras on JAX before image_sets imports TensorFlow
 import image_sets  # noqa: E402
 
 from kitlib import data, evaluate, multicrop, pretrain, recipe, runtime  # noqa: E402

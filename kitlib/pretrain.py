@@ -371,7 +371,8 @@ def _train(config, print_fn):
         batches = training_batches(files, config.crops, config.global_batch_size, config.augmentation,
                                    seed=config.seed, color_config=color_config(config))
         model.fit(batches, epochs=config.epochs, initial_epoch=epochs_done,
-                  steps_per_epoch=config.max_steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
+                  steps_per_epoch=config.max_steps_per_epoch, callbacks=callbacks, verbose=config.verbose,
+                  shuffle=False)  # tf.data shuffles; Keras 3.15 warns when told to shuffle a dataset
     if monitor.nan_epoch is not None:
         raise FloatingPointError(f"SwAV pretraining diverged (NaN loss) in epoch {monitor.nan_epoch + 1}; "
                                  f"the last good checkpoint is {state_path}. Lower base_lr and rerun.")

@@ -180,7 +180,7 @@ class PrototypeUsage(keras.metrics.Metric):
         self.counts.assign(self.counts + ops.sum(onehot, axis=0))
 
     def reset_state(self):
-        self.counts.assign(ops.zeros_like(self.counts))
+        self.counts.assign(ops.zeros(self.counts.shape, dtype=self.counts.dtype))  # zeros_like(Variable) fails on Keras 3.15
 
     def result(self):
         p = self.counts / ops.maximum(ops.sum(self.counts), 1.0)

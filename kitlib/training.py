@@ -89,7 +89,7 @@ def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verb
     with data.explain_errors():
         history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
                             validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
-                            verbose=verbose)
+                            verbose=verbose, shuffle=False)  # tf.data shuffles; Keras 3.15 warns otherwise
     best = best_checkpoint_path(out_dir)
     if restore_best and os.path.isfile(best):
         model.load_weights(best)

@@ -286,3 +286,15 @@ def test_eight_devices_train_to_the_same_losses_weights_and_queue_as_one():
     np.testing.assert_allclose(eight["queue"], one["queue"], atol=2e-4)
     # the projection head's BatchNorm saw the global batch of 16 on every device (SyncBN), not 2 images
     np.testing.assert_allclose(eight["bn"], one["bn"], rtol=1e-3)
+
+
+def test_prototype_usage_is_ln_k_when_every_prototype_is_used_and_resets_to_nothing():
+    usage = swav.PrototypeUsage(4)
+    usage.update_state(np.array([[0, 1], [2, 3]]))
+    assert float(usage.result()) == pytest.approx(np.log(4), rel=1e-6)
+    usage.update_state(np.array([0, 0, 0, 0]))  # prototype 0 now takes 5 of the 8 matches
+    p = np.array([5, 1, 1, 1]) / 8
+    assert float(usage.result()) == pytest.approx(-(p * np.log(p)).sum(), rel=1e-6)
+    usage.reset_state()  # once an epoch (Keras 3.15 cannot zeros_like a Variable: the bug this guards)
+    np.testing.assert_array_equal(np.asarray(usage.counts), np.zeros(4))
+    assert float(usage.result()) == 0.0
