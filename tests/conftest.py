@@ -28,11 +28,18 @@ def sample_dir():
     return os.path.join(REPO, "data", "sample")
 
 
+def xla_flags(devices):
+    """XLA_FLAGS for `devices` simulated CPU devices, keeping flags the shell set (CI's other-CPU leg caps
+    XLA's instruction set with --xla_cpu_max_isa)."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def run_on_devices(code, devices=8, timeout=600, env=None):
     """Run `code` in a fresh Python whose JAX sees `devices` CPU devices; returns its last stdout line
     parsed as JSON (the code prints ``json.dumps(result)`` last). Fails the test with its stderr."""
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO,
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+                   XLA_FLAGS=xla_flags(devices), **(env or {}))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environ, cwd=REPO, timeout=timeout)
     if done.returncode != 0:
@@ -48,8 +55,15 @@ def load_bench(name):
     return module
 
 
+# The notebooks every stack of .ci/stacks runs (a TPU user's first cells: pretraining, the submission).
+MATRIX_NOTEBOOKS = ("01_pretrain_swav_tpu.ipynb", "04_submit.ipynb")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Notebooks (nbmake items) belong to the full run, not the inner loop: they count as slow."""
+    """Notebooks (nbmake items) belong to the full run, not the inner loop: they count as slow; 01 and 04
+    also run on every stack of the matrix."""
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
+            if os.path.basename(str(item.fspath)) in MATRIX_NOTEBOOKS:
+                item.add_marker(pytest.mark.matrix)

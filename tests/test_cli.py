@@ -11,13 +11,14 @@ import pytest
 
 import kitlib
 from kitlib import cli
+from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _clean_env(**extra):
     """A user's shell: none of the kit's variables (conftest already dropped KERAS_BACKEND; checked here)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
     return env
 
@@ -113,9 +114,10 @@ def test_a_user_error_is_one_line_and_exit_code_2(argv, expected, tmp_path, samp
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_a_batch_that_does_not_split_over_eight_devices_is_one_line(tmp_path, sample_dir):
     done = _kitlib("pretrain", "--data", sample_dir, "--out", str(tmp_path / "o"), "--batch-size", "12",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=8")
+                   XLA_FLAGS=xla_flags(8))
     assert done.returncode == 2
     assert _error_line(done.stderr) == ("kitlib pretrain: error: the global batch 12 does not split evenly over 8 "
                                         "device(s): use a multiple of 8 (e.g. 16).")

@@ -305,6 +305,7 @@ def _shard_records(path):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_make_sample_reproduces_the_bundled_sample(tmp_path, sample_dir):
     from kitlib.sample import make_sample
 

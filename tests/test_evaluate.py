@@ -131,6 +131,7 @@ print(json.dumps({{"devices": keras.distribution.distribution() is not None, "x"
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_features_on_eight_devices_equal_those_on_one(sample_dir):
     eight = run_on_devices(_FEATURES_RUN.format(sample=sample_dir), devices=8)
     assert eight["devices"] and len(eight["y"]) == 100

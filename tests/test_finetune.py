@@ -189,6 +189,7 @@ print(json.dumps({{"devices": rt.num_devices, "distributed": rt.distribution is 
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
     eight = run_on_devices(_EIGHT_DEVICES.format(data=sample_dir, backbone=tiny_backbone, out=str(tmp_path / "out8"),
                                                  kwargs=_SHORT_RUN, n=_PROBE_IMAGES), devices=8)

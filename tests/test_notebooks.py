@@ -10,6 +10,8 @@ import sys
 import nbformat
 import pytest
 
+from tests.conftest import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _EXECUTE = """
@@ -30,9 +32,9 @@ def _outputs(nb):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_notebook_01_smoke_run_trains_on_eight_simulated_devices(tmp_path):
-    env = dict(os.environ, SMOKE="1", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, SMOKE="1", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=xla_flags(8))
     source = os.path.join(REPO, "notebooks", "01_pretrain_swav_tpu.ipynb")
     done = subprocess.run([sys.executable, "-c", _EXECUTE, source, os.path.join(REPO, "notebooks"),
                            str(tmp_path / "ran.ipynb")], env=env, capture_output=True, text=True, timeout=900)

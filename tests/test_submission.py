@@ -227,6 +227,7 @@ print(json.dumps({{"ids": ids, "labels": labels, "probs": probs.tolist()}}))
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_predict_on_eight_devices_writes_what_one_device_writes(tiny_model_dir, sample_dir, tmp_path):
     sample = os.path.join(sample_dir, "sample_submission.csv")
     runs = {n: run_on_devices(_PREDICT_RUN.format(data=sample_dir, model=tiny_model_dir, sample=sample,

@@ -276,6 +276,7 @@ print(json.dumps({"devices": rt.num_devices, "distributed": rt.distribution is n
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_eight_devices_train_to_the_same_losses_weights_and_queue_as_one():
     # queue, frozen prototypes, several steps per execution and the device colour augmentation included
     one, eight = run_on_devices(_SAME_RUN, devices=1), run_on_devices(_SAME_RUN, devices=8)
