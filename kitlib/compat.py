@@ -6,8 +6,10 @@ Every kitlib module does ``from kitlib.compat import keras`` (and ``tf`` where i
 
 - ``KERAS_BACKEND`` defaults to ``jax`` (``kitlib/__init__`` sets it before any submodule imports Keras).
   If the variable names another backend, the import fails with the fix. If Keras was loaded before the
-  variable was set (``import tensorflow`` loads Keras with its default backend, ``tensorflow``), Keras is
-  reloaded on JAX (``keras.config.set_backend``) and a note says so: re-import ``keras`` after kitlib.
+  variable was set: when only ``import tensorflow`` loaded it (on Keras's default backend, ``tensorflow``),
+  Keras is reloaded on JAX (``keras.config.set_backend``) with a note; when the user's code holds Keras
+  itself (``import keras`` first), reloading would leave those names on the old backend, so the import
+  fails with the fix instead.
 - TensorFlow is told to leave accelerators alone (``tf.config.set_visible_devices([], "GPU")``):
   it only feeds JAX, which owns the GPU; otherwise TF would reserve the GPU's memory first.
 - Where TensorFlow is missing (Colab's TPU runtime) ``tf`` raises the one command that brings it.
@@ -15,6 +17,7 @@ Every kitlib module does ``from kitlib.compat import keras`` (and ``tf`` where i
 
 import os
 import sys
+import types
 import warnings
 
 BACKEND = "jax"
@@ -36,19 +39,30 @@ def _keras():
     if not keras.__version__.startswith("3."):  # pragma: no cover
         raise ImportError(f"kitlib needs Keras 3; this environment has Keras {keras.__version__}.")
     if keras.backend.backend() != BACKEND:  # loaded before KERAS_BACKEND was set: its default backend
-        loaded = keras.backend.backend()
+        loaded, holders = keras.backend.backend(), _keras_names_in_callers()
+        if holders:  # the user's code holds that Keras: reloading would leave those names on the old backend
+            raise ImportError(
+                f"Keras was imported with its default {loaded!r} backend before kitlib (your code holds it as "
+                f"{', '.join(holders[:3])}); kitlib needs 'jax'. Restart the kernel and import kitlib (or set "
+                "os.environ['KERAS_BACKEND'] = 'jax') before keras.")
         with warnings.catch_warnings():  # its warning is the note below, in one line
             warnings.simplefilter("ignore", UserWarning)
             keras.config.set_backend(BACKEND)  # drops every keras module and imports Keras again on JAX
         import keras  # noqa: PLC0415 - the reloaded package
-        if keras.backend.backend() != BACKEND:  # pragma: no cover - a Keras without set_backend
-            raise ImportError(
-                f"Keras was imported with the {loaded!r} backend before kitlib; kitlib needs 'jax'. Restart the "
-                "kernel and import kitlib (or set os.environ['KERAS_BACKEND'] = 'jax') before tensorflow/keras.")
-        print(f"kitlib: Keras had been loaded with its default backend {loaded!r} (`import tensorflow` loads it); "
-              "reloaded it on 'jax'. Re-import keras after kitlib; Keras objects made before are invalid.",
-              file=sys.stderr)
+        print(f"kitlib: `import tensorflow` had loaded Keras on its default backend {loaded!r}; reloaded it on "
+              "'jax' (import keras after kitlib).", file=sys.stderr)
     return keras
+
+
+def _keras_names_in_callers():
+    """Names in the importing code's globals (every frame up the stack) bound to a Keras module."""
+    names, frame = [], sys._getframe(1)
+    while frame is not None:
+        for name, value in list(frame.f_globals.items()):
+            if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] == "keras" and name not in names:
+                names.append(name)
+        frame = frame.f_back
+    return names
 
 
 def _tensorflow():

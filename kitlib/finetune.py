@@ -263,6 +263,49 @@ def finetune(config=None, rt=None, **fields):
     return FinetuneResult(model, rule, source, history, evaluation, config.out_dir, config)
 
 
+def run_preflight(config, target, print_fn=print):
+    """Plan the fine-tuning `config` as it would run on `target` (a `kitlib.preflight` name): the rule's
+    resolution and batch, bfloat16, the target's chips; compile its train step there and write
+    ``OUT/preflight.json``. Nothing is trained. Returns the `kitlib.preflight.Report`."""
+    from kitlib import backbones, preflight, runtime  # noqa: PLC0415
+
+    preflight.use_host_cpu_for_jax()
+    rt = preflight.target_runtime(target)
+    runtime.check_global_batch(config.global_batch_size, rt.num_devices)
+    _check_backbone_source(config.backbone)
+    seed = 0 if config.seed is None else int(config.seed)
+    source = sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir)
+    num_classes = len(source.class_names)
+
+    def rule_for(batch):
+        return bit_hyperrule.HyperRule(source.image_hw, source.train_size, batch, config.base_lr, config.steps,
+                                       config.resolution)
+
+    rule = rule_for(config.global_batch_size)
+    if config.verbose:
+        print_fn(f"kitlib finetune: {source.train_size} training images of {source.image_hw[0]}x{source.image_hw[1]}: "
+                 f"the BiT-HyperRule's {rule.crop}-px crops, {rule.total_steps} steps at global batch "
+                 f"{rule.batch_size}, MixUp {rule.mixup_alpha}")
+
+    def build(batch):
+        """The classifier `finetune` would build at global batch `batch`, and one batch as the step sees it."""
+        import jax  # noqa: PLC0415
+
+        planned = rule_for(batch)
+        with runtime.policy_scope(rt.policy):
+            model = bit.build_classifier(backbones.load(config.backbone), num_classes, planned.crop)
+            training.compile_classifier(model, planned, config.loss_fn())
+        spec = bit_input.train_dataset(source.train, planned, num_classes, seed=seed).element_spec
+        return model, tf.nest.map_structure(
+            lambda t: jax.ShapeDtypeStruct((batch,) + tuple(t.shape[1:]), t.dtype.as_numpy_dtype), spec)
+
+    report = preflight.run_preflight("finetune", build, config.global_batch_size, target, rule.total_steps,
+                                     period="run")
+    preflight.write_report(report, config.out_dir)
+    print_fn(preflight.describe(report))
+    return report
+
+
 # ============ CLI ============
 
 
@@ -294,16 +337,27 @@ def add_arguments(parser):
                         help="auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy such as mixed_float16")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="run on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
+    from kitlib import preflight  # noqa: PLC0415
+
+    parser.add_argument("--preflight", metavar="TARGET", choices=list(preflight.TARGETS),
+                        help=f"train nothing: compile this run's step for a TPU ({', '.join(preflight.TARGETS)}) "
+                             "and report memory per chip, FLOPs and a speed bound (OUT/preflight.json; exit 4 "
+                             "when it does not fit)")
 
 
 def run(args):
-    """Run ``python -m kitlib finetune`` with parsed flags (a user error is one line, exit 2: kitlib.cli)."""
+    """Run ``python -m kitlib finetune`` with parsed flags (a user error is one line, exit 2: kitlib.cli;
+    a preflight that does not fit: exit 4)."""
     config = FinetuneConfig(
         data_dir=args.data, backbone=args.backbone, out_dir=args.out, global_batch_size=args.batch_size,
         steps=args.steps, loss=args.loss, label_smoothing=args.label_smoothing, t1=args.t1, t2=args.t2,
         val_fraction=args.val_fraction, base_lr=args.base_lr, resolution=args.resolution,
         evaluations=args.evaluations, seed=args.seed, tfds_data_dir=args.tfds_data_dir,
         mixed_precision=args.mixed_precision, allow_cpu=args.allow_cpu)
+    if args.preflight:
+        from kitlib import preflight  # noqa: PLC0415
+
+        return 0 if run_preflight(config, args.preflight).fits else preflight.EXIT_DOES_NOT_FIT
     result = finetune(config)
     print(f"saved the classifier ({len(result.source.class_names)} classes, {result.rule.crop}px) to {result.out_dir}")
     return 0

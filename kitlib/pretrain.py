@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from kitlib import backbones, checkpoint, color, data, export, multicrop, recipe, runtime
+from kitlib import backbones, checkpoint, color, data, export, multicrop, preflight, recipe, runtime
 from kitlib.compat import keras
 from kitlib.optim import OPTIMIZERS, WarmupCosine, build_optimizer
 from kitlib.swav import SwAVModel
@@ -431,6 +431,10 @@ def add_arguments(parser):
     a("--smoke", action="store_true", help="the CI smoke preset (PretrainConfig.smoke: the rule's recipe, 40 "
       "epochs at batch 32); other flags override it")
     a("--allow-cpu", action="store_true", help="train on the CPU even where a TPU/GPU exists that JAX cannot see")
+    a("--preflight", metavar="TARGET", choices=list(preflight.TARGETS),
+      help=f"train nothing: compile this run's step for a TPU ({', '.join(preflight.TARGETS)}) with libtpu's "
+           "compile-only client and report memory per chip, FLOPs and a speed bound (OUT/preflight.json; exit 4 "
+           "when it does not fit)")
     a("--verbose", type=int, default=1, choices=[0, 1, 2], help="0 silent, 1 progress bar, 2 a line per epoch")
 
 
@@ -446,8 +450,38 @@ def config_from_args(args, parser_defaults=None):
     return PretrainConfig(**fields)
 
 
+def run_preflight(config, target, print_fn=print):
+    """Plan `config` as it would run on `target` (a `kitlib.preflight` name), compile its train step there,
+    and write ``OUT/preflight.json``; nothing is trained. Returns the `kitlib.preflight.Report`."""
+    preflight.use_host_cpu_for_jax()
+    rt = preflight.target_runtime(target)
+    config, record, reasons = plan(config, rt)
+    if config.verbose:
+        print_fn(describe_plan(config, record, reasons))
+    crops = _crop_config(config.crops)
+    sizes = [size for size, count in zip(crops.size_crops, crops.num_crops) for _ in range(count)]  # per view
+
+    def build(global_batch):
+        """The model `_train` would build for `global_batch`, under the target's policy, and one batch."""
+        import jax  # noqa: PLC0415
+
+        planned = dataclasses.replace(config, global_batch_size=global_batch)
+        with runtime.policy_scope(rt.policy), runtime.seeded(0):
+            model = _build_model(planned, backbones.build(planned.backbone))
+        crops = tuple(jax.ShapeDtypeStruct((global_batch, s, s, 3), "float32") for s in sizes)
+        return model, (crops,)
+
+    report = preflight.run_preflight("pretrain", build, config.global_batch_size, target, config.max_steps_per_epoch)
+    preflight.write_report(report, config.out_dir)
+    print_fn(preflight.describe(report))
+    return report
+
+
 def run(args):
-    """Run ``python -m kitlib pretrain`` with parsed flags; returns 0."""
+    """Run ``python -m kitlib pretrain`` with parsed flags; returns 0 (4: a preflight that does not fit)."""
+    if args.preflight:
+        report = run_preflight(config_from_args(args), args.preflight)
+        return 0 if report.fits else preflight.EXIT_DOES_NOT_FIT
     result = pretrain(config_from_args(args))
     if result.history:
         print(f"kitlib pretrain: done; final loss {result.history[-1]['loss']:.4f} vs ln K {result.ln_k:.4f}; "

@@ -200,6 +200,17 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
 
 
 @contextlib.contextmanager
+def policy_scope(name):
+    """Inside the block Keras's global dtype policy is `name` (e.g. "mixed_bfloat16"); the caller's after."""
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+@contextlib.contextmanager
 def seeded(seed):
     """Inside the block every unseeded draw is reproducible from `seed`, as after
     ``keras.utils.set_random_seed(seed)`` (Keras's initialisers and global SeedGenerator, Python's and

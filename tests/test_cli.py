@@ -76,6 +76,13 @@ def test_importing_tensorflow_first_still_gives_keras_on_jax_and_says_so():
 
 
 @pytest.mark.slow
+def test_importing_keras_itself_first_is_refused_with_the_fix():
+    done = _python("import keras\nfrom kitlib import data")  # reloading would leave `keras` on TensorFlow
+    assert done.returncode != 0
+    assert "holds it as keras" in done.stderr and "import kitlib (or set os.environ['KERAS_BACKEND'] = 'jax') before keras" in done.stderr
+
+
+@pytest.mark.slow
 def test_every_module_imported_first_gives_keras_on_jax():
     names = sorted(m.name for m in pkgutil.iter_modules(kitlib.__path__) if m.name != "__main__")
     # one fresh interpreter per module; each prints the backend it ended with

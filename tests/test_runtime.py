@@ -68,8 +68,9 @@ def test_setup_on_this_machine_is_one_cpu_device_in_float32(capsys):
 @pytest.mark.matrix
 def test_setup_on_eight_devices_puts_data_parallelism_in_force():
     result = run_on_devices("""
-        import json, keras
+        import json
         from kitlib import runtime
+        import keras
         rt = runtime.setup(verbose=False)
         dist = keras.distribution.distribution()
         try:

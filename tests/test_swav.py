@@ -260,8 +260,9 @@ def test_train_step_under_mixed_precision_keeps_codes_and_loss_in_float32(policy
 
 
 _SAME_RUN = """
-import json, numpy as np, keras
+import json, numpy as np
 from kitlib import color, runtime
+import keras
 from tests import test_swav as t
 rt = runtime.setup(verbose=False)
 keras.utils.set_random_seed(0)
