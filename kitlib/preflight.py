@@ -24,6 +24,7 @@ import sys
 import time
 
 GIB = 1024 ** 3
+HEADROOM = 0.9  # the batch search aims at 90 % of a chip's HBM
 EXIT_DOES_NOT_FIT = 4  # the CLI's exit code for a run that does not fit the target (2: user error, 3: hardware)
 
 
@@ -69,10 +70,18 @@ def libtpu_install_hint():
     return f"pip install '{pin}'"
 
 
+def libtpu_installed():
+    """Is libtpu (the TPU compiler and runtime) importable here? Looked up without loading it."""
+    return importlib.util.find_spec("libtpu") is not None
+
+
 def use_host_cpu_for_jax():
-    """With libtpu installed on a machine without a TPU, JAX would try the TPU first at start-up (seconds,
-    and error lines); the compile-only client needs no TPU backend, so a preflight asks JAX for the CPU.
-    Does nothing once JAX's backends have started, or when the shell chose platforms itself."""
+    """Ready this process for compile-only work. With libtpu installed, JAX would try the TPU first at
+    start-up and libtpu would take its one-process lock (/tmp/libtpu_lockfile), so a second process (a
+    preflight beside a notebook) could not load it; compiling needs neither the chip nor the lock, so a
+    preflight asks JAX for the CPU and libtpu for no lock. Nothing changes once JAX's backends have
+    started, or where the shell chose the platforms itself."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # read by libtpu when it loads
     import jax  # noqa: PLC0415
 
     if os.environ.get("JAX_PLATFORMS"):
@@ -103,7 +112,7 @@ def target_devices(target):
     Raises ValueError with the pip line when libtpu is missing or cannot give the topology.
     """
     target = get_target(target) if isinstance(target, str) else target
-    if importlib.util.find_spec("libtpu") is None:
+    if not libtpu_installed():
         raise ValueError(f"--preflight compiles for a TPU with libtpu's compile-only client, which is not installed "
                          f"(a CPU/GPU run never needs it): {libtpu_install_hint()}")
     from jax.experimental import topologies  # noqa: PLC0415
@@ -209,8 +218,9 @@ def largest_fitting_batch(build, global_batch, devices, target, max_compiles=6, 
     """The largest global batch below `global_batch` (a multiple of the chip count) whose step fits.
 
     A step's bytes grow about linearly with the batch (activations) on top of a fixed part (weights and
-    optimizer slots), so once two compiles gave numbers the next guess is that line's crossing of the HBM,
-    kept strictly between the largest batch known to fit and the smallest known not to; before that, and
+    optimizer slots), so once two compiles gave numbers the next guess is that line's crossing of 90 % of
+    the HBM (a compile near the limit is slow: the compiler then searches what to recompute), kept strictly
+    between the largest batch known to fit and the smallest known not to; before that, and
     after a compiler refusal without numbers, the batch halves. At most `max_compiles` compiles in all.
 
     Returns:
@@ -219,16 +229,18 @@ def largest_fitting_batch(build, global_batch, devices, target, max_compiles=6, 
     n = len(devices)
     costs = list(tried)
     good, bad = 0, global_batch // n                         # in images per chip: good fits, bad does not
-    while len(costs) < max_compiles and bad - good > max(1, good // 16):  # within ~6 % is close enough
+    aim = HEADROOM * target.hbm_bytes
+    while len(costs) < max_compiles and bad - good > max(1, good // 8):  # within ~12 % is close enough
+        if any(fits(c, target) and c.peak_bytes >= aim for c in costs):
+            break                                            # a fitting batch at the aim already: enough
         measured = sorted({(c.global_batch_size // n, c.peak_bytes) for c in costs if c.peak_bytes})
-        guess = bad // 2 if good == 0 else (good + bad) // 2
+        guess = bad // 2 if good == 0 else (good + bad) // 2  # halve, or bisect
         if len(measured) >= 2:
             (b1, p1), (b2, p2) = measured[0], measured[-1]
             per_image = (p2 - p1) / (b2 - b1) if b2 != b1 else 0
             if per_image > 0:
-                fixed = p1 - per_image * b1
-                guess = int((target.hbm_bytes - fixed) / per_image)
-        guess = min(max(guess, good + 1), bad - 1)
+                line = int((aim - (p1 - per_image * b1)) / per_image)
+                guess = line if good < line < bad else guess
         cost = compile_step(build, guess * n, devices)
         costs.append(cost)
         good, bad = (guess, bad) if fits(cost, target) else (good, guess)
