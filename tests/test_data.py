@@ -280,8 +280,8 @@ def test_sample_csv_matches_the_train_shards(sample_dir):
 # The sample is drawn with float numpy: another CPU (other SIMD kernels, e.g. AVX2 without AVX-512) rounds a
 # few pixels the other way, and the JPEG encoder then writes other bytes. What must match everywhere is the
 # layout, the names, the labels and the record framing exactly, and the pixels within a few levels.
-PIXEL_LEVELS = 8         # the largest difference allowed in one pixel (0..255); seen across CPUs: 4
-PIXEL_MEAN_LEVELS = 0.5  # the largest mean difference over an image; seen across CPUs: < 0.01
+PIXEL_LEVELS = 8         # the largest difference allowed in one pixel (0..255); seen across CPUs: 5
+PIXEL_MEAN_LEVELS = 0.5  # the largest mean difference over an image; seen across CPUs: 0.0025
 
 
 def _decoded(jpeg_bytes):
