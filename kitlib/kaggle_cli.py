@@ -37,10 +37,12 @@ from kitlib.kaggle_api import (KAGGLE_URL, KaggleCommandError, authenticated_api
                                find_credentials, http_status, redact, response_error)
 from kitlib.kaggle_kernels import (DATASET_METADATA, KERNEL_METADATA, KIT_DATASET_SLUG, check_ref, dataset_metadata,
                                    defaults_for, kernel_metadata, kernel_slug, machine_shape, move_into_place,
-                                   parse_switch, require_free, resolve_notebook, stage_kit, temp_beside,
+                                   notebook_config_fields, parse_switch, require_free, resolve_notebook, stage_kit, temp_beside,
                                    write_kernel_folder)
 from kitlib.layout import check_layout, describe_layout
 from kitlib.runtime import COMPETITION, KAGGLE_INPUT, repo_root
+
+DEFAULT_DATA = "data/cassava"  # where `kaggle download` unpacks the competition
 
 OWNER_PLACEHOLDER = "YOUR-KAGGLE-USERNAME"  # the kernel id's owner in a --dry-run without credentials
 TERMINAL_STATES = ("complete", "error", "cancel_requested", "cancel_acknowledged")
@@ -169,6 +171,31 @@ def cmd_publish_kit(args, get_api):
     return 0
 
 
+def preflight_notebook(notebook, accelerator, data_dir):
+    """The TPU preflight of a notebook's run (its CONFIG cell's settings, planned on `data_dir` as on a
+    v5e-8). Returns None when it fits, else `kitlib.preflight.EXIT_DOES_NOT_FIT` (after saying why)."""
+    if machine_shape(accelerator)[1] != "TpuV5E8":
+        raise KaggleCommandError("--preflight compiles for Kaggle's TPU v5e-8: push with --accelerator tpu")
+    fields = notebook_config_fields(notebook)
+    if fields is None:
+        raise KaggleCommandError(f"--preflight covers the notebooks that pretrain (01); "
+                                 f"{os.path.basename(notebook)} builds no PretrainConfig")
+    from kitlib import preflight, pretrain  # noqa: PLC0415 - Keras and JAX only for a preflight
+
+    out = tempfile.mkdtemp(prefix="kitlib-preflight-")
+    try:
+        report = pretrain.run_preflight(pretrain.PretrainConfig(data_dir=data_dir, out_dir=out, **fields), "tpu-v5e-8")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if report.fits:
+        return None
+    advice = (f"set global_batch_size={report.max_global_batch_size} in its CONFIG cell"
+              if report.max_global_batch_size else "use a smaller backbone or crops in its CONFIG cell")
+    print(f"kitlib kaggle push: refused: {os.path.basename(notebook)} does not fit a TPU v5e-8 at global batch "
+          f"{report.global_batch_size}; {advice}. Nothing was pushed.", file=sys.stderr)
+    return preflight.EXIT_DOES_NOT_FIT
+
+
 def cmd_push(args, get_api):
     """Write the kernel folder of a kit notebook and (unless --dry-run) push it."""
     notebook = resolve_notebook(args.notebook)
@@ -176,6 +203,10 @@ def cmd_push(args, get_api):
     accelerator = args.accelerator or defaults.accelerator
     machine_shape(accelerator)  # an unknown accelerator fails before anything else
     internet = parse_switch(args.internet) if args.internet is not None else defaults.internet
+    if getattr(args, "preflight", False):
+        refusal = preflight_notebook(notebook, accelerator, args.data)
+        if refusal:
+            return refusal
     if args.dry_run and not args.out:
         raise KaggleCommandError("--dry-run writes the kernel folder only: pass --out DIR")
     api = None if args.dry_run else get_api()
@@ -299,6 +330,11 @@ def add_arguments(parser):
     p.add_argument("--public", action="store_true", help="a public kernel (default private)")
     p.add_argument("--dry-run", action="store_true", help="only write the folder (needs --out; no credentials)")
     p.add_argument("--out", default=None, help="where to write the kernel folder (default: a temporary one)")
+    p.add_argument("--preflight", action="store_true",
+                   help="first compile the notebook's run for a TPU v5e-8 (its CONFIG cell, planned on --data; "
+                        "kitlib pretrain --preflight) and refuse to push one that does not fit (exit 4)")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"with --preflight: a local copy of the data (default "
+                   f"{DEFAULT_DATA}, where `kaggle download` puts it)")
 
     p = sub.add_parser("status", help="a kernel run's state (--wait: until it ends)")
     p.add_argument("kernel", metavar="KERNEL", help="owner/slug, a slug, or a kit notebook number (01)")

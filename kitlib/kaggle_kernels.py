@@ -3,6 +3,7 @@ folder (a clean ``kernel-metadata.json`` and the notebook without outputs) and `
 dataset; every folder built in a temporary place and moved into place only when complete.
 """
 
+import ast
 import dataclasses
 import json
 import os
@@ -59,6 +60,39 @@ FALLBACK_DEFAULTS = NotebookDefaults("cpu", internet=False)
 def notebooks_dir():
     """The kit's ``notebooks/`` folder."""
     return os.path.join(repo_root(), "notebooks")
+
+
+def notebook_config_fields(path, config_class="PretrainConfig"):
+    """The literal settings a notebook's ``CONFIG = ....PretrainConfig(...)`` cell gives (data and output
+    folders left out: they are the platform's), e.g. ``{"steps_per_execution": 32, "seed": 0}`` for 01.
+
+    Returns None when no code cell builds `config_class` (the ``.smoke(...)`` preset does not count).
+    Raises `KaggleCommandError` for a setting that is not a literal (it cannot be read without running).
+    """
+    with open(path) as f:
+        cells = [c for c in json.load(f)["cells"] if c.get("cell_type") == "code"]
+    for cell in cells:
+        try:
+            tree = ast.parse("".join(cell.get("source", [])))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            called = getattr(node, "func", None) if isinstance(node, ast.Call) else None
+            name = getattr(called, "attr", None) or getattr(called, "id", None)
+            if name != config_class:
+                continue
+            fields = {}
+            for keyword in node.keywords:
+                if keyword.arg in ("data_dir", "out_dir"):
+                    continue
+                try:
+                    fields[keyword.arg] = ast.literal_eval(keyword.value)
+                except ValueError:
+                    raise KaggleCommandError(
+                        f"{os.path.basename(path)}: {config_class}({keyword.arg}=...) is not a literal, so the "
+                        "preflight cannot read it; write the value itself") from None
+            return fields
+    return None
 
 
 def resolve_notebook(name, folder=None):

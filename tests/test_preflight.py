@@ -190,3 +190,44 @@ def test_a_tiny_bit_fine_tuning_step_compiles_for_a_v5e_8(tmp_path, sample_dir):
     assert report["command"] == "finetune" and report["devices"] == 8 and report["fits"]
     assert report["period"] == "run" and report["steps_per_epoch"] > 0 and report["flops_per_step"] > 0
     assert os.listdir(out) == ["preflight.json"]
+
+
+# ============ kaggle push --preflight ============
+
+def test_notebook_01s_config_cell_is_read_as_the_settings_it_gives():
+    from kitlib import kaggle_kernels
+
+    assert kaggle_kernels.notebook_config_fields(kaggle_kernels.resolve_notebook("01")) == {
+        "steps_per_execution": 32, "seed": 0}
+    assert kaggle_kernels.notebook_config_fields(kaggle_kernels.resolve_notebook("04")) is None
+
+
+def test_push_preflight_refuses_a_run_that_does_not_fit_and_pushes_nothing(monkeypatch, tmp_path, sample_dir, capsys):
+    from kitlib import kaggle_cli, pretrain
+
+    seen = {}
+
+    def too_big(config, target):
+        seen.update(config=config, target=target)
+        return type("R", (), {"fits": False, "max_global_batch_size": 128, "global_batch_size": 256})()
+
+    monkeypatch.setattr(pretrain, "run_preflight", too_big)
+    out = tmp_path / "kernel"
+    code = kaggle_cli.main(["push", "01", "--accelerator", "tpu", "--preflight", "--data", sample_dir,
+                            "--dry-run", "--out", str(out)], get_api=lambda: pytest.fail("no API call"))
+    assert code == preflight.EXIT_DOES_NOT_FIT and not out.exists()
+    assert seen["target"] == "tpu-v5e-8" and seen["config"].steps_per_execution == 32 and seen["config"].seed == 0
+    assert "set global_batch_size=128 in its CONFIG cell" in capsys.readouterr().err
+    code = kaggle_cli.main(["push", "01", "--accelerator", "gpu", "--preflight", "--dry-run", "--out", str(out)])
+    assert code == 2 and "--accelerator tpu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.tpu_compile
+@needs_libtpu
+def test_push_preflight_of_notebook_01_compiles_and_then_writes_the_kernel(tmp_path, sample_dir):
+    out = tmp_path / "kernel"
+    done = _cli("kaggle", "push", "01", "--accelerator", "tpu", "--preflight", "--data", sample_dir, "--dry-run",
+                "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FITS" in done.stdout and (out / "kernel-metadata.json").exists()
