@@ -27,11 +27,14 @@ BIT_BATCHES = (64, 128, 256, 512)
 
 
 def cassava_sized_data(root):
-    """A competition-layout folder that counts as Cassava (21,397 images) with the sample's records."""
+    """A competition-layout folder that counts as Cassava (21,397 images in 4 shards, so fine-tuning can hold
+    one out) with the sample's records."""
     sample = os.path.join(REPO, "data", "sample")
     os.makedirs(os.path.join(root, "train_tfrecords"), exist_ok=True)
-    shutil.copy(os.path.join(sample, "train_tfrecords", "ld_train00-25.tfrec"),
-                os.path.join(root, "train_tfrecords", f"ld_train00-{CASSAVA_TRAIN}.tfrec"))
+    counts = [CASSAVA_TRAIN // 4 + (i < CASSAVA_TRAIN % 4) for i in range(4)]
+    for i, count in enumerate(counts):
+        shutil.copy(os.path.join(sample, "train_tfrecords", f"ld_train0{i}-25.tfrec"),
+                    os.path.join(root, "train_tfrecords", f"ld_train0{i}-{count}.tfrec"))
     for name in ("label_num_to_disease_map.json", "train.csv"):
         shutil.copy(os.path.join(sample, name), root)
     return root
