@@ -162,14 +162,17 @@ def required_bytes(message):
     return int(float(match.group(1)) * _UNITS[match.group(2)]) if match else 0
 
 
-def compile_step(build, global_batch, devices):
-    """Compile the train step `build(global_batch)` describes for `devices`; never raises for the compiler.
+def compile_step(build, global_batch, devices, step="train"):
+    """Compile the train (or predict) step `build(global_batch)` describes for `devices`; never raises for
+    the compiler.
 
     Args:
         build: global_batch -> (model, data): a compiled Keras model (its optimizer built) and one batch as
             the step receives it, a tree of `jax.ShapeDtypeStruct` without shardings (global shapes).
         global_batch: images per step over all chips (a multiple of len(devices)).
         devices: the target's devices (`target_devices`).
+        step: "train" (``model.train_step``, the state donated as ``fit`` does) or "predict"
+            (``model.predict_step`` of a built model, as ``predict_on_batch`` runs it).
     Returns:
         `StepCost`; ``compiled`` False with the compiler's first line in ``error`` when it refused (an
         out-of-memory refusal counts as "does not fit").
@@ -181,21 +184,24 @@ def compile_step(build, global_batch, devices):
     mesh = Mesh(np.array(devices), ("batch",))
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
     model, data = build(global_batch)
-    # as fit() does before its first step: every layer, loss and metric variable from the batch's shapes alone
-    model._symbolic_build(data_batch=data)  # noqa: SLF001 - Keras's own pre-fit build (3.13-3.15 alike)
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    if step == "train":
+        # as fit() does before its first step: every layer, loss and metric variable from the shapes alone
+        model._symbolic_build(data_batch=data)  # noqa: SLF001 - Keras's own pre-fit build (3.13-3.15 alike)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
 
     def spec(variable, sharding):
         return jax.ShapeDtypeStruct(tuple(variable.shape), variable.dtype, sharding=sharding)
 
-    state = tuple([spec(v, replicated) for v in group] for group in (
-        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
-        model.metrics_variables))
+    groups = ((model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
+               model.metrics_variables) if step == "train" else (model.trainable_variables,
+                                                                  model.non_trainable_variables))
+    state = tuple([spec(v, replicated) for v in group] for group in groups)
     batch = jax.tree_util.tree_map(lambda s: spec(s, split), data)
+    function = model.train_step if step == "train" else model.predict_step
     start = time.perf_counter()
     try:  # as Keras's make_train_function jits it: the state is donated
-        compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, batch).compile()
+        compiled = jax.jit(function, donate_argnums=0 if step == "train" else ()).lower(state, batch).compile()
     except Exception as err:  # noqa: BLE001 - the compiler's refusal is the answer, not a crash
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         return StepCost(global_batch, False, temp_bytes=required_bytes(first), error=first[:500],
@@ -214,7 +220,7 @@ def fits(cost, target):
     return cost.compiled and cost.peak_bytes <= target.hbm_bytes
 
 
-def largest_fitting_batch(build, global_batch, devices, target, max_compiles=6, tried=()):
+def largest_fitting_batch(build, global_batch, devices, target, max_compiles=6, tried=(), step="train"):
     """The largest global batch below `global_batch` (a multiple of the chip count) whose step fits.
 
     A step's bytes grow about linearly with the batch (activations) on top of a fixed part (weights and
@@ -241,7 +247,7 @@ def largest_fitting_batch(build, global_batch, devices, target, max_compiles=6, 
             if per_image > 0:
                 line = int((aim - (p1 - per_image * b1)) / per_image)
                 guess = line if good < line < bad else guess
-        cost = compile_step(build, guess * n, devices)
+        cost = compile_step(build, guess * n, devices, step)
         costs.append(cost)
         good, bad = (guess, bad) if fits(cost, target) else (good, guess)
     return (good * n if good else None), costs
@@ -274,23 +280,26 @@ class Report:
         return dataclasses.asdict(self)
 
 
-def run_preflight(command, build, global_batch, target, steps_per_epoch, max_compiles=6, period="epoch"):
+def run_preflight(command, build, global_batch, target, steps_per_epoch, max_compiles=6, period="epoch",
+                  step="train"):
     """Compile the step at `global_batch` for `target` and, when it does not fit, search a batch that does.
 
     Args:
         command: "pretrain" | "finetune" (for the report). build: see `compile_step`.
         global_batch: the run's global batch. target: `Target` or name.
         steps_per_epoch: the steps of one `period` ("epoch", or "run" for a run counted in steps).
+        step: "train" or "predict" (see `compile_step`).
     Returns:
         `Report`.
     """
     target = get_target(target) if isinstance(target, str) else target
     devices = target_devices(target)
-    cost = compile_step(build, global_batch, devices)
+    cost = compile_step(build, global_batch, devices, step)
     ok = fits(cost, target)
     largest, tried = None, [cost]
     if not ok and (cost.compiled or _out_of_memory(cost.error)):  # too big: look for a batch that fits
-        largest, tried = largest_fitting_batch(build, global_batch, devices, target, max_compiles, tried=[cost])
+        largest, tried = largest_fitting_batch(build, global_batch, devices, target, max_compiles, tried=[cost],
+                                               step=step)
     step_seconds = cost.flops / target.peak_flops
     return Report(
         command=command, target=target.name, topology=target.topology, devices=len(devices),
@@ -364,7 +373,7 @@ def describe(report):
         lines.append("  no global batch was found to fit (down to one image per chip, or the compiles ran out): "
                      "use a smaller backbone or smaller crops")
     seconds = sum(t["compile_seconds"] for t in report.tried)
-    lines.append(f"  {len(report.tried)} compile(s), {seconds:.0f} s on this machine; nothing was trained")
+    lines.append(f"  {len(report.tried)} compile(s), {seconds:.0f} s on this machine; nothing was run")
     return "\n".join(lines)
 
 

@@ -373,11 +373,56 @@ def add_arguments(parser):
                              "when present; 'none' to skip)")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="predict on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
+    from kitlib import preflight  # noqa: PLC0415
+
+    parser.add_argument("--preflight", metavar="TARGET", choices=list(preflight.TARGETS),
+                        help=f"predict nothing: compile the forward pass for a TPU ({', '.join(preflight.TARGETS)}) "
+                             "and report memory per chip, FLOPs and a time bound (preflight.json beside --out; "
+                             "exit 4 when it does not fit)")
+
+
+def run_preflight(model_dir, data_dir, out_csv, target, tta=DEFAULT_TTA, kind="auto",
+                  batch_size=DEFAULT_BATCH_SIZE, print_fn=print):
+    """The forward pass `predict` would run, compiled for `target` (a `kitlib.preflight` name) at
+    `batch_size` rounded up to the chip count; the run counts one pass per batch and view. Writes
+    ``preflight.json`` beside `out_csv` (no submission). Returns the `kitlib.preflight.Report`."""
+    import math  # noqa: PLC0415
+
+    from kitlib import preflight  # noqa: PLC0415
+
+    preflight.use_host_cpu_for_jax()
+    chips = len(preflight.target_devices(target))
+    classifier = _as_classifier(model_dir)
+    views, size = parse_tta(tta), int(classifier.image_size)
+    count = sources.open_test_source(data_dir, kind).count
+    rows = -(-max(1, batch_size) // chips) * chips  # as export.rows_per_pass lays a pass over the chips
+
+    def build(batch):
+        import jax  # noqa: PLC0415
+
+        return classifier.model, (jax.ShapeDtypeStruct((batch, size, size, 3), "float32"),)
+
+    passes = math.ceil(count / rows) * len(views)
+    report = preflight.run_preflight("predict", build, rows, target, passes, period="run", step="predict")
+    folder = os.path.dirname(os.path.abspath(out_csv))
+    preflight.write_report(report, folder)
+    print_fn(f"kitlib predict: {count} test images x {len(views)} view(s) ({', '.join(views)}) at {size} px, "
+             f"{rows} images per pass")
+    print_fn(preflight.describe(report))
+    return report
 
 
 def run(args):
-    """Run ``python -m kitlib predict`` with parsed flags (a user error is one line, exit 2: kitlib.cli)."""
+    """Run ``python -m kitlib predict`` with parsed flags (a user error is one line, exit 2: kitlib.cli;
+    a preflight that does not fit: exit 4)."""
     from kitlib import runtime  # noqa: PLC0415
+
+    if args.preflight:
+        from kitlib import preflight  # noqa: PLC0415
+
+        report = run_preflight(args.model, args.data, args.out, args.preflight, tta=args.tta, kind=args.source,
+                               batch_size=args.batch_size)
+        return 0 if report.fits else preflight.EXIT_DOES_NOT_FIT
 
     sample = None if args.sample_submission == "none" else args.sample_submission
     runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several

@@ -26,7 +26,7 @@ class _Device:
 
 def _linear_compiles(fixed, per_image, calls):
     """A stand-in compiler whose peak bytes per chip grow linearly with the images per chip."""
-    def compile_step(build, global_batch, devices):
+    def compile_step(build, global_batch, devices, step="train"):
         calls.append(global_batch)
         per_chip = global_batch // len(devices)
         peak = fixed + per_image * per_chip
@@ -48,7 +48,7 @@ def test_the_batch_search_lands_within_15_percent_of_the_largest_fitting_batch(m
 def test_the_batch_search_halves_through_refusals_without_numbers(monkeypatch):
     target, devices, calls = preflight.TARGETS["tpu-v5e-1"], [_Device()], []
 
-    def refuses_above_100(build, global_batch, devices):
+    def refuses_above_100(build, global_batch, devices, step="train"):
         calls.append(global_batch)
         if global_batch > 100:
             return preflight.StepCost(global_batch, False, error="RESOURCE_EXHAUSTED: Ran out of memory")
@@ -127,7 +127,7 @@ def test_the_small_cnn_swav_step_compiles_for_a_v5e_8_and_only_the_report_is_wri
     assert report["devices"] == 8 and report["target"] == "tpu-v5e-8" and report["fits"] and report["compiled"]
     assert 0 < report["bytes_per_device"]["peak"] < report["hbm_bytes_per_device"] == 16 * 1024 ** 3
     assert report["flops_per_step"] > 0 and report["global_batch_size"] == 64
-    assert "FITS" in done.stdout and "nothing was trained" in done.stdout
+    assert "FITS" in done.stdout and "nothing was run" in done.stdout
 
 
 @pytest.mark.slow
@@ -190,6 +190,23 @@ def test_a_tiny_bit_fine_tuning_step_compiles_for_a_v5e_8(tmp_path, sample_dir):
     assert report["command"] == "finetune" and report["devices"] == 8 and report["fits"]
     assert report["period"] == "run" and report["steps_per_epoch"] > 0 and report["flops_per_step"] > 0
     assert os.listdir(out) == ["preflight.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.tpu_compile
+@needs_libtpu
+def test_the_prediction_pass_compiles_for_a_v5e_8_and_writes_no_submission(tmp_path, sample_dir):
+    from kitlib import export
+
+    model = export.make_stand_in_classifier(str(tmp_path / "model"), image_size=32)
+    out = tmp_path / "sub" / "submission.csv"
+    done = _cli("predict", "--data", sample_dir, "--model", model, "--out", str(out), "--preflight", "tpu-v5e-8",
+                "--tta", "flip", "--batch-size", "12")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "sub" / "preflight.json").read_text())
+    assert not out.exists() and report["command"] == "predict" and report["fits"]
+    assert report["global_batch_size"] == 16 and report["steps_per_epoch"] == 1 * 3  # 15 images, 3 views
+    assert "15 test images x 3 view(s)" in done.stdout
 
 
 # ============ kaggle push --preflight ============
