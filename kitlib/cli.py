@@ -6,7 +6,7 @@ Each command lives in its own module, which defines ``add_arguments(parser)`` an
 
 Exit codes, the same for every command: 0 done; 2 a user error (a bad flag, path, record or setting),
 printed as one line ``kitlib <command>: error: <what, where, and the fix>``; 3 a TPU/GPU that JAX cannot
-see (the fix to install). A Python traceback means a bug in the kit.
+see (the fix to install); 4 a ``--preflight`` run that does not fit the TPU. A traceback means a kit bug.
 """
 
 import argparse
@@ -15,9 +15,9 @@ import os
 import sys
 import traceback
 
-# What kitlib raises for a user's mistake: ValueError (data.DataError is one), FileNotFoundError (a
-# missing path), NotADirectoryError. Raised by Keras, JAX or TensorFlow instead, the same types are bugs;
-# an OSError naming a file (a path that cannot be made, read or written) is the user's wherever it arose.
+# What kitlib raises for a user's mistake: ValueError (data.DataError is one) and OSError (a missing path).
+# A ValueError raised inside Keras, JAX or TensorFlow instead is a bug; an OSError naming a file (a path
+# that cannot be made, read or written) is the user's wherever it arose.
 USER_ERRORS = (ValueError, OSError)
 _KITLIB_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -151,9 +151,10 @@ def shard_batch(batch):
     return keras.distribution.distribute_tensor(batch, distribution.get_data_layout(batch.shape))
 
 
-def rows_per_pass(batch_size):
-    """``batch_size`` rounded up to a multiple of the device count: every forward pass splits evenly."""
-    multiple = device_count()
+def rows_per_pass(batch_size, devices=None):
+    """``batch_size`` rounded up to a multiple of the device count (`devices`, default this process's):
+    every forward pass splits evenly."""
+    multiple = device_count() if devices is None else int(devices)
     return -(-max(1, int(batch_size)) // multiple) * multiple
 
 

@@ -269,7 +269,7 @@ def run_preflight(config, target, print_fn=print):
     ``OUT/preflight.json``. Nothing is trained. Returns the `kitlib.preflight.Report`."""
     from kitlib import backbones, preflight, runtime  # noqa: PLC0415
 
-    preflight.use_host_cpu_for_jax()
+    preflight.prepare_compile_only()
     rt = preflight.target_runtime(target)
     runtime.check_global_batch(config.global_batch_size, rt.num_devices)
     _check_backbone_source(config.backbone)

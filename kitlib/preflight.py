@@ -75,7 +75,7 @@ def libtpu_installed():
     return importlib.util.find_spec("libtpu") is not None
 
 
-def use_host_cpu_for_jax():
+def prepare_compile_only():
     """Ready this process for compile-only work. With libtpu installed, JAX would try the TPU first at
     start-up and libtpu would take its one-process lock (/tmp/libtpu_lockfile), so a second process (a
     preflight beside a notebook) could not load it; compiling needs neither the chip nor the lock, so a

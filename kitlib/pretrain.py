@@ -453,7 +453,7 @@ def config_from_args(args, parser_defaults=None):
 def run_preflight(config, target, print_fn=print):
     """Plan `config` as it would run on `target` (a `kitlib.preflight` name), compile its train step there,
     and write ``OUT/preflight.json``; nothing is trained. Returns the `kitlib.preflight.Report`."""
-    preflight.use_host_cpu_for_jax()
+    preflight.prepare_compile_only()
     rt = preflight.target_runtime(target)
     config, record, reasons = plan(config, rt)
     if config.verbose:

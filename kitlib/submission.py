@@ -390,12 +390,12 @@ def run_preflight(model_dir, data_dir, out_csv, target, tta=DEFAULT_TTA, kind="a
 
     from kitlib import preflight  # noqa: PLC0415
 
-    preflight.use_host_cpu_for_jax()
+    preflight.prepare_compile_only()
     chips = len(preflight.target_devices(target))
     classifier = _as_classifier(model_dir)
     views, size = parse_tta(tta), int(classifier.image_size)
     count = sources.open_test_source(data_dir, kind).count
-    rows = -(-max(1, batch_size) // chips) * chips  # as export.rows_per_pass lays a pass over the chips
+    rows = export.rows_per_pass(batch_size, chips)  # a pass laid over the target's chips, as predict lays it
 
     def build(batch):
         import jax  # noqa: PLC0415
