@@ -1,7 +1,7 @@
 """Real image sets that installable packages ship, written in the competition layout for the learning bench.
 
 Each builder returns (images uint8 [N, S, S, 3], labels int [N], class names); `write_set` writes them as
-``train_tfrecords/`` + ``label_num_to_disease_map.json`` so ``kitlib.pretrain`` reads them like Cassava.
+``train_tfrecords/`` + ``label_num_to_disease_map.json`` so ``kitlib.swav.pretrain`` reads them like Cassava.
 
     digits   scikit-learn's handwritten digits: 1,797 scans, 8x8 grey, 10 classes (upsampled to 32 px)
     faces    scikit-image's LFW subset: 100 faces + 100 non-face backgrounds, 25x25 grey (to 32 px)
@@ -77,12 +77,12 @@ def photos():
 
 def write_set(images, labels, class_names, out_dir):
     """The set as shuffled ``train_tfrecords/`` shards + label map under `out_dir`; returns out_dir."""
-    from kitlib import data
+    from kitlib.data import tfrecords, writing
 
     order = np.random.default_rng(0).permutation(len(images))  # classes mixed across shards
     examples = ({"image": images[i], "image_name": f"{i:05d}.png", "target": int(labels[i])} for i in order)
-    data.write_tfrecords(examples, os.path.join(out_dir, "train_tfrecords"), shard_size=512)
-    with open(os.path.join(out_dir, data.LABEL_MAP_FILE), "w") as f:
+    writing.write_tfrecords(examples, os.path.join(out_dir, "train_tfrecords"), shard_size=512)
+    with open(os.path.join(out_dir, tfrecords.LABEL_MAP_FILE), "w") as f:
         json.dump({str(i): name for i, name in enumerate(class_names)}, f)
     return out_dir
 
@@ -90,9 +90,9 @@ def write_set(images, labels, class_names, out_dir):
 def prepare(name, root, sample_dir=None):
     """The data folder of set `name` under `root` (written once, reused); the sample is used in place."""
     if name == "sample":
-        from kitlib import runtime
+        from kitlib import locations  # noqa: PLC0415
 
-        return sample_dir or runtime.find_data_dir()
+        return sample_dir or locations.find_data_dir()
     out = os.path.join(root, name)
     if not os.path.isdir(os.path.join(out, "train_tfrecords")):
         write_set(*{"digits": digits, "faces": faces, "photos": photos}[name](), out)

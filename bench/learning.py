@@ -1,7 +1,7 @@
 """Does SwAV learn features worth having? Frozen-feature kNN and linear probe on real image sets.
 
 For each set (`bench/image_sets.py`: digits, faces, photo tiles, the Cassava sample) it pretrains the
-same backbone twice at the same budget, with the kit's small-data rule (`kitlib.recipe.rule`) and with the
+same backbone twice at the same budget, with the kit's small-data rule (`kitlib.swav.recipe.rule`) and with the
 paper's recipe (`PretrainConfig` defaults), and scores frozen features against the untrained backbone
 and raw pixels:
     knn     weighted kNN (k 20, cosine), leave-one-out over every labelled image
@@ -24,22 +24,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import kitlib  # noqa: E402,F401 - Keras on JAX before image_sets imports TensorFlow
 import image_sets  # noqa: E402
 
-from kitlib import data, evaluate, multicrop, pretrain, recipe, runtime  # noqa: E402
+import kitlib  # noqa: E402,F401 - Keras on JAX before image_sets imports TensorFlow
+from kitlib import runtime  # noqa: E402
 from kitlib.compat import keras  # noqa: E402
+from kitlib.data import tfrecords
+from kitlib.swav import evaluate, geometry, pretrain, recipe
 
 
 def labelled(data_dir):
     """The labelled training records of a set, in file order."""
-    files = data.list_tfrecords(data_dir)
-    return data.load_dataset(files, labeled=True, ordered=True, num_classes=len(data.class_names_of(data_dir)))
+    files = tfrecords.list_tfrecords(data_dir)
+    return tfrecords.load_dataset(files, labeled=True, ordered=True, num_classes=len(tfrecords.class_names_of(data_dir)))
 
 
 def score(backbone, data_dir, image_size):
     """{"knn", "linear"} accuracy of a frozen backbone's features of every image at `image_size`
-    (leave-one-out kNN, cross-validated probe: `kitlib.evaluate.evaluate_backbone`)."""
+    (leave-one-out kNN, cross-validated probe: `kitlib.swav.evaluate.evaluate_backbone`)."""
     return evaluate.evaluate_backbone(backbone, labelled(data_dir), image_size)
 
 
@@ -72,11 +74,11 @@ def paper_config(rule_config, image_side):
 def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=print):
     """Pretrain with the rule and with the paper's recipe on one set; score all four feature kinds."""
     data_dir = image_sets.prepare(name, os.path.join(out_root, "data"), sample_dir)
-    files = data.list_tfrecords(data_dir)
+    files = tfrecords.list_tfrecords(data_dir)
     rule, _, _ = pretrain.plan(pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"),
                                                        seed=seed, epochs=epochs, verbose=0), rt)
     rule = dataclasses.replace(rule, knn_every=max(1, rule.epochs // 10))
-    side = multicrop.parse_multicrop_spec(rule.crops).size_crops[0]  # the big crops' side
+    side = geometry.parse_multicrop_spec(rule.crops).size_crops[0]  # the big crops' side
     rows = {"raw pixels": dict(pixel_score(data_dir, side), seconds=0.0),
             "untrained": dict(score(pretrain.random_init_backbone(rule.backbone, seed), data_dir, side), seconds=0.0)}
     curves = {}
@@ -86,7 +88,7 @@ def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=p
         rows[label] = dict(score(result.backbone, data_dir, side), seconds=round(seconds),
                            loss=result.history[-1]["loss"], ln_k=result.ln_k)
         curves[label] = [(h["epoch"], h["knn_acc"]) for h in result.history if "knn_acc" in h]
-    summary = dict(set=name, images=data.count_data_items(files), side=side, epochs=rule.epochs,
+    summary = dict(set=name, images=tfrecords.count_data_items(files), side=side, epochs=rule.epochs,
                    batch=rule.global_batch_size, prototypes=rule.prototypes, rows=rows, curves=curves)
     print_fn(table(summary))
     return summary

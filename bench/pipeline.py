@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline.py [--images 512] [--seconds 10] [--passes 3] [--intra-op-threads both|0|1]
 
-Writes ``--images`` 800x600 JPEGs (synthetic leaves from ``kitlib.sample`` with sensor noise, ~115 KB
+Writes ``--images`` 800x600 JPEGs (synthetic leaves from ``kitlib.data.sample`` with sensor noise, ~115 KB
 each like the competition's files) into 4 shards, then times passes of ``--seconds`` per pipeline over
 the shards read endlessly: each pass a fresh iterator whose first 128 images (its start-up) are untimed
 and reported apart, passes in rounds of one per pipeline so a slow spell hits all alike. By default it
@@ -35,8 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from kitlib import color, data, multicrop, runtime  # noqa: E402
-from kitlib.sample import draw_leaf  # noqa: E402
+from kitlib import runtime  # noqa: E402
+from kitlib.data import tfrecords, writing
+from kitlib.data.sample import draw_leaf  # noqa: E402
+from kitlib.swav import color, geometry, multicrop
 
 HEIGHT, WIDTH = 600, 800     # Cassava's image size
 JPEG_QUALITY = 92            # with the noise below: ~115 KB per image, like the competition's files
@@ -62,7 +64,7 @@ def write_shards(out_dir, n, seed=0):
             jpeg = tf.io.encode_jpeg(noisy, quality=JPEG_QUALITY).numpy()
             yield {"image": jpeg, "image_name": f"{i}.jpg", "target": i % 5}
 
-    return data.write_tfrecords(examples(), out_dir, shard_size=-(-n // 4))
+    return writing.write_tfrecords(examples(), out_dir, shard_size=-(-n // 4))
 
 
 # ============ the zipped baseline: five independently shuffled crop datasets zipped ============
@@ -141,7 +143,7 @@ def zipped_load(files):
     return records.map(_zipped_record, num_parallel_calls=AUTO)
 
 
-def zipped_pipeline(files, config=multicrop.FIVE_CROPS):
+def zipped_pipeline(files, config=geometry.FIVE_CROPS):
     """The zipped baseline over ``files`` read endlessly: batches of 32, one crop per loader, each crop
     from a different image (why that cannot train: notebooks/03_visualize_crops.ipynb; here it is only
     timed)."""
@@ -161,7 +163,7 @@ def zipped_pipeline(files, config=multicrop.FIVE_CROPS):
 # ============ the device mode's colour work, here on the CPU ============
 
 def color_step(layer):
-    """A ``per_batch`` step that runs ``layer`` (`kitlib.color.ColorAugment`) on a batch of crops as the JAX
+    """A ``per_batch`` step that runs ``layer`` (`kitlib.swav.color.ColorAugment`) on a batch of crops as the JAX
     train step does: jitted, its SeedGenerator state threaded through ``stateless_call`` (fresh draws
     every batch), fed numpy (``.numpy()`` of the tf.data batch); it waits for the result and returns
     it (a list of float32 [B, S, S, 3] jax arrays)."""
@@ -191,7 +193,7 @@ def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, se
     The first ``warm_images`` are the start-up, untimed: building the iterator (instantiating and
     optimising the map functions: ~0.3 s for the kit's host mode), starting its threads and filling
     its buffers (the zipped baseline's five 1024-image shuffle buffers). Then the steady state that
-    training runs in is timed (kitlib.pretrain reads one iterator over ``records.repeat()`` for the
+    training runs in is timed (kitlib.swav.pretrain reads one iterator over ``records.repeat()`` for the
     whole run; the baseline's loop makes a fresh one per ~14k-image epoch): ``n_images`` images, or as
     many as come in ``seconds``, whichever is reached first. A finite dataset must hold more than that, so that
     no shuffle buffer drains in the window; the bench reads its shards endlessly.
@@ -226,23 +228,23 @@ def one_pass(dataset, n_images=None, per_batch=None, warm_images=WARM_IMAGES, se
 def pipelines(shards):
     """The rows to time: (name, endless dataset of batches, per-batch step or None), the floor and the
     zipped baseline first."""
-    records = data.load_dataset(shards, decode=False).repeat()
+    records = tfrecords.load_dataset(shards, decode=False).repeat()
     color_on_cpu = color_step(color.ColorAugment())
     rows = [
-        ("decode floor (full res, default IDCT)", data.load_dataset(shards, decode=True).repeat(), None),
+        ("decode floor (full res, default IDCT)", tfrecords.load_dataset(shards, decode=True).repeat(), None),
         (ZIPPED_ROW, zipped_pipeline(shards), None),
     ]
-    for name, config in (("FIVE_CROPS 2x224+3x96", multicrop.FIVE_CROPS),
-                         ("SWAV_PAPER 2x224+6x96", multicrop.SWAV_PAPER)):
+    for name, config in (("FIVE_CROPS 2x224+3x96", geometry.FIVE_CROPS),
+                         ("SWAV_PAPER 2x224+6x96", geometry.SWAV_PAPER)):
         host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
         device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
         rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
-        if config is multicrop.FIVE_CROPS:  # the decode-scale policy off: every window at full resolution
+        if config is geometry.FIVE_CROPS:  # the decode-scale policy off: every window at full resolution
             full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
             full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
             rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
         rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]
-        if config is multicrop.FIVE_CROPS:
+        if config is geometry.FIVE_CROPS:
             rows += [(f"kitlib device +ColorAugment here, {name}", device.prefetch(AUTO), color_on_cpu)]
     return rows
 

@@ -34,9 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from kitlib import data, multicrop, runtime  # noqa: E402
-from kitlib.color import SWAV_COLOR  # noqa: E402
-from kitlib.color_host import split_seed  # noqa: E402
+from kitlib import runtime  # noqa: E402
+from kitlib.data import tfrecords
+from kitlib.swav import geometry, multicrop
+from kitlib.swav.color import SWAV_COLOR  # noqa: E402
+from kitlib.swav.color_host import split_seed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pipeline import BATCH, WARM_IMAGES, one_pass, write_shards  # noqa: E402
@@ -65,25 +67,25 @@ def _example_until(stage, config):
     return example
 
 
-def stage_pipelines(files, config=multicrop.FIVE_CROPS):
+def stage_pipelines(files, config=geometry.FIVE_CROPS):
     """{name: dataset of batches}: the stages of the host mode and the full-resolution decode."""
-    records = data.load_dataset(files, decode=False).repeat()
+    records = tfrecords.load_dataset(files, decode=False).repeat()
     pipelines = {}
     for stage in (0, 1):
         keys = tf.data.Dataset.random(rerandomize_each_iteration=True)
         example = _example_until(stage, config)
         crops = tf.data.Dataset.zip((multicrop._images_of(records), keys)).map(
             lambda contents, key, f=example: f(contents, tf.stack([key, tf.constant(1, tf.int64)])),
-            num_parallel_calls=data.AUTOTUNE, deterministic=False).with_options(multicrop.pipeline_options())
+            num_parallel_calls=tfrecords.AUTOTUNE, deterministic=False).with_options(multicrop.pipeline_options())
         pipelines[STAGES[stage]] = crops
     pipelines[STAGES[2]] = multicrop.multicrop(records, config, augment="device")
     no_blur = dataclasses.replace(SWAV_COLOR, blur_p=0.0)
     pipelines[STAGES[3]] = multicrop.multicrop(records, config, augment=True, color=no_blur)
     pipelines[STAGES[4]] = multicrop.multicrop(records, config, augment=True)
-    pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(data.AUTOTUNE)
+    pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(tfrecords.AUTOTUNE)
                  for name, crops in pipelines.items()}
-    floor = data.load_dataset(files, decode=True).repeat().map(lambda el: el["image"][0, 0])
-    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(data.AUTOTUNE)
+    floor = tfrecords.load_dataset(files, decode=True).repeat().map(lambda el: el["image"][0, 0])
+    pipelines[FLOOR] = floor.batch(BATCH).map(lambda pixel: (pixel,)).prefetch(tfrecords.AUTOTUNE)
     return pipelines
 
 
@@ -117,11 +119,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="passes per stage (default 5)")
     parser.add_argument("--intra-op-threads", type=int, default=1, choices=[0, 1],
                         help="threads per CPU op: 1 (default, an accelerator host's setting) or 0 (TensorFlow's default)")
-    parser.add_argument("--crops", default=multicrop.FIVE_CROPS.spec,
-                        help=f"multi-crop spec (default the zipped baseline's {multicrop.FIVE_CROPS.spec})")
+    parser.add_argument("--crops", default=geometry.FIVE_CROPS.spec,
+                        help=f"multi-crop spec (default the zipped baseline's {geometry.FIVE_CROPS.spec})")
     args = parser.parse_args(argv)
     threads = runtime.configure_host_threads(args.intra_op_threads, verbose=False)
-    config = multicrop.parse_multicrop_spec(args.crops)
+    config = geometry.parse_multicrop_spec(args.crops)
     print(f"machine: {runtime.usable_cores()} of {os.cpu_count()} CPU cores usable, TensorFlow {tf.__version__}, "
           f"{threads or 'default (one per core)'} thread(s) per CPU op; crops {config.spec}; "
           f"passes of {WARM_IMAGES} untimed images + {args.seconds:g} s timed")

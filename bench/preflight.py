@@ -43,7 +43,7 @@ def cassava_sized_data(root):
 def random_bit_r50x1(path):
     """BiT-M-R50x1's architecture with random weights (the official .npz is a download; memory and FLOPs do
     not depend on the values)."""
-    code = ("import sys; from kitlib import backbones, resnetv2; "
+    code = ("import sys; from kitlib.models import backbones, resnetv2; "
             "backbones.save(resnetv2.build('BiT-M-R50x1'), sys.argv[1])")
     subprocess.run([sys.executable, "-c", code, path], check=True, cwd=REPO, capture_output=True)
     return path

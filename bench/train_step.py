@@ -25,8 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from kitlib import backbones, multicrop, optim, runtime, swav  # noqa: E402
+from kitlib import runtime  # noqa: E402
 from kitlib.compat import keras, tf  # noqa: E402
+from kitlib.models import backbones
+from kitlib.swav import geometry, optim
+from kitlib.swav.model import SwAVModel, multicrop_features
 
 ops = keras.ops
 
@@ -40,7 +43,7 @@ class SupervisedMultiCrop(keras.Model):
         self.classifier = keras.layers.Dense(num_classes, dtype="float32")
 
     def call(self, crops, training=False):
-        return self.classifier(swav.multicrop_features(self.backbone, list(crops), training))
+        return self.classifier(multicrop_features(self.backbone, list(crops), training))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         targets = ops.tile(y, [y_pred.shape[0] // y.shape[0]])
@@ -77,10 +80,10 @@ def main(argv=None):
 
     rt = runtime.setup(allow_cpu=args.allow_cpu)
     rt.per_device_batch(args.batch)
-    config = multicrop.parse_multicrop_spec(args.crops)
+    config = geometry.parse_multicrop_spec(args.crops)
     swav_batches, supervised_batches = synthetic_batches(config, args.batch)
     keras.utils.set_random_seed(0)
-    swav_model = swav.SwAVModel(backbones.build(args.backbone), num_prototypes=args.prototypes,
+    swav_model = SwAVModel(backbones.build(args.backbone), num_prototypes=args.prototypes,
                                 freeze_prototypes_niters=0, queue_length=args.queue)
     swav_model.compile(optimizer=optim.build_optimizer("lars", 0.1))
     supervised = SupervisedMultiCrop(backbones.build(args.backbone))

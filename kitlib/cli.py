@@ -1,8 +1,9 @@
 """Command line: ``python -m kitlib <command> [options]``.
 
-Each command lives in its own module, which defines ``add_arguments(parser)`` and ``run(args)``
-(returning an exit code or None). Modules are imported only when their command runs, so
-``python -m kitlib --help`` is instant and one command's dependencies never slow another.
+Each command lives in its own module, which follows `kitlib.command`'s pattern: ``CONFIG`` (its config
+class, whose fields are the flags), ``plan(config)`` and ``run(plan)``. A command with sub-commands of its
+own (``kaggle``) defines ``add_arguments(parser)`` and ``main(args)`` instead. Modules are imported only when
+their command runs, so ``python -m kitlib --help`` is instant and one command's dependencies never slow another.
 
 Exit codes, the same for every command: 0 done; 2 a user error (a bad flag, path, record or setting),
 printed as one line ``kitlib <command>: error: <what, where, and the fix>``; 3 a TPU/GPU that JAX cannot
@@ -23,12 +24,12 @@ _KITLIB_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # command name -> (module, one-line help). A module missing here is simply not offered.
 COMMANDS = {
-    "make-sample": ("kitlib.sample", "write the small synthetic Cassava-layout sample (data/sample)"),
-    "pretrain": ("kitlib.pretrain", "SwAV self-supervised pretraining on train_tfrecords/"),
-    "finetune": ("kitlib.finetune", "fine-tune a BiT / SwAV backbone with the BiT-HyperRule"),
-    "predict": ("kitlib.submission", "predict test images with TTA and write submission.csv"),
+    "make-sample": ("kitlib.data.sample", "write the small synthetic Cassava-layout sample (data/sample)"),
+    "pretrain": ("kitlib.swav.pretrain", "SwAV self-supervised pretraining on train_tfrecords/"),
+    "finetune": ("kitlib.bit.finetune", "fine-tune a BiT / SwAV backbone with the BiT-HyperRule"),
+    "predict": ("kitlib.bit.predict", "predict test images with TTA and write submission.csv"),
     "demo": ("kitlib.demo", "the whole kit on the sample: pretrain -> fine-tune -> submission"),
-    "kaggle": ("kitlib.kaggle_cli", "Kaggle round trip: download, publish-kit, push a notebook, status, output"),
+    "kaggle": ("kitlib.kaggle.cli", "Kaggle round trip: download, publish-kit, push a notebook, status, output"),
 }
 
 
@@ -63,12 +64,16 @@ def main(argv=None):
         return 0 if argv else 2
     module = importlib.import_module(commands[argv[0]][0])
     sub = argparse.ArgumentParser(prog=f"python -m kitlib {argv[0]}", description=commands[argv[0]][1])
-    module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    from kitlib import command  # noqa: PLC0415
     from kitlib.runtime import AcceleratorNotVisible  # noqa: PLC0415
 
+    if hasattr(module, "CONFIG"):
+        command.add_arguments(sub, module.CONFIG)
+    else:
+        module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
     try:
-        code = module.run(args)
+        code = command.execute(module, args) if hasattr(module, "CONFIG") else module.main(args)
     except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
         print(err, file=sys.stderr)
         return 3

@@ -4,11 +4,11 @@
 cores in about a minute, the same functions the notebooks and the other commands call, all on Keras 3
 (JAX) with TensorFlow reading the data:
 
-    1. ``kitlib.pretrain.pretrain``   a small backbone learns from multi-crops of unlabelled images and
+    1. ``kitlib.swav.pretrain.pretrain``   a small backbone learns from multi-crops of unlabelled images and
                                       is exported as ``pretrain/backbone.keras``
-    2. ``kitlib.finetune.finetune``   that backbone + a zero head, fine-tuned with the BiT-HyperRule
+    2. ``kitlib.bit.finetune.finetune``   that backbone + a zero head, fine-tuned with the BiT-HyperRule
                                       (steps shortened for the demo), saved as ``finetune/classifier.keras``
-    3. ``kitlib.submission.predict_and_write``   test images -> TTA -> validated submission.csv
+    3. ``kitlib.bit.submission.predict_and_write``   test images -> TTA -> validated submission.csv
 
 and writes the pictures that tell whether each step worked: the SwAV loss against ln K, the
 fine-tuning schedule, the confusion matrix. The settings are the CPU smoke presets
@@ -44,7 +44,9 @@ def run_demo(data_dir, out_dir, pretrain_epochs=DEMO_PRETRAIN_EPOCHS, finetune_s
     Args:
         rt: a ``runtime.setup()`` result; None: set up here (``allow_cpu`` as in ``runtime.setup``).
     """
-    from kitlib import finetune, pretrain, runtime, submission, viz
+    from kitlib import runtime, viz  # noqa: PLC0415
+    from kitlib.bit import finetune, submission  # noqa: PLC0415
+    from kitlib.swav import pretrain  # noqa: PLC0415
 
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
@@ -103,7 +105,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kitlib import runtime
+    from kitlib import locations  # noqa: PLC0415
 
-    data_dir = args.data or runtime.find_data_dir()
+    data_dir = args.data or locations.find_data_dir()
     run_demo(data_dir, args.out, args.pretrain_epochs, args.finetune_steps, args.seed, allow_cpu=args.allow_cpu)

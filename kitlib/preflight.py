@@ -179,7 +179,8 @@ def compile_step(build, global_batch, devices, step="train"):
     """
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: PLC0415
+    from jax.sharding import (Mesh, NamedSharding,  # noqa: PLC0415
+                              PartitionSpec)
 
     mesh = Mesh(np.array(devices), ("batch",))
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))

@@ -20,9 +20,6 @@ import sys
 
 from kitlib.compat import TF_INSTALL_HINT, keras
 
-KAGGLE_INPUT = "/kaggle/input"
-COMPETITION = "cassava-leaf-disease-classification"
-DEFAULT_LOCAL_DATA = "data/sample"
 # What the kit is tested on (.ci/stacks/: Kaggle's GPU and TPU images, Colab): name -> (lowest, highest),
 # compared on the leading release numbers, so "0.10" admits every 0.10.x.
 TESTED_RANGE = {"python": ("3.12", "3.13"), "jax": ("0.7.2", "0.10"), "keras": ("3.13", "3.15"),
@@ -47,11 +44,6 @@ def _fix(hardware):
 
 class AcceleratorNotVisible(RuntimeError):
     """The machine has a TPU or GPU but JAX computes on the CPU: training there would be silently slow."""
-
-
-def repo_root():
-    """The folder that holds the ``kitlib`` package (the clone's root, or an attached dataset)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def usable_cores():
@@ -180,7 +172,8 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
     """
     import jax  # noqa: PLC0415 - started here, not at import
 
-    from kitlib.compat import tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
+    from kitlib.compat import \
+        tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
 
     devices = tuple(jax.devices() if devices is None else devices)
     kind = device_kind(devices[0].platform)
@@ -221,8 +214,10 @@ def seeded(seed):
         yield
         return
     import numpy as np  # noqa: PLC0415
-    from keras.src.backend.common import global_state  # noqa: PLC0415 - Keras keeps its seed state here
-    from tensorflow.python.eager import context  # noqa: PLC0415 - TF's global seed, readable only here
+    from keras.src.backend.common import \
+        global_state  # noqa: PLC0415 - Keras keeps its seed state here
+    from tensorflow.python.eager import \
+        context  # noqa: PLC0415 - TF's global seed, readable only here
 
     keys = ("global_random_seed", "global_seed_generator")
     saved = ([global_state.get_global_attribute(k) for k in keys], random.getstate(), np.random.get_state(),
@@ -314,31 +309,3 @@ def check_environment(verbose=True):
             print("kitlib: WARNING: outside the versions the kit is tested on: " + "; ".join(outside)
                   + ". It may still work; if something breaks, say which versions in the report.")
     return versions
-
-
-def on_kaggle():
-    """True inside a Kaggle notebook (kernel run)."""
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or os.path.isdir("/kaggle/working")
-
-
-def find_data_dir(local=None, competition=COMPETITION):
-    """The folder holding the competition's files (``train_tfrecords/``, ``train.csv`` ...).
-
-    Args:
-        local: fallback folder; default ``data/sample`` in the repo (the bundled sample).
-        competition: the competition slug under ``/kaggle/input``.
-    Returns:
-        A local path. A TPU VM reads ``/kaggle/input`` directly: no GCS copy is needed.
-    """
-    attached = os.path.join(KAGGLE_INPUT, competition)
-    if os.path.isdir(attached):
-        return attached
-    if local is None:
-        local = os.path.join(repo_root(), DEFAULT_LOCAL_DATA)
-    if not os.path.isdir(local):
-        raise FileNotFoundError(
-            f"No data found: {attached} is not attached and the local folder {local!r} does not exist. "
-            "Attach the competition on Kaggle, download it with `kaggle competitions download -c "
-            f"{competition}`, or make the sample with `python -m kitlib make-sample --out {local}`."
-        )
-    return local

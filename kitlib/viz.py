@@ -13,7 +13,7 @@ def _plt():
     return plt
 
 
-# ============ BiT fine-tuning (kitlib.bit / kitlib.finetune) ============
+# ============ BiT fine-tuning (kitlib.models.hub / kitlib.bit.finetune) ============
 
 
 def _short_class_name(name):
@@ -122,7 +122,7 @@ def plot_training_history(history, metrics=("loss", "accuracy")):
     return fig
 
 
-# ============ submission (kitlib.submission) ============
+# ============ submission (kitlib.bit.submission) ============
 
 
 def plot_predictions(images, image_ids, probs, class_names, max_images=12, columns=4):
@@ -173,7 +173,7 @@ def plot_tta_views(views, names, columns=4):
     return fig
 
 
-# ============ SwAV pretraining (kitlib.swav / kitlib.pretrain / kitlib.evaluate) ============
+# ============ SwAV pretraining (kitlib.swav.model / kitlib.swav.pretrain / kitlib.swav.evaluate) ============
 
 
 def _history_columns(history):
@@ -188,7 +188,7 @@ def plot_swav_history(history, ln_k):
     """SwAV loss per epoch against the collapse floor ln K, and prototype-usage entropy.
 
     Args:
-        history: history.csv rows (``kitlib.checkpoint.read_history``) or ``History.history``.
+        history: history.csv rows (``kitlib.swav.checkpoint.read_history``) or ``History.history``.
         ln_k: ln of the number of prototypes (``SwAVModel.ln_k``).
     Returns:
         Figure with two axes: loss vs ln K; usage entropy vs its maximum ln K.
@@ -217,7 +217,7 @@ def plot_prototype_usage(fractions):
     """Share of crops whose best prototype is k, sorted, against the uniform share 1/K.
 
     Args:
-        fractions: [K] non-negative, summing to 1 (``kitlib.swav.prototype_usage``).
+        fractions: [K] non-negative, summing to 1 (``kitlib.swav.model.prototype_usage``).
     Returns:
         Figure: a few tall bars and many empty ones mean a near-collapse onto few prototypes.
     """
@@ -238,7 +238,7 @@ def plot_feature_quality(results):
     """Bars of kNN (and linear-probe) accuracy per backbone, e.g. random init vs SwAV.
 
     Args:
-        results: {backbone name: {"knn": acc, "linear": acc}} (``kitlib.evaluate.compare_backbones``).
+        results: {backbone name: {"knn": acc, "linear": acc}} (``kitlib.swav.evaluate.compare_backbones``).
     Returns:
         Figure.
     """
@@ -258,7 +258,7 @@ def plot_feature_quality(results):
     return fig
 
 
-# ============ multi-crop augmentation (kitlib.multicrop, kitlib.color) ============
+# ============ multi-crop augmentation (kitlib.swav.multicrop, kitlib.swav.color) ============
 
 
 def _as_display(image):
@@ -273,9 +273,9 @@ def show_crops(crops, sources=None, max_rows=6, title=None):
 
     Args:
         crops: tuple of V arrays/tensors [n, S, S, 3] float [0, 1], big crops first (a multi-crop
-            batch, or `kitlib.multicrop.multicrop_preview`'s crops).
+            batch, or `kitlib.swav.multicrop.multicrop_preview`'s crops).
         sources: None, or the n source images [H, W, 3] (uint8 or float [0, 1]), e.g. from
-            `kitlib.multicrop.multicrop_preview`.
+            `kitlib.swav.multicrop.multicrop_preview`.
         max_rows: rows drawn at most.
     Returns:
         Figure with min(n, max_rows) rows and V columns (1 + V with sources); crop axes are drawn to
@@ -312,7 +312,7 @@ def show_augmentations(gallery, max_columns=6):
     """One row per augmentation, a few independent draws per row.
 
     Args:
-        gallery: dict name -> [draws, S, S, 3] float [0, 1] (`kitlib.color_host.augmentation_gallery`).
+        gallery: dict name -> [draws, S, S, 3] float [0, 1] (`kitlib.swav.color_host.augmentation_gallery`).
     Returns:
         Figure with len(gallery) rows.
     """
@@ -334,7 +334,7 @@ def plot_crop_distributions(stats, ratio=(3 / 4, 4 / 3), bins=30):
     """Histograms of the crop windows actually drawn: area fraction and aspect ratio, per group.
 
     Args:
-        stats: dict label -> {"area": [n], "aspect": [n], "scale": (lo, hi)} (`kitlib.multicrop.window_stats`).
+        stats: dict label -> {"area": [n], "aspect": [n], "scale": (lo, hi)} (`kitlib.swav.multicrop.window_stats`).
         ratio: allowed aspect range (dashed lines).
     Returns:
         Figure with two axes: area fraction of the image (dashed: each group's scale range) and

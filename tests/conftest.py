@@ -28,6 +28,16 @@ def sample_dir():
     return os.path.join(REPO, "data", "sample")
 
 
+def kitlib_modules():
+    """Every module of the kit, dotted ("kitlib.swav.model"), packages included, ``__main__`` left out."""
+    import pkgutil  # noqa: PLC0415
+
+    import kitlib  # noqa: PLC0415
+
+    names = [m.name for m in pkgutil.walk_packages(kitlib.__path__, "kitlib.") if not m.name.endswith("__main__")]
+    return sorted(names)
+
+
 def xla_flags(devices):
     """XLA_FLAGS for `devices` simulated CPU devices, keeping flags the shell set (CI's other-CPU leg caps
     XLA's instruction set with --xla_cpu_max_isa)."""

@@ -1,9 +1,9 @@
-"""kitlib.backbones: the quadrant pooling of small_cnn_grid, known cases and a save/load round trip."""
+"""kitlib.models.backbones: the quadrant pooling of small_cnn_grid, known cases and a save/load round trip."""
 
 import numpy as np
 import pytest
 
-from kitlib import backbones
+from kitlib.models import backbones
 
 
 def test_grid_pool_averages_each_quadrant_overlapping_the_middle_when_odd():

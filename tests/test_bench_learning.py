@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import load_bench
 
-from kitlib import data, pretrain, recipe
+from kitlib.data import tfrecords
+from kitlib.swav import pretrain, recipe
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,8 @@ def test_digits_are_written_in_the_competition_layout_and_read_back(learning, tm
     assert np.bincount(labels).min() >= 170 and images.max() == 255
     keep = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(10)])  # 40 images, 4 per class
     folder = learning.image_sets.write_set(images[keep], labels[keep], names, str(tmp_path / "digits"))
-    files = data.list_tfrecords(folder)
-    assert data.count_data_items(files) == 40 and data.class_names_of(folder)[9] == "9"
+    files = tfrecords.list_tfrecords(folder)
+    assert tfrecords.count_data_items(files) == 40 and tfrecords.class_names_of(folder)[9] == "9"
     read = list(learning.labelled(folder).as_numpy_iterator())
     assert sorted(r["label"] for r in read) == sorted(labels[keep].tolist())
     by_name = {r["image_name"].decode(): r["image"] for r in read}

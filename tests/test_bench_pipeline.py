@@ -52,7 +52,7 @@ def test_within_rounds_is_the_median_of_per_round_ratios(bench):
 
 
 def test_color_step_runs_the_layer_jitted_on_tf_batches_with_fresh_draws(bench):
-    from kitlib import color
+    from kitlib.swav import color
 
     step = bench.color_step(color.ColorAugment(seed=0, jitter_p=1.0, blur_p=0.0))  # "+ColorAugment here"
     batch = (tf.fill([4, 8, 8, 3], 0.5) + tf.range(3, dtype=tf.float32) / 10, tf.fill([4, 4, 4, 3], 0.3))

@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 from conftest import load_bench
 
-from kitlib import data, multicrop
+from kitlib.data import tfrecords, writing
+from kitlib.swav import geometry
 
-CONFIG = multicrop.MultiCropConfig.from_spec("1x32@0.3-1,2x16@0.05-0.3")
+CONFIG = geometry.MultiCropConfig.from_spec("1x32@0.3-1,2x16@0.05-0.3")
 SHADES = (40, 120, 200)  # one solid grey per image: a JPEG keeps it within a grey level or two
 
 
@@ -24,7 +25,7 @@ def shards(tmp_path_factory):
             image = np.full([60, 80, 3], shade, np.uint8)
             yield {"image": tf.io.encode_jpeg(image).numpy(), "image_name": f"{i}.jpg", "target": i}
 
-    return data.write_tfrecords(examples(), str(tmp_path_factory.mktemp("stages")), shard_size=2)
+    return writing.write_tfrecords(examples(), str(tmp_path_factory.mktemp("stages")), shard_size=2)
 
 
 @pytest.mark.slow
@@ -40,7 +41,7 @@ def test_every_stage_hands_the_batch_the_host_modes_shapes(stages, shards):
 
 @pytest.mark.slow
 def test_the_first_stages_stop_before_and_after_the_decode(stages, shards):
-    lengths = {len(record["image"].numpy()) for record in data.load_dataset(shards, decode=False)}
+    lengths = {len(record["image"].numpy()) for record in tfrecords.load_dataset(shards, decode=False)}
     pipelines = stages.stage_pipelines(shards, CONFIG)
     parsed = next(iter(pipelines[stages.STAGES[0]]))                 # every crop: the JPEG's length in bytes
     assert len(parsed) == CONFIG.total_crops and set(np.unique(parsed[0]).tolist()) <= lengths

@@ -2,16 +2,14 @@
 import order, and every user error as one line with exit code 2 (a traceback only for a bug)."""
 
 import os
-import pkgutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-import kitlib
 from kitlib import cli
-from tests.conftest import xla_flags
+from tests.conftest import kitlib_modules, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,10 +51,10 @@ def test_make_sample_works_in_a_clean_shell(tmp_path):
 
 def test_a_data_first_script_gets_keras_on_jax_in_a_clean_shell():
     done = _python("""
-        from kitlib import data
-        from kitlib import pretrain
+        from kitlib.data import tfrecords
+        from kitlib.swav import pretrain
         import keras
-        print(keras.backend.backend(), data.count_data_items(data.list_tfrecords("data/sample")))
+        print(keras.backend.backend(), tfrecords.count_data_items(tfrecords.list_tfrecords("data/sample")))
     """)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["jax", "100"]
@@ -66,25 +64,25 @@ def test_a_data_first_script_gets_keras_on_jax_in_a_clean_shell():
 def test_importing_tensorflow_first_still_gives_keras_on_jax_and_says_so():
     done = _python("""
         import tensorflow as tf
-        from kitlib import swav
+        from kitlib.swav import model as swav_model
         import keras
-        print(keras.backend.backend(), swav.SwAVModel.__module__)
+        print(keras.backend.backend(), swav_model.SwAVModel.__module__)
     """)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-1] == "kitlib.swav" and done.stdout.split()[-2] == "jax"
+    assert done.stdout.split()[-1] == "kitlib.swav.model" and done.stdout.split()[-2] == "jax"
     assert "reloaded it on 'jax'" in done.stderr
 
 
 @pytest.mark.slow
 def test_importing_keras_itself_first_is_refused_with_the_fix():
-    done = _python("import keras\nfrom kitlib import data")  # reloading would leave `keras` on TensorFlow
+    done = _python("import keras\nfrom kitlib.data import tfrecords")  # reloading would leave `keras` on TensorFlow
     assert done.returncode != 0
     assert "holds it as keras" in done.stderr and "import kitlib (or set os.environ['KERAS_BACKEND'] = 'jax') before keras" in done.stderr
 
 
 @pytest.mark.slow
 def test_every_module_imported_first_gives_keras_on_jax():
-    names = sorted(m.name for m in pkgutil.iter_modules(kitlib.__path__) if m.name != "__main__")
+    names = [n.removeprefix("kitlib.") for n in kitlib_modules()]
     # one fresh interpreter per module; each prints the backend it ended with
     code = "import importlib, subprocess, sys\n" + "".join(
         f"subprocess.run([sys.executable, '-c', 'import kitlib.{n}, keras; print(\"{n}\", keras.backend.backend())'],"

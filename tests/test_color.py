@@ -1,4 +1,4 @@
-"""kitlib.color_host and kitlib.color: the host colour path as multicrop runs it (rates, range, maths), the blur,
+"""kitlib.swav.color_host and kitlib.swav.color: the host colour path as multicrop runs it (rates, range, maths), the blur,
 and the ColorAugment layer (keras.ops on JAX): rates, exact probabilities 0 and 1, the torchvision chain, seeds."""
 
 import dataclasses
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import color, color_host, multicrop
-from kitlib.color import ColorConfig
+from kitlib.swav import color, color_host, geometry, multicrop
+from kitlib.swav.color import ColorConfig
 
 N_DRAWS = 4000     # draws per probability estimate: the standard error of a rate is <= 0.008
 RATE_TOL = 0.03    # ~4 standard errors
-RATE_CROPS = multicrop.MultiCropConfig.from_spec("4x32@0.3-1")  # 32 px: a 3-tap blur kernel
+RATE_CROPS = geometry.MultiCropConfig.from_spec("4x32@0.3-1")  # 32 px: a 3-tap blur kernel
 OFF = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 
 
@@ -54,7 +54,7 @@ def test_host_path_fires_each_augmentation_with_its_probability():
     assert abs(_rate(_per_crop(lambda d: d > 1e-4, full, flipped)) - (1 - 0.2 * 0.8 * 0.5)) < RATE_TOL
     assert dataclasses.asdict(color.SWAV_COLOR) == dict(strength=1.0, jitter_p=0.8, gray_p=0.2, blur_p=0.5,
                                                         sigma=(0.1, 2.0))
-    assert multicrop.SWAV_PAPER.flip_p == 0.5
+    assert geometry.SWAV_PAPER.flip_p == 0.5
 
 
 def test_host_jitter_keeps_range_gray_stays_gray_and_strength_zero_is_identity():
@@ -171,6 +171,7 @@ def _is_gray(y):
 @pytest.mark.slow  # the first eager call compiles every op: 3-7 s on 2 shared cores
 def test_color_augment_layer_keeps_inputs_when_not_training_and_shape_dtype_range_when_training():
     import jax.numpy as jnp
+
     from kitlib.compat import keras
 
     crops = [np.random.default_rng(s).random([N_LAYER, s, s, 3]).astype(np.float32) for s in (32, 16)]
@@ -261,6 +262,7 @@ def test_color_augment_layer_jitter_runs_the_given_order_with_a_clip_after_each_
 @pytest.mark.slow
 def test_color_augment_layer_draws_fresh_parameters_every_jitted_step_and_repeats_with_a_seed():
     import jax
+
     from kitlib.compat import keras
 
     crops = [_pattern_batch(8, 32), _pattern_batch(8, 16)]

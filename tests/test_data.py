@@ -1,4 +1,4 @@
-"""kitlib.data: the writer/reader round trip, counts, splits, other sources, and every bad input."""
+"""kitlib.data.tfrecords: the writer/reader round trip, counts, splits, other sources, and every bad input."""
 
 import csv
 import filecmp
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import data, sources
-from kitlib.data import DataError, explain_errors
+from kitlib.data import sources
+from kitlib.data import tfrecords as data_tfrecords
+from kitlib.data import writing
+from kitlib.data.tfrecords import DataError, explain_errors
 
 
 def _image(value, h=40, w=56):
@@ -46,9 +48,9 @@ def _jpeg(value=128):
 
 
 def test_train_shards_round_trip_images_names_and_labels(tmp_path):
-    paths = data.write_tfrecords(_examples(7), tmp_path, labeled=True, shard_size=3)
+    paths = writing.write_tfrecords(_examples(7), tmp_path, labeled=True, shard_size=3)
     assert [os.path.basename(p) for p in paths] == ["ld_train00-3.tfrec", "ld_train01-3.tfrec", "ld_train02-1.tfrec"]
-    rows = _collect(data.load_dataset(paths, ordered=True))
+    rows = _collect(data_tfrecords.load_dataset(paths, ordered=True))
     assert [r["image_name"].decode() for r in rows] == [f"img{i}.jpg" for i in range(7)]
     assert [int(r["label"]) for r in rows] == [i % 5 for i in range(7)]
     for i, r in enumerate(rows):
@@ -57,36 +59,36 @@ def test_train_shards_round_trip_images_names_and_labels(tmp_path):
 
 
 def test_test_shards_carry_no_target_and_read_unlabeled(tmp_path):
-    paths = data.write_tfrecords(_examples(4), tmp_path, labeled=False, shard_size=10)
+    paths = writing.write_tfrecords(_examples(4), tmp_path, labeled=False, shard_size=10)
     raw = next(iter(tf.data.TFRecordDataset(paths[0])))
     assert "target" not in tf.train.Example.FromString(raw.numpy()).features.feature
-    rows = _collect(data.load_dataset(paths, labeled=False, ordered=True))
+    rows = _collect(data_tfrecords.load_dataset(paths, labeled=False, ordered=True))
     assert [r["image_name"] for r in rows] == [f"img{i}.jpg".encode() for i in range(4)]
     assert all("label" not in r for r in rows)
 
 
 def test_unordered_reading_returns_every_record_once(tmp_path):
-    paths = data.write_tfrecords(_examples(12), tmp_path, shard_size=4)
-    names = sorted(r["image_name"].decode() for r in _collect(data.load_dataset(paths)))
+    paths = writing.write_tfrecords(_examples(12), tmp_path, shard_size=4)
+    names = sorted(r["image_name"].decode() for r in _collect(data_tfrecords.load_dataset(paths)))
     assert names == sorted(f"img{i}.jpg" for i in range(12))
 
 
 def test_decode_false_keeps_the_jpeg_bytes(tmp_path):
-    paths = data.write_tfrecords(_examples(2), tmp_path)
-    row = _collect(data.load_dataset(paths, ordered=True, decode=False))[0]
+    paths = writing.write_tfrecords(_examples(2), tmp_path)
+    row = _collect(data_tfrecords.load_dataset(paths, ordered=True, decode=False))[0]
     assert isinstance(row["image"], bytes) and row["image"][:3] == b"\xff\xd8\xff"
 
 
 def test_grayscale_and_png_images_are_made_rgb(tmp_path):
     gray_png = tf.io.encode_png(np.full([30, 20, 1], 77, np.uint8)).numpy()
     path = _raw_shard(str(tmp_path / "ld_train00-1.tfrec"), [{"image": gray_png, "image_name": b"g.png", "target": 2}])
-    row = _collect(data.load_dataset([path]))[0]
+    row = _collect(data_tfrecords.load_dataset([path]))[0]
     assert row["image"].shape == (30, 20, 3) and (row["image"] == 77).all()
 
 
 def test_records_without_image_name_give_dicts_without_it(tmp_path):
     path = _raw_shard(str(tmp_path / "x-2.tfrec"), [{"image": _jpeg(), "target": 1}] * 2)
-    rows = _collect(data.load_dataset([path]))
+    rows = _collect(data_tfrecords.load_dataset([path]))
     assert len(rows) == 2 and set(rows[0]) == {"image", "label"}
 
 
@@ -94,33 +96,33 @@ def test_records_without_image_name_give_dicts_without_it(tmp_path):
 
 
 def test_count_data_items_reads_counts_from_names():
-    assert data.count_data_items(["a/ld_train00-1338.tfrec", "ld_train01-1337.tfrec"]) == 2675
+    assert data_tfrecords.count_data_items(["a/ld_train00-1338.tfrec", "ld_train01-1337.tfrec"]) == 2675
 
 
 def test_count_data_items_names_the_shard_without_a_count():
     with pytest.raises(DataError, match=r"shards/ld_train00\.tfrec: shard name has no record count"):
-        data.count_data_items(["shards/ld_train00.tfrec"])
+        data_tfrecords.count_data_items(["shards/ld_train00.tfrec"])
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.35, 0.5])
 def test_split_files_is_disjoint_complete_and_seeded(fraction):
     files = [f"ld_train{i:02d}-100.tfrec" for i in range(16)]
-    train, val = data.split_files(files, fraction, seed=5)
+    train, val = data_tfrecords.split_files(files, fraction, seed=5)
     assert not set(train) & set(val) and sorted(train + val) == sorted(files)
     assert len(val) == round(16 * fraction)
-    assert data.split_files(files, fraction, seed=5) == (train, val)
+    assert data_tfrecords.split_files(files, fraction, seed=5) == (train, val)
 
 
 def test_split_files_needs_two_shards():
     with pytest.raises(DataError, match="cannot split 1 shard"):
-        data.split_files(["only-5.tfrec"], 0.2)
-    assert data.split_files(["only-5.tfrec"], 0) == (["only-5.tfrec"], [])
+        data_tfrecords.split_files(["only-5.tfrec"], 0.2)
+    assert data_tfrecords.split_files(["only-5.tfrec"], 0) == (["only-5.tfrec"], [])
 
 
 def test_list_tfrecords_finds_the_sample_shards(sample_dir):
-    files = data.list_tfrecords(sample_dir)
-    assert len(files) == 4 and data.count_data_items(files) == 100
-    assert data.count_data_items(data.list_tfrecords(sample_dir, "test")) == 15
+    files = data_tfrecords.list_tfrecords(sample_dir)
+    assert len(files) == 4 and data_tfrecords.count_data_items(files) == 100
+    assert data_tfrecords.count_data_items(data_tfrecords.list_tfrecords(sample_dir, "test")) == 15
 
 
 # ============ bad input ============
@@ -128,11 +130,11 @@ def test_list_tfrecords_finds_the_sample_shards(sample_dir):
 
 def test_empty_list_and_unmatched_glob_fail_clearly(tmp_path):
     with pytest.raises(DataError, match="list of TFRecord files is empty"):
-        data.load_dataset([])
+        data_tfrecords.load_dataset([])
     with pytest.raises(DataError, match=r"no TFRecord files match .*nothing-\*\.tfrec"):
-        data.load_dataset(str(tmp_path / "nothing-*.tfrec"))
+        data_tfrecords.load_dataset(str(tmp_path / "nothing-*.tfrec"))
     with pytest.raises(DataError, match="do not exist"):
-        data.load_dataset([str(tmp_path / "missing-3.tfrec")])
+        data_tfrecords.load_dataset([str(tmp_path / "missing-3.tfrec")])
 
 
 @pytest.mark.parametrize("record, message", [
@@ -146,19 +148,19 @@ def test_bad_record_is_named_by_file_and_record(tmp_path, record, message):
     good = {"image": _jpeg(), "image_name": b"ok.jpg", "target": 0}
     path = _raw_shard(str(tmp_path / "ld_train00-3.tfrec"), [good, record, good])
     with pytest.raises(DataError, match=rf"record 1 of .*ld_train00-3\.tfrec {message}"):
-        _collect(data.load_dataset([path], ordered=True))
+        _collect(data_tfrecords.load_dataset([path], ordered=True))
 
 
 def test_class_range_is_configurable(tmp_path):
     path = _raw_shard(str(tmp_path / "x-1.tfrec"), [{"image": _jpeg(), "target": 7}])
-    assert int(_collect(data.load_dataset([path], num_classes=10))[0]["label"]) == 7
+    assert int(_collect(data_tfrecords.load_dataset([path], num_classes=10))[0]["label"]) == 7
 
 
 def test_skip_corrupt_drops_counts_and_reports_bad_records(tmp_path, capfd):
     good = {"image": _jpeg(), "image_name": b"ok.jpg", "target": 0}
     records = [good, {"image": b"junk", "target": 1}, good, {"image": _jpeg(), "target": 9}, good]
     path = _raw_shard(str(tmp_path / "ld_train00-5.tfrec"), records)
-    dataset = data.load_dataset([path], ordered=True, skip_corrupt=True)
+    dataset = data_tfrecords.load_dataset([path], ordered=True, skip_corrupt=True)
     assert len(_collect(dataset)) == 3
     assert int(dataset.skipped.numpy()) == 2
     err = capfd.readouterr().err
@@ -166,13 +168,13 @@ def test_skip_corrupt_drops_counts_and_reports_bad_records(tmp_path, capfd):
 
 
 def test_truncated_shard_is_named_before_reading(tmp_path):
-    path = data.write_tfrecords(_examples(3), tmp_path)[0]
+    path = writing.write_tfrecords(_examples(3), tmp_path)[0]
     with open(path, "rb") as f:
         blob = f.read()
     with open(path, "wb") as f:
         f.write(blob[:-50])
     with pytest.raises(DataError, match=r"ld_train00-3\.tfrec: truncated shard, record 2 is cut off"):
-        data.load_dataset([path])
+        data_tfrecords.load_dataset([path])
 
 
 @pytest.mark.parametrize("content, message", [
@@ -185,12 +187,12 @@ def test_label_map_that_does_not_parse_is_refused(tmp_path, content, message):
     path = tmp_path / "label_num_to_disease_map.json"
     path.write_text(content)
     with pytest.raises(DataError, match=message):
-        data.read_label_map(path)
+        data_tfrecords.read_label_map(path)
 
 
 def test_label_map_of_the_sample_matches_class_names(sample_dir):
-    assert data.read_label_map(os.path.join(sample_dir, "label_num_to_disease_map.json")) == data.CLASS_NAMES
-    assert len(data.CLASS_NAMES) == 5 and data.CLASS_NAMES[3] == "Cassava Mosaic Disease (CMD)"
+    assert data_tfrecords.read_label_map(os.path.join(sample_dir, "label_num_to_disease_map.json")) == data_tfrecords.CLASS_NAMES
+    assert len(data_tfrecords.CLASS_NAMES) == 5 and data_tfrecords.CLASS_NAMES[3] == "Cassava Mosaic Disease (CMD)"
 
 
 # ============ other sources ============
@@ -199,7 +201,7 @@ def test_label_map_of_the_sample_matches_class_names(sample_dir):
 def test_jpeg_csv_and_tfrecords_of_the_sample_agree(sample_dir):
     from_csv = _collect(sources.load_jpeg_csv(os.path.join(sample_dir, "train_images"),
                                            os.path.join(sample_dir, "train.csv")))
-    from_tfrec = {r["image_name"]: r for r in _collect(data.load_dataset(data.list_tfrecords(sample_dir)))}
+    from_tfrec = {r["image_name"]: r for r in _collect(data_tfrecords.load_dataset(data_tfrecords.list_tfrecords(sample_dir)))}
     assert len(from_csv) == len(from_tfrec) == 100
     for row in from_csv[:10]:
         other = from_tfrec[row["image_name"]]
@@ -272,7 +274,7 @@ def test_sample_csv_matches_the_train_shards(sample_dir):
     with open(os.path.join(sample_dir, "train.csv")) as f:
         rows = {r["image_id"]: int(r["label"]) for r in csv.DictReader(f)}
     shards = {r["image_name"].decode(): int(r["label"])
-              for r in _collect(data.load_dataset(data.list_tfrecords(sample_dir), decode=False))}
+              for r in _collect(data_tfrecords.load_dataset(data_tfrecords.list_tfrecords(sample_dir), decode=False))}
     assert rows == shards
     assert sorted(np.bincount(list(rows.values()))) == [20] * 5
 
@@ -307,7 +309,7 @@ def _shard_records(path):
 @pytest.mark.slow
 @pytest.mark.matrix
 def test_make_sample_reproduces_the_bundled_sample(tmp_path, sample_dir):
-    from kitlib.sample import make_sample
+    from kitlib.data.sample import make_sample
 
     make_sample(str(tmp_path), progress=False)
     compared = 0
@@ -347,15 +349,15 @@ def test_sample_comparison_notices_a_changed_pixel_block():
 
 
 def test_reproducible_reading_mixes_the_shards_in_the_same_order_every_time(sample_dir):
-    files = data.list_tfrecords(sample_dir)  # 4 shards of 25 records
+    files = data_tfrecords.list_tfrecords(sample_dir)  # 4 shards of 25 records
 
     def names():
-        return [n.decode() for n in data.load_dataset(files, decode=False, reproducible=True)
+        return [n.decode() for n in data_tfrecords.load_dataset(files, decode=False, reproducible=True)
                 .map(lambda ex: ex["image_name"]).as_numpy_iterator()]
 
     first, second = names(), names()
     assert first == second and len(first) == len(set(first)) == 100
-    in_file_order = [n.decode() for n in data.load_dataset(files, decode=False, ordered=True)
+    in_file_order = [n.decode() for n in data_tfrecords.load_dataset(files, decode=False, ordered=True)
                      .map(lambda ex: ex["image_name"]).as_numpy_iterator()]
     # one record of each shard in turn: the first four come from the four shards' first records
     assert first[:4] == in_file_order[0:100:25] and sorted(first) == sorted(in_file_order)

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from kitlib import cli, export
-from kitlib.submission import validate_submission
+from kitlib import cli
+from kitlib.bit import export
+from kitlib.bit.submission import validate_submission
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import data, evaluate
 from kitlib.compat import keras, tf
+from kitlib.data import tfrecords
+from kitlib.swav import evaluate
 
 
 def blobs(per_class=10, classes=3, dim=8, spread=0.05, seed=0):
@@ -60,7 +61,7 @@ def mean_colour_backbone():
 
 
 def test_extract_features_reads_the_sample_and_monitor_logs_knn(sample_dir):
-    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    labelled = tfrecords.load_dataset(tfrecords.list_tfrecords(sample_dir), ordered=True)
     x, y = evaluate.extract_features(mean_colour_backbone(), labelled, image_size=32)
     assert x.shape == (100, 3) and y.shape == (100,)
     assert set(y) == set(range(5))
@@ -100,7 +101,7 @@ def test_extract_features_equals_the_model_on_the_same_resized_images_in_inferen
 
 @pytest.mark.slow
 def test_knn_monitor_logs_knn_acc_from_inside_fit_into_the_history_and_csv(sample_dir, tmp_path):
-    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    labelled = tfrecords.load_dataset(tfrecords.list_tfrecords(sample_dir), ordered=True)
     inputs = keras.Input((32, 32, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
     backbone = keras.Model(inputs, features)
@@ -118,13 +119,15 @@ def test_knn_monitor_logs_knn_acc_from_inside_fit_into_the_history_and_csv(sampl
 
 _FEATURES_RUN = """
 import json
-from kitlib import data, evaluate, runtime
+from kitlib import runtime
+from kitlib.data import tfrecords
+from kitlib.swav import evaluate
 from kitlib.compat import keras
 runtime.setup(allow_cpu=True, verbose=False)
 inputs = keras.Input((None, None, 3))
 conv = keras.layers.Conv2D(3, 3, kernel_initializer="ones", bias_initializer="zeros")
 backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv(inputs)))
-labelled = data.load_dataset(data.list_tfrecords({sample!r}), ordered=True)
+labelled = tfrecords.load_dataset(tfrecords.list_tfrecords({sample!r}), ordered=True)
 x, y = evaluate.extract_features(backbone, labelled, image_size=32, batch_size=12)  # 100 = 8 x 12 + 4 padded
 print(json.dumps({{"devices": keras.distribution.distribution() is not None, "x": x.tolist(), "y": y.tolist()}}))
 """
@@ -135,7 +138,7 @@ print(json.dumps({{"devices": keras.distribution.distribution() is not None, "x"
 def test_features_on_eight_devices_equal_those_on_one(sample_dir):
     eight = run_on_devices(_FEATURES_RUN.format(sample=sample_dir), devices=8)
     assert eight["devices"] and len(eight["y"]) == 100
-    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    labelled = tfrecords.load_dataset(tfrecords.list_tfrecords(sample_dir), ordered=True)
     inputs = keras.Input((None, None, 3))
     conv = keras.layers.Conv2D(3, 3, kernel_initializer="ones", bias_initializer="zeros")
     backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv(inputs)))

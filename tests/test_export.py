@@ -1,4 +1,4 @@
-"""kitlib.export: the saved classifier (.keras + classifier.json) reloads offline and predicts exactly what
+"""kitlib.bit.export: the saved classifier (.keras + classifier.json) reloads offline and predicts exactly what
 the Keras model did; dtype policies move between float32 files and bfloat16 compute."""
 
 import json
@@ -8,10 +8,11 @@ import socket
 import numpy as np
 import pytest
 
-from kitlib import export
-from kitlib.data import CLASS_NAMES
+from kitlib.bit import export
+from kitlib.bit.export import load_classifier, save_classifier
 from kitlib.compat import keras
-from kitlib.export import load_classifier, save_classifier
+from kitlib.data.tfrecords import CLASS_NAMES
+from kitlib.models import precision as models_precision
 
 
 def _tiny_classifier(size=16, classes=3):
@@ -77,8 +78,8 @@ def test_a_bfloat16_classifier_is_saved_in_float32_with_the_same_weights(tmp_pat
 
 def test_with_dtype_policy_rebuilds_every_layer_and_returns_a_model_already_in_it_unchanged():
     model = _tiny_classifier()
-    assert export.with_dtype_policy(model, "float32") is model
-    mixed = export.with_dtype_policy(model, "mixed_bfloat16")
+    assert models_precision.with_dtype_policy(model, "float32") is model
+    mixed = models_precision.with_dtype_policy(model, "mixed_bfloat16")
     assert mixed is not model and all(layer.compute_dtype == "bfloat16" for layer in mixed.layers[1:])
     assert all(w.dtype == "float32" for w in mixed.weights)
     for a, b in zip(mixed.get_weights(), model.get_weights()):

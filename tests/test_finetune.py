@@ -1,4 +1,4 @@
-"""kitlib.finetune on Keras 3 (JAX): data sources, exact step counts, the config, callbacks, a fine-tuning run
+"""kitlib.bit.finetune on Keras 3 (JAX): data sources, exact step counts, the config, callbacks, a fine-tuning run
 that learns and exports, the ``finetune`` command, and 8 devices training like 1."""
 
 import csv
@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import bit, cli, data, export, finetune, sources, training
+from kitlib import cli
+from kitlib.bit import export, finetune, training
 from kitlib.compat import keras, tf
+from kitlib.data import sources
+from kitlib.data import tfrecords as data_tfrecords
+from kitlib.models import hub, standin
 
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
     """A seeded small_cnn backbone saved as .keras."""
-    return bit.make_tiny_backbone(str(tmp_path_factory.mktemp("tiny") / "backbone.keras"))
+    return standin.make_tiny_backbone(str(tmp_path_factory.mktemp("tiny") / "backbone.keras"))
 
 
 @pytest.mark.parametrize("total, wanted, rounds", [
@@ -40,7 +44,7 @@ def test_an_example_level_split_is_disjoint_complete_and_takes_validation_from_e
 
 def test_cassava_tfrecords_are_split_by_shard_and_the_rule_sees_the_training_size(sample_dir):
     source = sources.load_source(sample_dir, val_fraction=0.25)
-    assert source.kind == "tfrecords" and source.class_names == data.CLASS_NAMES
+    assert source.kind == "tfrecords" and source.class_names == data_tfrecords.CLASS_NAMES
     assert (source.train_size, source.val_size) == (75, 25)
     assert min(source.image_hw) >= 256
     train_names = {ex["image_name"].numpy() for ex in source.train}
@@ -71,7 +75,7 @@ def test_jpeg_folder_with_csv_and_class_folders_are_read_with_their_sizes(sample
 
 
 def test_missing_data_folder_fails_with_what_to_pass(tmp_path):
-    with pytest.raises(data.DataError, match="train_tfrecords"):
+    with pytest.raises(data_tfrecords.DataError, match="train_tfrecords"):
         sources.load_source(str(tmp_path / "nowhere"))
 
 
@@ -142,7 +146,7 @@ def test_finetuning_the_tiny_backbone_lowers_the_loss_and_writes_the_classifier(
     assert record["val_accuracy"] == pytest.approx(max(record["history"]["val_accuracy"]), abs=1e-6)
     assert np.sum(record["confusion_matrix"]) == 25 and record["val_accuracy"] > 0.2  # above chance (5 classes)
     classifier = export.load_classifier(str(out))
-    assert classifier.class_names == data.CLASS_NAMES and classifier.image_size == 32
+    assert classifier.class_names == data_tfrecords.CLASS_NAMES and classifier.image_size == 32
     images = _images(5, 32)
     np.testing.assert_allclose(classifier.predict_proba(images, batch_size=4),
                                keras.ops.softmax(result.model(images)), atol=1e-6)
@@ -165,7 +169,7 @@ def test_finetune_command_with_the_bi_tempered_loss_trains_and_exports(sample_di
 
 
 def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bit, "can_connect", lambda host, **kw: False)  # offline, whatever this machine has
+    monkeypatch.setattr(hub, "can_connect", lambda host, **kw: False)  # offline, whatever this machine has
     code = cli.main(["finetune", "--data", sample_dir, "--backbone", "https://tfhub.dev/google/bit/m-r50x1/1",
                      "--out", str(tmp_path / "run"), "--batch-size", "8", "--steps", "4"])
     assert code == 2
@@ -178,7 +182,9 @@ _PROBE_IMAGES = 5  # rows for the reloaded classifier: not a multiple of 8, so p
 _EIGHT_DEVICES = """
 import json
 import numpy as np
-from kitlib import export, finetune, runtime
+from kitlib import runtime
+from kitlib.bit import export
+from kitlib.bit import finetune
 rt = runtime.setup(allow_cpu=True, verbose=False)
 result = finetune.finetune(data_dir={data!r}, backbone={backbone!r}, out_dir={out!r}, rt=rt, **{kwargs!r})
 images = np.random.default_rng(1).random([{n}, 32, 32, 3], dtype=np.float32)
@@ -207,7 +213,7 @@ def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
 
 
 def test_tfds_source_offline_and_unprepared_fails_at_once_with_advice(tmp_path):
-    with pytest.raises(data.DataError, match="not prepared"):
+    with pytest.raises(data_tfrecords.DataError, match="not prepared"):
         sources.load_source("tfds:cats_vs_dogs", tfds_data_dir=str(tmp_path))
 
 

@@ -1,4 +1,4 @@
-"""`python -m kitlib kaggle ...` (kitlib/kaggle_cli.py) without a network and without a Kaggle account.
+"""`python -m kitlib kaggle ...` (kitlib/kaggle/cli.py) without a network and without a Kaggle account.
 
 How the `kaggle` package (2.0.2) itself is made to check what the kit writes:
 - Its own reading/validation: `KaggleApi.kernels_push(folder)` reads kernel-metadata.json and the notebook and
@@ -31,7 +31,11 @@ import nbformat
 import pytest
 import requests
 
-from kitlib import cli, kaggle_api, kaggle_cli, kaggle_kernels, layout
+from kitlib import cli
+from kitlib.data import layout
+from kitlib.kaggle import api as kaggle_api
+from kitlib.kaggle import cli as kaggle_cli
+from kitlib.kaggle import kernels as kaggle_kernels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "kit-tester"
@@ -360,7 +364,7 @@ def test_publish_kit_through_the_kaggle_client_to_a_stand_in_server(stand_in, ca
     assert set(server.uploads) == {"kitlib.zip", "pyproject.toml", "README.md", "requirements.txt"}
     with zipfile.ZipFile(__import__("io").BytesIO(server.uploads["kitlib.zip"])) as archive:
         names = set(archive.namelist())
-    assert {"__init__.py", "cli.py", "data.py", "kaggle_cli.py", "runtime.py"} <= names
+    assert {"__init__.py", "cli.py", "data/tfrecords.py", "kaggle/cli.py", "swav/model.py", "runtime.py"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         assert server.uploads["pyproject.toml"] == f.read()
@@ -398,7 +402,8 @@ class FakeApi:
                     archive.write(os.path.join(folder, name), os.path.relpath(os.path.join(folder, name), sample))
 
     def kernels_status(self, kernel):
-        from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus  # noqa: PLC0415 - not `kaggle`
+        from kagglesdk.kernels.types.kernels_enums import \
+            KernelWorkerStatus  # noqa: PLC0415 - not `kaggle`
 
         self.calls.append(("status", kernel))
         name, message = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -476,12 +481,12 @@ def test_output_fetches_into_a_new_folder(fake_env, capsys):
 
 
 def test_check_layout_on_the_sample(sample_dir):
-    from kitlib import data  # noqa: PLC0415
+    from kitlib.data import tfrecords  # noqa: PLC0415
 
     found = layout.check_layout(sample_dir)
     assert found.shards == {"train": 4, "test": 1} and found.records == {"train": 100, "test": 15}
     assert found.images == {"train": 100, "test": 15} and found.csv_rows == 100
-    assert found.classes == data.CLASS_NAMES
+    assert found.classes == tfrecords.CLASS_NAMES
     assert found.missing == [] and found.problems == [] and found.complete
     text = "\n".join(layout.describe_layout(found))
     assert "4 shards, 100 records" in text and "5 classes" in text and "layout complete" in text
@@ -606,14 +611,14 @@ def test_credentials_never_appear_in_any_output_or_file(stand_in, capsys, fake_e
 def test_importing_the_module_does_not_import_kaggle(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    done = subprocess.run([sys.executable, "-c", "import sys, kitlib.kaggle_cli; print('kaggle' in sys.modules)"],
+    done = subprocess.run([sys.executable, "-c", "import sys, kitlib.kaggle.cli; print('kaggle' in sys.modules)"],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"  # no authentication, no notice, no exit at import
 
 
 def test_the_command_is_registered(fake_env, capsys):
-    assert cli.COMMANDS["kaggle"][0] == "kitlib.kaggle_cli"
+    assert cli.COMMANDS["kaggle"][0] == "kitlib.kaggle.cli"
     out = fake_env / "k03"
     assert cli.main(["kaggle", "push", "03", "--dry-run", "--out", str(out)]) == 0
     assert read_folder(out)[0] == expected_metadata("03", "cpu")

@@ -1,4 +1,4 @@
-"""kitlib.losses (keras.ops on JAX): label-smoothed cross-entropy and the bi-tempered logistic loss
+"""kitlib.bit.losses (keras.ops on JAX): label-smoothed cross-entropy and the bi-tempered logistic loss
 (Amid et al. 2019), against float64 numpy references and their known properties."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kitlib import losses
+from kitlib.bit import losses
 
 
 def _logits(b=6, c=5, scale=3.0, seed=0):

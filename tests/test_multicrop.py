@@ -1,11 +1,14 @@
-"""kitlib.multicrop: one source image per example, crop geometry, decoding, determinism, specs."""
+"""kitlib.swav.multicrop: one source image per example, crop geometry, decoding, determinism, specs."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib import data, multicrop, runtime
-from kitlib.multicrop import MultiCropConfig
+from kitlib import runtime
+from kitlib.data import tfrecords, writing
+from kitlib.swav import geometry as swav_geometry
+from kitlib.swav import multicrop
+from kitlib.swav.geometry import MultiCropConfig
 
 SMALL = MultiCropConfig.from_spec("2x32@0.14-1,3x16@0.05-0.14")  # SwAV's scales, tiny crops: fast
 
@@ -34,14 +37,14 @@ def _source_of(crop):
 def solid_shards(tmp_path_factory):
     """12 solid-colour JPEG records in 2 shards, label = colour index."""
     out = tmp_path_factory.mktemp("solid")
-    return data.write_tfrecords(({"image": _solid(i), "image_name": f"{i}.jpg", "target": i % 5}
+    return writing.write_tfrecords(({"image": _solid(i), "image_name": f"{i}.jpg", "target": i % 5}
                                  for i in range(12)), str(out), shard_size=6)
 
 
 # ============ one source image per example ============
 
 def test_crops_of_one_example_share_the_source_image(solid_shards):
-    records = data.load_dataset(solid_shards, decode=False, ordered=True)
+    records = tfrecords.load_dataset(solid_shards, decode=False, ordered=True)
     batches = multicrop.multicrop_batches(records, SMALL, batch_size=4, augment="device", shuffle_buffer=12, seed=1)
     seen = []
     for crops in batches:
@@ -71,7 +74,7 @@ def test_crops_come_from_decoded_dicts_plain_images_and_png_bytes():
 # ============ sizes, dtype, range ============
 
 def test_augmented_crops_are_float32_in_unit_range_big_first(solid_shards):
-    records = data.load_dataset(solid_shards, decode=False, ordered=True)
+    records = tfrecords.load_dataset(solid_shards, decode=False, ordered=True)
     batch = next(iter(multicrop.multicrop_batches(records, SMALL, batch_size=6, augment=True, seed=0)))
     assert [tuple(c.shape) for c in batch] == [(6, s, s, 3) for s in SMALL.crop_sizes]
     for crop in batch:
@@ -80,7 +83,7 @@ def test_augmented_crops_are_float32_in_unit_range_big_first(solid_shards):
 
 
 def test_batches_have_static_shapes_and_drop_the_remainder(solid_shards):
-    records = data.load_dataset(solid_shards, decode=False)
+    records = tfrecords.load_dataset(solid_shards, decode=False)
     batches = multicrop.multicrop_batches(records, SMALL, batch_size=5, augment=False, shuffle_buffer=0)
     assert [tuple(spec.shape) for spec in batches.element_spec] == [(5, s, s, 3) for s in SMALL.crop_sizes]
     assert sum(1 for _ in batches) == 12 // 5
@@ -91,7 +94,7 @@ def test_batches_have_static_shapes_and_drop_the_remainder(solid_shards):
 @pytest.mark.parametrize("height, width", [(600, 800), (800, 600), (100, 1000)])
 @pytest.mark.parametrize("scale", [(0.14, 1.0), (0.05, 0.14)])
 def test_drawn_windows_keep_area_and_aspect_within_bounds(height, width, scale):
-    boxes = multicrop.sample_crop_boxes((height, width), 5000, scale, seed=3).numpy()
+    boxes = swav_geometry.sample_crop_boxes((height, width), 5000, scale, seed=3).numpy()
     y0, x0, h, w = boxes.T
     area = h * w / (height * width)
     aspect = w / h
@@ -105,13 +108,13 @@ def test_drawn_windows_keep_area_and_aspect_within_bounds(height, width, scale):
 
 
 def test_full_area_window_of_a_wide_image_is_not_squashed():
-    y0, x0, h, w = multicrop.sample_crop_boxes((400, 800), 200, (1.0, 1.0), seed=0).numpy().T
+    y0, x0, h, w = swav_geometry.sample_crop_boxes((400, 800), 200, (1.0, 1.0), seed=0).numpy().T
     np.testing.assert_allclose(h, 400, rtol=1e-5)           # as tall as the image ...
     np.testing.assert_allclose(w / h, 4 / 3, rtol=1e-5)      # ... and only as wide as the aspect allows
 
 
 def test_random_resized_crop_returns_the_requested_size():
-    crop = multicrop.random_resized_crop(tf.constant(_solid(7, 90, 120)), 24, seed=5)
+    crop = swav_geometry.random_resized_crop(tf.constant(_solid(7, 90, 120)), 24, seed=5)
     assert crop.shape == (24, 24, 3) and crop.dtype == tf.float32
     assert _source_of(crop) == 7
 
@@ -127,7 +130,7 @@ def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolera
     config = MultiCropConfig.from_spec(spec)
     for i in range(3):
         seed = tf.constant([4, i], tf.int64)
-        boxes = multicrop.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
+        boxes = swav_geometry.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
         index = int(multicrop.jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
         assert (multicrop.JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
         from_bytes = multicrop.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="",
@@ -139,11 +142,11 @@ def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolera
 
 @pytest.mark.parametrize("max_upscale, usual_ratio", [(2.0, 2), (1.0, 1)])
 def test_decode_scale_of_an_800x600_jpeg_follows_max_upscale(max_upscale, usual_ratio):
-    config, shape = multicrop.SWAV_PAPER, (600, 800)
+    config, shape = swav_geometry.SWAV_PAPER, (600, 800)
     sizes = np.array(config.crop_sizes, np.float32)
     ratios = []
     for i in range(100):
-        boxes = tf.concat([multicrop.sample_crop_boxes(shape, n, (lo, hi), seed=[i, g]) for g, (n, lo, hi)
+        boxes = tf.concat([swav_geometry.sample_crop_boxes(shape, n, (lo, hi), seed=[i, g]) for g, (n, lo, hi)
                            in enumerate(zip(config.num_crops, config.min_scale, config.max_scale))], 0)
         ratio = multicrop.JPEG_SCALES[int(multicrop.jpeg_scale_index(boxes, sizes, shape, max_upscale))]
         sides = np.minimum(boxes[:, 2], boxes[:, 3]) / ratio                 # window sides, decoded pixels
@@ -215,10 +218,10 @@ def test_encoded_images_are_decoded_once_jpeg_or_png():
 # ============ configuration ============
 
 def test_spec_strings_round_trip_to_the_presets():
-    assert multicrop.parse_multicrop_spec("2x224@0.14-1,6x96@0.05-0.14") == multicrop.SWAV_PAPER
-    assert MultiCropConfig.from_spec(" 2 x 224 @ 0.14 - 1 , 3x96@0.05-0.14 ") == multicrop.FIVE_CROPS
-    assert MultiCropConfig.from_spec(multicrop.SWAV_PAPER.spec) == multicrop.SWAV_PAPER
-    assert multicrop.SWAV_PAPER.total_crops == 8 and multicrop.FIVE_CROPS.crop_sizes == (224, 224, 96, 96, 96)
+    assert swav_geometry.parse_multicrop_spec("2x224@0.14-1,6x96@0.05-0.14") == swav_geometry.SWAV_PAPER
+    assert MultiCropConfig.from_spec(" 2 x 224 @ 0.14 - 1 , 3x96@0.05-0.14 ") == swav_geometry.FIVE_CROPS
+    assert MultiCropConfig.from_spec(swav_geometry.SWAV_PAPER.spec) == swav_geometry.SWAV_PAPER
+    assert swav_geometry.SWAV_PAPER.total_crops == 8 and swav_geometry.FIVE_CROPS.crop_sizes == (224, 224, 96, 96, 96)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -234,7 +237,7 @@ def test_spec_strings_round_trip_to_the_presets():
 ])
 def test_malformed_specs_raise_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
-        multicrop.parse_multicrop_spec(spec)
+        swav_geometry.parse_multicrop_spec(spec)
 
 
 def test_bad_inputs_raise_a_clear_error():

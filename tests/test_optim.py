@@ -1,4 +1,4 @@
-"""SwAV's optimiser and schedule on Keras 3 (kitlib.optim): LARS's trust ratio and decay, warmup + cosine,
+"""SwAV's optimiser and schedule on Keras 3 (kitlib.swav.optim): LARS's trust ratio and decay, warmup + cosine,
 the learning rate through both official operating points."""
 
 import math
@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from kitlib import optim
 from kitlib.compat import keras
+from kitlib.swav import optim
+
 
 def test_lars_step_uses_the_trust_ratio_and_skips_decay_for_biases():
     w = keras.Variable([[3.0, 4.0]])  # |w| = 5

@@ -134,8 +134,9 @@ def test_the_small_cnn_swav_step_compiles_for_a_v5e_8_and_only_the_report_is_wri
 @pytest.mark.tpu_compile
 @needs_libtpu
 def test_bytes_per_chip_grow_with_the_batch(sample_dir):
-    from kitlib import backbones, runtime
-    from kitlib.swav import SwAVModel
+    from kitlib import runtime
+    from kitlib.models import backbones
+    from kitlib.swav.model import SwAVModel
 
     def build(batch):
         import jax
@@ -179,9 +180,9 @@ def test_an_impossible_batch_exits_4_naming_a_batch_that_fits(tmp_path, sample_d
 @pytest.mark.tpu_compile
 @needs_libtpu
 def test_a_tiny_bit_fine_tuning_step_compiles_for_a_v5e_8(tmp_path, sample_dir):
-    from kitlib import bit
+    from kitlib.models import standin
 
-    backbone = bit.make_tiny_backbone(str(tmp_path / "tiny.keras"), "bit_tiny")
+    backbone = standin.make_tiny_backbone(str(tmp_path / "tiny.keras"), "bit_tiny")
     out = tmp_path / "run"
     done = _cli("finetune", "--data", sample_dir, "--backbone", backbone, "--out", str(out), "--preflight",
                 "tpu-v5e-8", "--batch-size", "64", "--resolution", "160", "128")
@@ -196,7 +197,7 @@ def test_a_tiny_bit_fine_tuning_step_compiles_for_a_v5e_8(tmp_path, sample_dir):
 @pytest.mark.tpu_compile
 @needs_libtpu
 def test_the_prediction_pass_compiles_for_a_v5e_8_and_writes_no_submission(tmp_path, sample_dir):
-    from kitlib import export
+    from kitlib.bit import export
 
     model = export.make_stand_in_classifier(str(tmp_path / "model"), image_size=32)
     out = tmp_path / "sub" / "submission.csv"
@@ -212,15 +213,16 @@ def test_the_prediction_pass_compiles_for_a_v5e_8_and_writes_no_submission(tmp_p
 # ============ kaggle push --preflight ============
 
 def test_notebook_01s_config_cell_is_read_as_the_settings_it_gives():
-    from kitlib import kaggle_kernels
+    from kitlib.kaggle import kernels
 
-    assert kaggle_kernels.notebook_config_fields(kaggle_kernels.resolve_notebook("01")) == {
+    assert kernels.notebook_config_fields(kernels.resolve_notebook("01")) == {
         "steps_per_execution": 32, "seed": 0}
-    assert kaggle_kernels.notebook_config_fields(kaggle_kernels.resolve_notebook("04")) is None
+    assert kernels.notebook_config_fields(kernels.resolve_notebook("04")) is None
 
 
 def test_push_preflight_refuses_a_run_that_does_not_fit_and_pushes_nothing(monkeypatch, tmp_path, sample_dir, capsys):
-    from kitlib import kaggle_cli, pretrain
+    from kitlib.kaggle import cli as kaggle_cli
+    from kitlib.swav import pretrain
 
     seen = {}
 

@@ -14,8 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from kitlib import backbones, checkpoint, data, evaluate, pretrain, runtime
+from kitlib import runtime
 from kitlib.compat import keras
+from kitlib.data import tfrecords
+from kitlib.models import backbones
+from kitlib.swav import checkpoint, evaluate
+from kitlib.swav import monitors as swav_monitors
+from kitlib.swav import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +38,7 @@ def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(
     assert len(losses) == 40 and result.ln_k == pytest.approx(math.log(50))
     assert losses[-1] < 0.75 * result.ln_k and not result.collapsed  # well below the floor
 
-    labelled = data.load_dataset(data.list_tfrecords(sample_dir), ordered=True)
+    labelled = tfrecords.load_dataset(tfrecords.list_tfrecords(sample_dir), ordered=True)
     random_init = pretrain.random_init_backbone(result.config.backbone, seed=seed)
     x0, y = evaluate.extract_features(random_init, labelled, image_size=64)
     x1, _ = evaluate.extract_features(result.backbone, labelled, image_size=64)
@@ -194,7 +199,7 @@ class _FakeModel:
 
 def test_collapse_monitor_warns_at_ln_k_and_stops_on_nan():
     messages = []
-    monitor = pretrain.CollapseMonitor(ln_k=math.log(50), patience=2, print_fn=messages.append)
+    monitor = swav_monitors.CollapseMonitor(ln_k=math.log(50), patience=2, print_fn=messages.append)
     monitor.set_model(_FakeModel())
     monitor.on_epoch_end(0, {"loss": math.log(50)})
     assert not messages  # the first epochs start near ln K

@@ -1,11 +1,11 @@
-"""kitlib.recipe.rule as a pure function: its table at a few sizes, the paper's settings at scale, and how
+"""kitlib.swav.recipe.rule as a pure function: its table at a few sizes, the paper's settings at scale, and how
 PretrainConfig.resolve lets any given field override it."""
 
 import math
 
 import pytest
 
-from kitlib import pretrain, recipe
+from kitlib.swav import pretrain, recipe
 
 
 def test_imagenet_scale_gets_the_papers_recipe():

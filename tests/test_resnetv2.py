@@ -1,4 +1,4 @@
-"""BiT ResNet-v2 on Keras 3 (kitlib.resnetv2): names, architecture, weight standardisation, GroupNorm,
+"""BiT ResNet-v2 on Keras 3 (kitlib.models.resnetv2): names, architecture, weight standardisation, GroupNorm,
 an independent numpy forward pass, and the weight routes (.npz, TF2 SavedModel, .keras) agreeing.
 
 Most tests share one small variant (``SMALL``: 32 root channels so GroupNorm keeps BiT's 32 groups, one
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kitlib import resnetv2, resnetv2_layers
 from kitlib.compat import keras
+from kitlib.models import bit_weights, resnetv2, resnetv2_layers
 
 SMALL = {"name_or_arch": (None, 0.5), "num_units": (1, 1, 1, 1)}  # 32..256 channels, 1024 features
 
@@ -20,7 +20,7 @@ def randomize(model, seed=0):
     """Random values for every BiT weight (GroupNorm gamma/beta too); returns them by official name."""
     rng = np.random.default_rng(seed)
     weights = {}
-    for key, variable in resnetv2.official_variables(model).items():
+    for key, variable in bit_weights.official_variables(model).items():
         shape = tuple(variable.shape)
         if key.endswith("/gamma"):
             value = 1.0 + 0.3 * rng.standard_normal(shape)
@@ -44,7 +44,7 @@ def small(tmp_path_factory):
     weights = randomize(model, seed=1)
     images = np.random.default_rng(2).random((2, 40, 36, 3), dtype=np.float32)
     path = str(tmp_path_factory.mktemp("bit") / "weights.npz")
-    resnetv2.save_npz(model, path)
+    bit_weights.save_npz(model, path)
     return model, weights, images, features(model, images), path
 
 
@@ -74,7 +74,7 @@ def test_parse_name_rejects(name):
     ("dense/kernel:0", "dense/kernel"),
 ])
 def test_normalize_key(raw, key):
-    assert resnetv2.normalize_key(raw) == key
+    assert bit_weights.normalize_key(raw) == key
 
 
 # ------------------------------------------------------------------------------------ architecture
@@ -87,10 +87,10 @@ def test_tiny_variant_shapes_and_npz_groups(tmp_path):
     out = np.asarray(model.predict(images, verbose=0))
     assert out.shape == (2, 256) and np.isfinite(out).all()
     weights = randomize(model)
-    path = resnetv2.save_npz(model, str(tmp_path / "tiny.npz"))  # groups=4 recorded, read back
-    again = resnetv2.from_npz(path)
+    path = bit_weights.save_npz(model, str(tmp_path / "tiny.npz"))  # groups=4 recorded, read back
+    again = bit_weights.from_npz(path)
     assert {layer.groups for layer in again.layers if isinstance(layer, resnetv2_layers.GroupNorm)} == {4}
-    for key, variable in resnetv2.official_variables(again).items():
+    for key, variable in bit_weights.official_variables(again).items():
         np.testing.assert_array_equal(np.asarray(variable.value), weights[key])
     with pytest.raises(ValueError, match="groups"):
         resnetv2.build((None, 0.125), num_units=(1, 1, 1, 1))  # 8 channels, 32 groups
@@ -116,7 +116,7 @@ def test_r50x1_parameter_count():
     model = resnetv2.build("BiT-M-R50x1")  # built once, never run
     assert model.output_shape == (None, 2048) and model.name == "BiT-M-R50x1"
     assert model.count_params() == expected_params((3, 4, 6, 3), 1) == 23_500_352  # ~23.5 M
-    assert len(resnetv2.official_variables(model)) == 1 + 3 * (3 + 4 + 6 + 3) * 3 + 4 + 2
+    assert len(bit_weights.official_variables(model)) == 1 + 3 * (3 + 4 + 6 + 3) * 3 + 4 + 2
     assert model.get_layer("block2_unit01_b_conv").strides == (2, 2)
     assert model.get_layer("block2_unit02_b_conv").strides == (1, 1)
 
@@ -219,7 +219,7 @@ def test_npz_round_trip_official_names(small, tmp_path):
     assert set(stored) == set(weights)  # official names only (32 groups: no kitlib/ key)
     assert stored["resnet/block1/unit01/a/proj/standardized_conv2d/kernel"].shape == (1, 1, 32, 128)  # HWIO
     assert stored["resnet/root_block/standardized_conv2d/kernel"].shape == (7, 7, 3, 32)
-    loaded = resnetv2.from_npz(path)  # "weights.npz": architecture from the shapes alone
+    loaded = bit_weights.from_npz(path)  # "weights.npz": architecture from the shapes alone
     np.testing.assert_array_equal(features(loaded, images), feats)
 
     renamed = {k.replace("/b/standardized_conv2d/", "/b/standardized_conv2d_1/"): v for k, v in stored.items()}
@@ -227,18 +227,18 @@ def test_npz_round_trip_official_names(small, tmp_path):
     renamed["resnet/head/conv2d/bias"] = np.zeros((10,), np.float32)
     renamed["resnet/group_norm/gamma"] = renamed["resnet/group_norm/gamma"].reshape(1, 1, 1, -1)
     np.savez(tmp_path / "renamed.npz", **renamed)
-    np.testing.assert_array_equal(features(resnetv2.from_npz(tmp_path / "renamed.npz"), images), feats)
+    np.testing.assert_array_equal(features(bit_weights.from_npz(tmp_path / "renamed.npz"), images), feats)
 
 
 def test_npz_rejects_files_that_are_not_bit(tmp_path):
     np.savez(tmp_path / "classifier.npz", **{"dense/kernel": np.zeros((3, 4)), "dense/bias": np.zeros(4)})
     with pytest.raises(ValueError, match=r"classifier\.npz.*dense/kernel"):
-        resnetv2.from_npz(tmp_path / "classifier.npz")
+        bit_weights.from_npz(tmp_path / "classifier.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"junk\.npz"):
-        resnetv2.from_npz(tmp_path / "junk.npz")
+        bit_weights.from_npz(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError):
-        resnetv2.from_npz(tmp_path / "missing.npz")
+        bit_weights.from_npz(tmp_path / "missing.npz")
 
 
 # ------------------------------------------------------------ SavedModel, backbones.load, .keras
@@ -261,11 +261,11 @@ def write_bit_saved_model(weights, folder):
 
 @pytest.mark.slow
 def test_saved_model_and_every_route_agree(small, tmp_path):
-    from kitlib import backbones
+    from kitlib.models import backbones
 
     model, weights, images, feats, path = small
     folder = write_bit_saved_model(weights, tmp_path / "bit_m-r50x1_like")
-    from_sm = resnetv2.from_saved_model(folder)
+    from_sm = bit_weights.from_saved_model(folder)
     np.testing.assert_allclose(features(from_sm, images), feats, atol=1e-5)
     np.testing.assert_allclose(features(backbones.load(folder), images), feats, atol=1e-5)
     np.testing.assert_allclose(features(backbones.load(path), images), feats, atol=1e-5)
@@ -289,7 +289,7 @@ def test_saved_model_that_is_not_bit(tmp_path):
     module.kernel = tf.Variable(np.zeros((3, 4), np.float32), name="dense/kernel")
     tf.saved_model.save(module, str(tmp_path / "other"))
     with pytest.raises(ValueError, match=r"other.*dense/kernel"):
-        resnetv2.from_saved_model(str(tmp_path / "other"))
+        bit_weights.from_saved_model(str(tmp_path / "other"))
 
 
 # ------------------------------------------------------------------------------------- bfloat16
@@ -302,7 +302,7 @@ def test_bfloat16_policy(small):
         mixed = resnetv2.build(**SMALL)
     finally:
         keras.config.set_dtype_policy(previous)
-    resnetv2.assign_weights(mixed, weights)
+    bit_weights.assign_weights(mixed, weights)
     conv = mixed.get_layer("block3_unit01_b_conv")
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
     assert str(conv.standardized_kernel().dtype) == "float32"

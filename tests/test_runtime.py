@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kitlib import runtime
+from kitlib import locations, runtime
 from tests.conftest import run_on_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,7 @@ def test_setup_on_eight_devices_puts_data_parallelism_in_force():
     result = run_on_devices("""
         import json
         from kitlib import runtime
+        from kitlib import locations
         import keras
         rt = runtime.setup(verbose=False)
         dist = keras.distribution.distribution()
@@ -105,6 +106,7 @@ def test_configure_host_threads_before_and_after_tensorflow_starts():
     probe = r'''
 import tensorflow as tf
 from kitlib import runtime
+from kitlib import locations
 assert runtime.configure_host_threads(0) == 0          # TensorFlow's default pool
 assert runtime.configure_host_threads(1) == 1
 assert tf.config.threading.get_intra_op_parallelism_threads() == 1
@@ -145,13 +147,13 @@ def test_kitlib_refuses_another_keras_backend_with_the_fix():
 
 
 def test_find_data_dir_falls_back_to_the_bundled_sample(sample_dir):
-    assert os.path.samefile(runtime.find_data_dir(), sample_dir)
-    assert runtime.find_data_dir(local=sample_dir) == sample_dir
+    assert os.path.samefile(locations.find_data_dir(), sample_dir)
+    assert locations.find_data_dir(local=sample_dir) == sample_dir
 
 
 def test_find_data_dir_says_how_to_get_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="make-sample --out"):
-        runtime.find_data_dir(local=str(tmp_path / "nowhere"))
+        locations.find_data_dir(local=str(tmp_path / "nowhere"))
 
 
 @pytest.mark.slow
@@ -173,11 +175,11 @@ def state():
         "warnings": len(warnings.filters),
     }
 before = state()
-import kitlib, kitlib.compat, kitlib.runtime, kitlib.data, kitlib.sample, kitlib.export, kitlib.viz, kitlib.cli
+import kitlib, kitlib.compat, kitlib.runtime, kitlib.data.tfrecords, kitlib.data.sample, kitlib.bit.export, kitlib.viz, kitlib.cli
 import importlib, pkgutil
-for mod in pkgutil.iter_modules(kitlib.__path__):
-    if mod.name != "__main__":
-        importlib.import_module("kitlib." + mod.name)
+for mod in pkgutil.walk_packages(kitlib.__path__, "kitlib."):
+    if not mod.name.endswith("__main__"):
+        importlib.import_module(mod.name)
 after = state()
 print(json.dumps({k: (before[k] == after[k]) for k in before}))
 '''

@@ -1,4 +1,4 @@
-"""kitlib.submission: TTA averages probabilities, sources agree, only valid submissions get written, and
+"""kitlib.bit.submission: TTA averages probabilities, sources agree, only valid submissions get written, and
 the Keras 3 classifier predicts the same on 8 devices as on 1."""
 
 import csv
@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import cli, data, export, submission
+from kitlib import cli
+from kitlib.bit import export, submission
+from kitlib.bit import tta as bit_tta
+from kitlib.bit.export import load_classifier, save_classifier
 from kitlib.compat import keras, tf
-from kitlib.export import load_classifier, save_classifier
+from kitlib.data import tfrecords as data_tfrecords
+from kitlib.data import writing
 
 SAMPLE_IDS_HEAD = ["2082241388.jpg", "2525358034.jpg", "2271891758.jpg"]  # sample_submission.csv's first rows
 
@@ -95,9 +99,9 @@ def _quadrant_image(side=64):
 
 
 def test_views_flip_and_cut_the_corners_of_the_image():
-    views = submission.tta_views(_quadrant_image(), 16, list(submission.VIEWS), resize_per_crop=2.0).numpy()
+    views = bit_tta.tta_views(_quadrant_image(), 16, list(bit_tta.VIEWS), resize_per_crop=2.0).numpy()
     assert views.shape == (8, 16, 16, 3)
-    by_name = dict(zip(submission.VIEWS, views))
+    by_name = dict(zip(bit_tta.VIEWS, views))
     red, green, blue, white = [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]
     np.testing.assert_allclose(by_name["identity"][0, 0], red)
     np.testing.assert_allclose(by_name["hflip"][0, 0], green)
@@ -108,22 +112,22 @@ def test_views_flip_and_cut_the_corners_of_the_image():
 
 
 def test_identity_view_is_the_validation_preprocessing_of_finetune(sample_dir):
-    from kitlib import bit_input
+    from kitlib.bit import inputs as bit_inputs
 
-    image = data.decode_image(tf.io.read_file(os.path.join(sample_dir, "test_images", "1233559501.jpg")))
-    view = submission.tta_views(image, 48, "none")[0]
-    np.testing.assert_allclose(view, bit_input.preprocess_eval(image, 48), atol=1e-6)
+    image = data_tfrecords.decode_image(tf.io.read_file(os.path.join(sample_dir, "test_images", "1233559501.jpg")))
+    view = bit_tta.tta_views(image, 48, "none")[0]
+    np.testing.assert_allclose(view, bit_inputs.preprocess_eval(image, 48), atol=1e-6)
 
 
 def test_presets_and_lists_name_views_and_unknown_views_are_refused():
-    assert submission.parse_tta("none") == ("identity",)
-    assert submission.parse_tta("flip") == ("identity", "hflip", "vflip")
-    assert submission.parse_tta("flip+crops") == submission.VIEWS
-    assert submission.parse_tta("identity, hflip") == ("identity", "hflip")
+    assert bit_tta.parse_tta("none") == ("identity",)
+    assert bit_tta.parse_tta("flip") == ("identity", "hflip", "vflip")
+    assert bit_tta.parse_tta("flip+crops") == bit_tta.VIEWS
+    assert bit_tta.parse_tta("identity, hflip") == ("identity", "hflip")
     with pytest.raises(ValueError, match="unknown view"):
-        submission.parse_tta("identity,rotate90")
+        bit_tta.parse_tta("identity,rotate90")
     with pytest.raises(ValueError, match="twice"):
-        submission.parse_tta(["hflip", "hflip"])
+        bit_tta.parse_tta(["hflip", "hflip"])
 
 
 _SIDE, _GAIN = 8, 8.0  # the orientation model's input side and its logit for a white left half
@@ -196,8 +200,8 @@ def test_a_model_with_other_class_names_is_refused(tmp_path, sample_dir):
 
 def test_predict_refuses_test_shards_without_image_names(tmp_path, tiny_model_dir):
     image = tf.io.encode_jpeg(np.zeros([8, 8, 3], np.uint8)).numpy()
-    shards = data.write_tfrecords([{"image": image}], str(tmp_path), labeled=False)
-    with pytest.raises(data.DataError, match="no 'image_name'"):
+    shards = writing.write_tfrecords([{"image": image}], str(tmp_path), labeled=False)
+    with pytest.raises(data_tfrecords.DataError, match="no 'image_name'"):
         submission.predict(tiny_model_dir, shards)
 
 
@@ -217,7 +221,9 @@ def test_cli_predict_writes_a_valid_submission_and_prints_the_histogram(tiny_mod
 
 _PREDICT_RUN = """
 import json
-from kitlib import cli, submission
+from kitlib import cli
+from kitlib.bit import submission
+from kitlib.bit import tta as bit_tta
 assert cli.main(["predict", "--data", {data!r}, "--model", {model!r}, "--out", {out!r}, "--tta", "flip",
                  "--batch-size", "4"]) == 0
 ids, labels = submission.validate_submission({out!r}, {sample!r})

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from kitlib import optim, swav
 from kitlib.compat import keras, tf
+from kitlib.swav import model as swav_model
+from kitlib.swav import optim
 from tests.conftest import run_on_devices
 
 ops = keras.ops
@@ -37,61 +38,61 @@ def cosine_scores(batch, prototypes, seed=0):
 @pytest.mark.parametrize("epsilon", [0.05, 0.03, 0.01])
 def test_sinkhorn_equals_the_official_algorithm_down_to_epsilon_001(epsilon):
     scores = cosine_scores(32, 12)
-    codes = np.asarray(swav.sinkhorn(scores, epsilon=epsilon, sinkhorn_iters=3))
+    codes = np.asarray(swav_model.sinkhorn(scores, epsilon=epsilon, sinkhorn_iters=3))
     np.testing.assert_allclose(codes, official_sinkhorn(scores, epsilon, 3), rtol=2e-4, atol=1e-6)
     assert np.isfinite(codes).all()
 
 
 def test_sinkhorn_codes_are_distributions_with_equal_prototype_mass():
     scores = cosine_scores(64, 16, seed=1)
-    codes = np.asarray(swav.sinkhorn(scores))
+    codes = np.asarray(swav_model.sinkhorn(scores))
     np.testing.assert_allclose(codes.sum(axis=1), 1.0, atol=1e-5)  # each sample's code sums to 1
     assert (codes >= 0).all()
     # the equal-partition constraint: every prototype gets about B/K samples (exactly at convergence)
     assert codes.sum() == pytest.approx(64, rel=1e-5)
     np.testing.assert_allclose(codes.sum(axis=0), 64 / 16, rtol=0.35)  # 3 iterations at sharp ε: roughly
-    converged = np.asarray(swav.sinkhorn(scores, sinkhorn_iters=200))
+    converged = np.asarray(swav_model.sinkhorn(scores, sinkhorn_iters=200))
     np.testing.assert_allclose(converged.sum(axis=0), 64 / 16, rtol=1e-3)
 
 
 def test_sinkhorn_known_cases():
     # equal scores carry no information: uniform codes
-    np.testing.assert_allclose(np.asarray(swav.sinkhorn(np.zeros((6, 3), np.float32))), 1 / 3, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(swav_model.sinkhorn(np.zeros((6, 3), np.float32))), 1 / 3, atol=1e-6)
     # each sample closest to its own prototype, sharp epsilon: a permutation, not all to one prototype
-    codes = np.asarray(swav.sinkhorn(np.eye(4, dtype=np.float32) * 0.5, epsilon=0.01))
+    codes = np.asarray(swav_model.sinkhorn(np.eye(4, dtype=np.float32) * 0.5, epsilon=0.01))
     np.testing.assert_allclose(codes, np.eye(4), atol=1e-6)
     # all samples prefer prototype 0: equipartition still spreads them over both prototypes
     prefer_0 = np.array([[0.9, 0.1], [0.8, 0.1]], np.float32)
-    codes = np.asarray(swav.sinkhorn(prefer_0, epsilon=0.05, sinkhorn_iters=50))
+    codes = np.asarray(swav_model.sinkhorn(prefer_0, epsilon=0.05, sinkhorn_iters=50))
     np.testing.assert_allclose(codes.sum(axis=0), [1.0, 1.0], atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype, extreme", [("float16", 65504.0), ("bfloat16", 1e38)])
 def test_sinkhorn_is_finite_float32_for_extreme_low_precision_scores(dtype, extreme):
     scores = ops.cast(cosine_scores(16, 8) * extreme, dtype)
-    codes = swav.sinkhorn(scores, epsilon=0.01)
+    codes = swav_model.sinkhorn(scores, epsilon=0.01)
     assert codes.dtype == "float32"
     codes = np.asarray(codes)
     assert np.isfinite(codes).all()
     np.testing.assert_allclose(codes.sum(axis=1), 1.0, atol=1e-5)
     # ordinary cosine scores rounded to bfloat16 give the float32 answer up to the rounding
     plain = ops.cast(cosine_scores(16, 8), dtype)
-    rounded = np.asarray(swav.sinkhorn(plain, epsilon=0.05))
+    rounded = np.asarray(swav_model.sinkhorn(plain, epsilon=0.05))
     np.testing.assert_allclose(rounded, official_sinkhorn(np.asarray(ops.cast(plain, "float32")), 0.05, 3),
                                rtol=2e-4, atol=1e-6)
 
 
 def test_sinkhorn_rejects_bad_arguments():
     with pytest.raises(ValueError, match="epsilon > 0"):
-        swav.sinkhorn(np.zeros((2, 2), np.float32), epsilon=0.0)
+        swav_model.sinkhorn(np.zeros((2, 2), np.float32), epsilon=0.0)
     with pytest.raises(ValueError, match=r"\[batch, prototypes\]"):
-        swav.sinkhorn(np.zeros(4, np.float32))
+        swav_model.sinkhorn(np.zeros(4, np.float32))
 
 
 def test_sinkhorn_ignores_invalid_rows():
     scores = cosine_scores(10, 4, seed=3)
     valid = np.array([False] * 4 + [True] * 6)
-    codes = np.asarray(swav.sinkhorn(scores, valid=valid))
+    codes = np.asarray(swav_model.sinkhorn(scores, valid=valid))
     np.testing.assert_allclose(codes[4:], official_sinkhorn(scores[4:], 0.05, 3), rtol=1e-4, atol=1e-6)
 
 
@@ -100,7 +101,7 @@ def test_sinkhorn_inside_jit_on_a_sharded_batch_equals_one_device():
     scores = cosine_scores(16, 6, seed=4)
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
     sharded = jax.device_put(scores, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
-    codes = jax.jit(lambda s: swav.sinkhorn(s, epsilon=0.03))(sharded)
+    codes = jax.jit(lambda s: swav_model.sinkhorn(s, epsilon=0.03))(sharded)
     np.testing.assert_allclose(np.asarray(codes), official_sinkhorn(scores, 0.03, 3), rtol=2e-4, atol=1e-6)
 
 
@@ -117,28 +118,28 @@ def test_swav_loss_matches_a_hand_computed_example():
     # crop 1 predicts crop 0's codes, crop 0 predicts crop 1's; same value for both samples
     term_a = -(q0 * math.log(sig(2 * b / tau)) + (1 - q0) * math.log(sig(-2 * b / tau)))
     term_b = -(q1 * math.log(sig(2 * a / tau)) + (1 - q1) * math.log(sig(-2 * a / tau)))
-    loss = swav.swav_loss([crop0, crop1], crops_for_assign=(0, 1), temperature=tau, epsilon=eps)
+    loss = swav_model.swav_loss([crop0, crop1], crops_for_assign=(0, 1), temperature=tau, epsilon=eps)
     assert float(loss) == pytest.approx((term_a + term_b) / 2, rel=1e-5)
 
 
 def test_swav_loss_gradient_skips_the_codes_and_averages_over_the_batch():
     s0, s1 = cosine_scores(4, 5, seed=5), cosine_scores(4, 5, seed=6)
-    g0, g1 = jax.grad(lambda a, b: swav.swav_loss([a, b], crops_for_assign=(0,)), argnums=(0, 1))(s0, s1)
+    g0, g1 = jax.grad(lambda a, b: swav_model.swav_loss([a, b], crops_for_assign=(0,)), argnums=(0, 1))(s0, s1)
     np.testing.assert_array_equal(np.asarray(g0), 0.0)  # crop 0 only gives targets; codes carry no gradient
-    q = np.asarray(swav.sinkhorn(s0))
+    q = np.asarray(swav_model.sinkhorn(s0))
     p1 = np.asarray(jax.nn.softmax(s1 / 0.1, axis=1))
     np.testing.assert_allclose(np.asarray(g1), (p1 - q) / 0.1 / 4, rtol=1e-4, atol=1e-7)
 
 
 def test_swav_loss_rejects_bad_crops_for_assign():
     with pytest.raises(ValueError, match="crops_for_assign"):
-        swav.swav_loss([cosine_scores(2, 3)] * 2, crops_for_assign=(2,))
+        swav_model.swav_loss([cosine_scores(2, 3)] * 2, crops_for_assign=(2,))
     with pytest.raises(ValueError, match=">= 2 crops"):
-        swav.swav_loss([cosine_scores(2, 3)])
+        swav_model.swav_loss([cosine_scores(2, 3)])
 
 
 def test_uniform_predictions_cost_exactly_ln_k():
-    loss = swav.swav_loss([np.zeros((4, 7), np.float32)] * 3)
+    loss = swav_model.swav_loss([np.zeros((4, 7), np.float32)] * 3)
     assert float(loss) == pytest.approx(math.log(7), rel=1e-6)
 
 
@@ -165,7 +166,7 @@ def crop_batches(batch=8, steps=4, seed=0):
 
 
 def make_model(steps_per_execution=1, **kwargs):
-    model = swav.SwAVModel(tiny_backbone(), num_prototypes=6, hidden_dim=16, output_dim=4, **kwargs)
+    model = swav_model.SwAVModel(tiny_backbone(), num_prototypes=6, hidden_dim=16, output_dim=4, **kwargs)
     model.compile(optimizer=optim.build_optimizer("sgd", 0.5), steps_per_execution=steps_per_execution)
     return model
 
@@ -209,7 +210,7 @@ def test_queue_push_puts_the_newest_assigned_embeddings_first_and_is_used_once_f
     rng = np.random.default_rng(1)
     z = rng.normal(size=(3, 2, 4)).astype(np.float32)  # V=3 crops, B=2 images, D=4
     scores = rng.uniform(-1, 1, (3, 2, 6)).astype(np.float32)
-    plain = float(swav.swav_loss(scores, (0, 1)))
+    plain = float(swav_model.swav_loss(scores, (0, 1)))
     assert float(model.compute_loss(y_pred={"z": z, "scores": scores}, training=True)) == pytest.approx(plain)
     queue = np.asarray(model.queue)
     np.testing.assert_array_equal(queue[:, :2], z[:2])  # crops 0 and 1, newest first
@@ -220,14 +221,14 @@ def test_queue_push_puts_the_newest_assigned_embeddings_first_and_is_used_once_f
     np.testing.assert_array_equal(queue[:, 2:], z[:2])  # shifted back by one batch
     with_queue = float(model.compute_loss(y_pred={"z": z, "scores": scores}, training=False))
     kernel = np.asarray(model.prototypes.kernel)
-    expected = float(swav.swav_loss(scores, (0, 1), queue_scores=queue @ kernel, queue_valid=True))
+    expected = float(swav_model.swav_loss(scores, (0, 1), queue_scores=queue @ kernel, queue_valid=True))
     assert with_queue == pytest.approx(expected, rel=1e-5) and with_queue != pytest.approx(plain)
     assert int(model.step) == 2  # evaluation (training=False) neither pushes nor counts
 
 
 def test_forward_passes_are_grouped_by_crop_resolution():
     crops = [np.zeros([2, s, s, 3]) for s in (224, 224, 96, 96, 96, 224)]
-    assert swav._resolution_groups(crops) == [(0, 2), (2, 5), (5, 6)]
+    assert swav_model._resolution_groups(crops) == [(0, 2), (2, 5), (5, 6)]
 
 
 @pytest.mark.slow
@@ -261,7 +262,8 @@ def test_train_step_under_mixed_precision_keeps_codes_and_loss_in_float32(policy
 
 _SAME_RUN = """
 import json, numpy as np
-from kitlib import color, runtime
+from kitlib import runtime
+from kitlib.swav import color
 import keras
 from tests import test_swav as t
 rt = runtime.setup(verbose=False)
@@ -291,7 +293,7 @@ def test_eight_devices_train_to_the_same_losses_weights_and_queue_as_one():
 
 
 def test_prototype_usage_is_ln_k_when_every_prototype_is_used_and_resets_to_nothing():
-    usage = swav.PrototypeUsage(4)
+    usage = swav_model.PrototypeUsage(4)
     usage.update_state(np.array([[0, 1], [2, 3]]))
     assert float(usage.result()) == pytest.approx(np.log(4), rel=1e-6)
     usage.update_state(np.array([0, 0, 0, 0]))  # prototype 0 now takes 5 of the 8 matches

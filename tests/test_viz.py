@@ -8,14 +8,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kitlib import bit_hyperrule, viz  # noqa: E402
+from kitlib import viz  # noqa: E402
+from kitlib.bit import hyperrule
 
 RNG = np.random.default_rng(0)
 NAMES = ["Cassava Bacterial Blight (CBB)", "Cassava Mosaic Disease (CMD)", "Healthy"]
 CROPS = (RNG.random((3, 16, 16, 3)), RNG.random((3, 16, 16, 3)), RNG.random((3, 8, 8, 3)))
 CASES = {
-    "plot_bit_schedules": lambda: viz.plot_bit_schedules([bit_hyperrule.HyperRule((600, 800), 1000, 64),
-                                                          bit_hyperrule.HyperRule((600, 800), 1000, 512)]),
+    "plot_bit_schedules": lambda: viz.plot_bit_schedules([hyperrule.HyperRule((600, 800), 1000, 64),
+                                                          hyperrule.HyperRule((600, 800), 1000, 512)]),
     "plot_mixup_grid": lambda: viz.plot_mixup_grid(RNG.random((4, 8, 8, 3)), np.eye(3)[[0, 1, 2, 0]], NAMES),
     "plot_confusion_matrix": lambda: viz.plot_confusion_matrix([[3, 1, 0], [0, 2, 0], [1, 0, 4]], NAMES),
     "plot_training_history": lambda: viz.plot_training_history({"loss": [1.0, 0.5], "accuracy": [0.4, 0.8],

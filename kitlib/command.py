@@ -1,0 +1,226 @@
+"""One pattern for every command: a frozen config of what was asked -> ``plan(config)`` -> a `Plan` -> ``run(plan)``.
+
+    config  a frozen dataclass whose fields are `setting`s: a default (None where the plan chooses the value)
+            and one line of help, which is both the flag's help and the field's documentation.
+    plan    ``plan(config, rt=None) -> Plan``: reads the data and the devices, resolves every value, gives the
+            reason for each value it chose, and builds what the run needs (a data source, a rule). Nothing is
+            trained or written.
+    run     ``run(plan)``: does the work with what the plan holds (it rebuilds nothing the plan has) and saves
+            ``plan.record()`` as ``config.json``, the same schema for every command.
+
+A command module defines ``CONFIG`` (its config class), ``plan`` and ``run``; `add_arguments` generates its
+flags from the fields (every command has ``--smoke``, ``--verbose`` and ``--seed``) and `execute` is what
+``python -m kitlib <command>`` runs: flags -> config -> plan (printed once) -> run.
+
+Seeds, the same for every command (`seeded_run`): a seeded run is repeatable and gives the caller's random
+state back; a config without a seed gets one drawn at random, recorded in ``config.json`` so the run can be
+repeated with ``--seed``.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import typing
+
+SEED_REASON = "none given: drawn at random (recorded here; pass --seed to repeat the run)"
+_SMOKE_HELP = "the CI smoke preset ({name}.smoke: a short run a CPU finishes in seconds); other flags override it"
+
+
+def setting(default=None, help="", *, flag=None, choices=None, metavar=None, nargs=None, type=None, cli=True,
+            required=False):
+    """A config field: its default and its one-line help (the flag's help and the field's reason).
+
+    Args:
+        default: the value when none is given; None where the plan chooses it.
+        help: one line saying what the field is.
+        flag: the command-line flag (default ``--field-name``). choices, metavar, nargs, type: as argparse's
+            (type default: from the field's annotation). cli: False for fields with no flag.
+        required: the flag must be given on the command line (the plan refuses a config without it).
+    """
+    meta = dict(help=help, flag=flag, choices=choices, metavar=metavar, nargs=nargs, type=type, cli=cli,
+                required=required)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def help_of(config_cls, name):
+    """The help line of field `name` of `config_cls`."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}[name]
+
+
+def require(config, *names):
+    """Refuse a config that leaves any of `names` unset, naming the flags to pass."""
+    missing = [n for n in names if getattr(config, n) in (None, "")]
+    if missing:
+        flags = ", ".join(_flag(f) for f in dataclasses.fields(config) if f.name in missing)
+        raise ValueError(f"{type(config).__name__} needs {', '.join(missing)} (on the command line: {flags})")
+
+
+# ============ the plan ============
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A command's run with every value resolved, each chosen one with its reason.
+
+    Attributes:
+        command: the command's name ("pretrain", "finetune", "predict", ...).
+        settings: the config with every value resolved (the config's own type).
+        reasons: {field: why} for each value the plan chose rather than the caller.
+        facts: what the plan found and the run depends on (data size, image size, devices, backend, policy).
+        parts: objects built while planning that the run uses (a data source, a rule); not recorded.
+        rt: the `kitlib.runtime.Runtime` the plan was made for.
+    """
+    command: str
+    settings: typing.Any
+    reasons: dict
+    facts: dict
+    parts: dict = dataclasses.field(default_factory=dict, repr=False)
+    rt: typing.Any = dataclasses.field(default=None, repr=False)
+
+    def record(self):
+        """The run as ``config.json`` records it: {"command", "kitlib", "settings", "chosen", "facts"}."""
+        from kitlib import __version__  # noqa: PLC0415
+
+        return {"command": self.command, "kitlib": __version__, "settings": json_ready(as_dict(self.settings)),
+                "chosen": dict(self.reasons), "facts": json_ready(self.facts)}
+
+    def describe(self):
+        """The plan for printing: one line of facts, then each chosen value with its reason."""
+        facts = ", ".join(f"{k}={_short(v)}" for k, v in self.facts.items())
+        lines = [f"kitlib {self.command}: {facts}"]
+        if self.reasons:
+            lines.append("  chosen by the plan (a flag or config field overrides any line):")
+            lines += [f"    {k} = {_short(getattr(self.settings, k))}: {why}" for k, why in self.reasons.items()]
+        given = [f"{k}={_short(v)}" for k, v in as_dict(self.settings).items() if k not in self.reasons]
+        lines.append("  given or default: " + ", ".join(given))
+        return "\n".join(lines)
+
+    def save(self, out_dir, name="config.json"):
+        """Write `record` to ``out_dir/name`` atomically; returns the path."""
+        return write_json(os.path.join(out_dir, name), self.record())
+
+
+def as_dict(config):
+    """A config's fields as a dict (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _short(value):
+    text = json.dumps(json_ready(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def json_ready(value):
+    """`value` with numpy scalars and arrays as Python numbers and lists, tuples as lists."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return value
+
+
+def write_json(path, record):
+    """``record`` as JSON at ``path``, atomically (a reader never sees half a file); returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(json_ready(record), f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(out_dir, name="config.json"):
+    """The record a previous run saved in ``out_dir`` (None when there is none)."""
+    path = os.path.join(out_dir, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# ============ seeds ============
+
+
+def resolve_seed(seed):
+    """(seed, reason): the given seed and None, or one drawn at random and `SEED_REASON`."""
+    if seed is None:
+        return secrets.randbelow(2**31), SEED_REASON
+    return int(seed), None
+
+
+@contextlib.contextmanager
+def seeded_run(plan):
+    """Inside the block every unseeded draw follows ``plan.settings.seed`` (`kitlib.runtime.seeded`); after it
+    the caller's random state is back."""
+    from kitlib import runtime  # noqa: PLC0415
+
+    with runtime.seeded(plan.settings.seed):
+        yield
+
+
+# ============ flags ============
+
+
+def _flag(field):
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _type_of(field, hints):
+    hint = hints.get(field.name, str)
+    hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # Optional[int] -> int
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return next(iter(typing.get_args(hint)), str)
+    return hint if hint in (int, float, str, bool) else str
+
+
+def add_arguments(parser, config_cls):
+    """One flag per field of `config_cls` (help from the field, default shown), plus ``--smoke`` when the
+    config has a smoke preset. Only flags given on the command line reach the namespace (see `config_from_args`)."""
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        meta = field.metadata
+        if not meta.get("cli", True):
+            continue
+        kind = meta.get("type") or _type_of(field, hints)
+        shown = "chosen by the plan" if field.default is None else json.dumps(json_ready(field.default))
+        kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} (default: {shown})")
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+        else:
+            kwargs.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"),
+                          nargs=meta.get("nargs"))
+            kwargs["required"] = meta.get("required", False)
+        parser.add_argument(_flag(field), **{k: v for k, v in kwargs.items() if v is not None})
+    if hasattr(config_cls, "smoke"):
+        parser.add_argument("--smoke", action="store_true", help=_SMOKE_HELP.format(name=config_cls.__name__))
+
+
+def config_from_args(config_cls, args):
+    """The config the flags ask for: the fields given on the command line over the defaults (over the smoke
+    preset with ``--smoke``)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    if getattr(args, "smoke", False):
+        return config_cls.smoke(**given)
+    return config_cls(**given)
+
+
+def execute(module, args, print_fn=print):
+    """``python -m kitlib <command>``: flags -> config -> plan (printed once) -> run; returns the exit code
+    (0 done; `kitlib.preflight.EXIT_DOES_NOT_FIT` for a preflight that does not fit)."""
+    config = config_from_args(module.CONFIG, args)
+    plan = module.plan(config)
+    if getattr(plan.settings, "verbose", 1):
+        print_fn(plan.describe())
+    result = module.run(plan)
+    if getattr(result, "fits", True) is False:
+        from kitlib import preflight  # noqa: PLC0415
+
+        return preflight.EXIT_DOES_NOT_FIT
+    return 0

@@ -1,0 +1,38 @@
+"""Where things are: the Kaggle input folder, the competition's slug, the kit's checkout, the data to use."""
+
+import os
+
+KAGGLE_INPUT = "/kaggle/input"
+COMPETITION = "cassava-leaf-disease-classification"
+DEFAULT_LOCAL_DATA = "data/sample"
+def repo_root():
+    """The folder that holds the ``kitlib`` package (the clone's root, or an attached dataset)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def on_kaggle():
+    """True inside a Kaggle notebook (kernel run)."""
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or os.path.isdir("/kaggle/working")
+
+
+def find_data_dir(local=None, competition=COMPETITION):
+    """The folder holding the competition's files (``train_tfrecords/``, ``train.csv`` ...).
+
+    Args:
+        local: fallback folder; default ``data/sample`` in the repo (the bundled sample).
+        competition: the competition slug under ``/kaggle/input``.
+    Returns:
+        A local path. A TPU VM reads ``/kaggle/input`` directly: no GCS copy is needed.
+    """
+    attached = os.path.join(KAGGLE_INPUT, competition)
+    if os.path.isdir(attached):
+        return attached
+    if local is None:
+        local = os.path.join(repo_root(), DEFAULT_LOCAL_DATA)
+    if not os.path.isdir(local):
+        raise FileNotFoundError(
+            f"No data found: {attached} is not attached and the local folder {local!r} does not exist. "
+            "Attach the competition on Kaggle, download it with `kaggle competitions download -c "
+            f"{competition}`, or make the sample with `python -m kitlib make-sample --out {local}`."
+        )
+    return local
