@@ -52,9 +52,9 @@ def pixel_score(data_dir, image_size):
 
 
 def train(config, rt):
-    """`pretrain.pretrain` quietly; returns (result, seconds)."""
+    """`pretrain.run` of the config's plan, quietly; returns (result, seconds)."""
     start = time.perf_counter()
-    result = pretrain.pretrain(config, rt, print_fn=lambda *a: None)
+    result = pretrain.run(pretrain.plan(config, rt), print_fn=lambda *a: None)
     return result, time.perf_counter() - start
 
 
@@ -75,8 +75,8 @@ def run_set(name, out_root, rt, seed=0, epochs=None, sample_dir=None, print_fn=p
     """Pretrain with the rule and with the paper's recipe on one set; score all four feature kinds."""
     data_dir = image_sets.prepare(name, os.path.join(out_root, "data"), sample_dir)
     files = tfrecords.list_tfrecords(data_dir)
-    rule, _, _ = pretrain.plan(pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"),
-                                                       seed=seed, epochs=epochs, verbose=0), rt)
+    rule = pretrain.plan(pretrain.PretrainConfig(data_dir=data_dir, out_dir=os.path.join(out_root, name, "rule"),
+                                                 seed=seed, epochs=epochs, verbose=0), rt).settings
     rule = dataclasses.replace(rule, knn_every=max(1, rule.epochs // 10))
     side = geometry.parse_multicrop_spec(rule.crops).size_crops[0]  # the big crops' side
     rows = {"raw pixels": dict(pixel_score(data_dir, side), seconds=0.0),

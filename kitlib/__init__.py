@@ -6,39 +6,22 @@ Keras. Any ``import kitlib...``, in any order, therefore gives Keras on JAX. Not
 matplotlib rcParams, no logging handlers, no mixed-precision policy, no distribution. TensorFlow only
 reads data and is imported through ``kitlib.compat`` by the submodules that need it, never here.
 
-Modules, one concern each:
+Subpackages, one stage of the pipeline each (their docstrings list their modules):
+    data        the competition's TFRecords read and written, JPEG folders, tfds, the layout, the sample.
+    models      every backbone (small CNN, ResNet-50, BiT ResNet-v2) built, saved and loaded from any source.
+    swav        SwAV pretraining: multi-crop, colour, the model and loss, the rule, ``python -m kitlib pretrain``.
+    bit         BiT fine-tuning: the HyperRule, inputs, losses, training, export, TTA, ``finetune`` and ``predict``.
+    kaggle      ``python -m kitlib kaggle``: download, publish-kit, push, status, output.
+
+Modules:
     compat      Keras 3 on JAX from one place; TensorFlow for input only.
-    runtime     devices, DataParallel, precision policy, refusing a hidden accelerator, data paths.
-    backbones   every backbone (small CNN, ResNet-50, BiT) built, saved and loaded from any source.
-    resnetv2    BiT ResNet-v2 (GroupNorm + weight standardisation) and the official weights.
-    resnetv2_layers  its layers: weight-standardised conv, float32 GroupNorm, the host initializer.
-    data        the competition layout; Cassava TFRecords read, validated and written.
-    sources     JPEG folder + CSV, class folders, tfds; a training source split train/val (load_source) and
-                the test images wherever they are (open_test_source).
-    sample      the small synthetic sample in data/sample (``python -m kitlib make-sample``).
-    multicrop   SwAV multi-crop geometry and tf.data pipeline: every crop of an example from one image.
-    color       SwAV colour jitter, grayscale and blur: ColorConfig and the ColorAugment layer (accelerator).
-    color_host  the same augmentation on the host (TensorFlow, in the multicrop map), the gallery.
-    swav        SwAV: Sinkhorn, swapped-prediction loss, prototypes, queue, SwAVModel.
-    optim       LARS, Adam and the warmup-cosine schedule.
-    recipe      SwAV's settings chosen from the data (``rule``): the paper's at scale, a small-data recipe below.
-    pretrain    SwAV pretraining end to end (``python -m kitlib pretrain``), backbone export.
-    checkpoint  a run's state.npz (every variable, atomic) and history.csv.
-    evaluate    kNN / linear-probe accuracy of frozen features.
-    bit_hyperrule  the BiT-HyperRule: resolution, MixUp, schedule and lr from the data's size.
-    bit_input   BiT's tf.data pipeline: crops, flips, MixUp, static-shape batches.
-    bit         backbone + zero head, tiny backbones, resolving TF-Hub / Kaggle handles.
-    losses      cross-entropy with label smoothing, bi-tempered logistic loss.
-    finetune    ``python -m kitlib finetune``: data source -> rule -> fit -> evaluate -> export.
-    training    the classifier's compile, fit rounds, callbacks, predictions and validation report.
-    export      the fine-tuned classifier on disk, read back offline.
-    submission  ``python -m kitlib predict``: TTA predictions -> validated submission.csv.
-    demo        ``python -m kitlib demo``: pretrain -> fine-tune -> submission on the sample.
-    kaggle_cli  ``python -m kitlib kaggle``: download, publish-kit, push, status, output.
-    kaggle_api  Kaggle credentials, the authenticated API, API failures as one line with the fix.
-    kaggle_kernels  a notebook as a kernel folder, the kit as a dataset (what is uploaded).
-    layout      does a folder hold the competition's files (check_layout).
+    runtime     devices, DataParallel, precision policy, seeds, refusing a hidden accelerator.
+    locations   where things are: ``/kaggle/input``, the competition, the kit's checkout, the data to use.
+    sharding    batches laid over the devices outside ``fit`` (prediction, features).
+    command     one pattern for every command: config -> plan -> run.
+    preflight   ``--preflight TARGET``: a run's step compiled for a TPU that is not here; memory and speed.
     viz         the notebooks' plots.
+    demo        ``python -m kitlib demo``: pretrain -> fine-tune -> submission on the sample.
     cli         ``python -m kitlib <command>``.
 """
 

@@ -2,7 +2,7 @@
 
 Each command lives in its own module, which follows `kitlib.command`'s pattern: ``CONFIG`` (its config
 class, whose fields are the flags), ``plan(config)`` and ``run(plan)``. A command with sub-commands of its
-own (``kaggle``) defines ``add_arguments(parser)`` and ``main(args)`` instead. Modules are imported only when
+own (``kaggle``) defines ``add_arguments(parser)`` and ``run_args(args)`` instead. Modules are imported only when
 their command runs, so ``python -m kitlib --help`` is instant and one command's dependencies never slow another.
 
 Exit codes, the same for every command: 0 done; 2 a user error (a bad flag, path, record or setting),
@@ -73,7 +73,7 @@ def main(argv=None):
         module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
-        code = command.execute(module, args) if hasattr(module, "CONFIG") else module.main(args)
+        code = command.execute(module, args) if hasattr(module, "CONFIG") else module.run_args(args)
     except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
         print(err, file=sys.stderr)
         return 3

@@ -143,6 +143,30 @@ def read_record(out_dir, name="config.json"):
         return json.load(f)
 
 
+# ============ the runtime ============
+
+
+def runtime_for(config):
+    """The `kitlib.runtime.Runtime` a config plans for: with ``config.preflight`` set, that TPU as libtpu's
+    compile-only client sees it (`kitlib.preflight.target_runtime`); else this machine's devices,
+    ``runtime.setup(allow_cpu, mixed_precision, verbose)``."""
+    from kitlib import preflight, runtime  # noqa: PLC0415
+
+    target = getattr(config, "preflight", None)
+    if target:
+        preflight.prepare_compile_only()
+        return preflight.target_runtime(target)
+    return runtime.setup(allow_cpu=getattr(config, "allow_cpu", False),
+                         policy=getattr(config, "mixed_precision", "auto"), verbose=bool(getattr(config, "verbose", 1)))
+
+
+def runtime_facts(rt):
+    """What a plan records of its runtime: Keras backend, devices, device kind, dtype policy."""
+    from kitlib.compat import keras  # noqa: PLC0415
+
+    return dict(backend=keras.backend.backend(), devices=rt.num_devices, device_kind=rt.kind, policy=rt.policy)
+
+
 # ============ seeds ============
 
 

@@ -1,4 +1,4 @@
-"""What the run computes on, and where the data lives: devices, distribution, precision, Kaggle paths.
+"""What the run computes on: devices, distribution, precision, seeds, host threads, the versions installed.
 
 The kit computes with Keras 3 on JAX on every device and feeds it from ``tf.data`` on the host.
 `setup()` is the one call a notebook or command makes first: it finds JAX's devices (TPU, GPU or
@@ -172,8 +172,7 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
     """
     import jax  # noqa: PLC0415 - started here, not at import
 
-    from kitlib.compat import \
-        tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
+    from kitlib.compat import tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
 
     devices = tuple(jax.devices() if devices is None else devices)
     kind = device_kind(devices[0].platform)
@@ -214,10 +213,8 @@ def seeded(seed):
         yield
         return
     import numpy as np  # noqa: PLC0415
-    from keras.src.backend.common import \
-        global_state  # noqa: PLC0415 - Keras keeps its seed state here
-    from tensorflow.python.eager import \
-        context  # noqa: PLC0415 - TF's global seed, readable only here
+    from keras.src.backend.common import global_state  # noqa: PLC0415 - Keras keeps its seed state here
+    from tensorflow.python.eager import context  # noqa: PLC0415 - TF's global seed, readable only here
 
     keys = ("global_random_seed", "global_seed_generator")
     saved = ([global_state.get_global_attribute(k) for k in keys], random.getstate(), np.random.get_state(),

@@ -22,7 +22,8 @@ def _short_class_name(name):
 
 
 def plot_bit_schedules(rules, labels=None):
-    """Learning rate of ``bit_hyperrule.HyperRule`` s: per step, and relative to the peak per fraction of the run.
+    """Learning rate of ``kitlib.bit.hyperrule.HyperRule`` s: per step, and relative to the peak per fraction
+    of the run.
 
     Args:
         rules: HyperRule objects (e.g. the same data at batch 64, 128 and 512).
@@ -129,7 +130,7 @@ def plot_predictions(images, image_ids, probs, class_names, max_images=12, colum
     """Test images titled with the predicted disease, its probability and the image id.
 
     Args:
-        images: uint8 [H, W, 3] arrays (sizes may differ), e.g. from ``submission.load_images``.
+        images: uint8 [H, W, 3] arrays (sizes may differ), e.g. from ``kitlib.data.sources.load_test_images``.
         image_ids: one id per image.
         probs: [N, C] class probabilities in the same order (N >= number of images shown).
         class_names: C names; the part before " (" is shown ("Cassava Mosaic Disease").
@@ -155,7 +156,7 @@ def plot_tta_views(views, names, columns=4):
     """The test-time-augmentation views of one image, as the model sees them.
 
     Args:
-        views: [V, S, S, 3] float in [0, 1] (``submission.tta_views``).
+        views: [V, S, S, 3] float in [0, 1] (``kitlib.bit.tta.tta_views``).
         names: V view names.
     Returns:
         Figure.

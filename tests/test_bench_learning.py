@@ -34,11 +34,11 @@ def test_digits_are_written_in_the_competition_layout_and_read_back(learning, tm
 
 
 def test_the_paper_recipe_runs_at_the_rule_runs_budget(learning):
-    rule = pretrain.PretrainConfig(data_dir="d", out_dir="o", seed=0).resolve(1_797, 1, "CPU", (32, 32), 10)
+    rule = pretrain.resolve(pretrain.PretrainConfig(data_dir="d", out_dir="o", seed=0), 1_797, 1, "CPU", (32, 32), 10)[0]
     paper = learning.paper_config(rule, 32)
     assert (paper.epochs, paper.global_batch_size, paper.prototypes, paper.seed) == (rule.epochs, 64, 100, 0)
     assert (paper.optimizer, paper.backbone, paper.crops) == ("lars", "small_cnn", "2x32@0.14-1,6x14@0.05-0.14")
     assert (paper.color_strength, paper.blur_p, paper.hidden_dim) == (1.0, 0.5, 2048)
     assert paper.base_lr == pytest.approx(recipe.default_learning_rate("lars", 64))
-    resolved = paper.resolve(1_797, 1, "CPU", (32, 32))  # what pretrain will run: nothing left to the rule
+    resolved = pretrain.resolve(paper, 1_797, 1, "CPU", (32, 32))[0]  # what pretrain will run: nothing left to the rule
     assert (resolved.optimizer, resolved.crops, resolved.max_steps_per_epoch) == ("lars", paper.crops, 28)

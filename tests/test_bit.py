@@ -1,4 +1,5 @@
-"""kitlib.models.hub: backbone + zero head (Keras 3 on JAX), the tiny backbones, resolve_backbone."""
+"""kitlib.bit.training.build_classifier: backbone + zero head (Keras 3 on JAX); the tiny backbones
+(kitlib.models.standin); kitlib.models.hub.resolve_backbone."""
 
 import hashlib
 import os

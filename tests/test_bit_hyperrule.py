@@ -1,5 +1,5 @@
-"""kitlib.bit.hyperrule: the BiT-HyperRule against hyperrule.py, batch scaling, the Keras 3 schedule
-inside the optimizer."""
+"""kitlib.bit.hyperrule: the BiT-HyperRule against big_transfer's bit_hyperrule.py, batch scaling, the Keras 3
+schedule inside the optimizer."""
 
 import numpy as np
 import pytest

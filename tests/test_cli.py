@@ -134,7 +134,7 @@ def test_an_error_from_inside_a_library_keeps_its_traceback(tmp_path, monkeypatc
         from kitlib import runtime
         def add_arguments(parser):
             parser.add_argument("--where")
-        def run(args):
+        def run_args(args):
             if args.where == "kitlib":
                 runtime.check_global_batch(12, 8)   # the kit checked it: a user error
             np.zeros(-1)                            # numpy's own ValueError: a bug to report

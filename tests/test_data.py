@@ -1,4 +1,5 @@
-"""kitlib.data.tfrecords: the writer/reader round trip, counts, splits, other sources, and every bad input."""
+"""kitlib.data: the writer/reader round trip (writing, tfrecords), counts, splits, other sources, and every bad
+input."""
 
 import csv
 import filecmp

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_on_devices
 
-from kitlib import cli
+from kitlib import cli, command
 from kitlib.bit import export, finetune, training
 from kitlib.compat import keras, tf
 from kitlib.data import sources
@@ -102,7 +102,7 @@ def test_steps_per_execution_divides_the_round_and_is_large_only_on_tpu(kind, st
 
 def test_config_refuses_bad_settings_before_any_data_is_read_and_serialises(tmp_path):
     config = finetune.FinetuneConfig("nowhere", "backbone.keras", str(tmp_path), resolution=[72, 64])
-    assert config.resolution == (72, 64) and json.loads(json.dumps(config.as_dict()))["resolution"] == [72, 64]
+    assert config.resolution == (72, 64) and json.loads(json.dumps(command.as_dict(config)))["resolution"] == [72, 64]
     for bad, message in (({"loss": "focal"}, "unknown loss"), ({"label_smoothing": 1.0}, "label_smoothing"),
                          ({"loss": "bitempered", "t1": 1.5}, "t1"), ({"val_fraction": 1.0}, "val_fraction"),
                          ({"steps": 1}, "steps"), ({"resolution": (64,)}, "resize, crop")):
@@ -113,9 +113,13 @@ def test_config_refuses_bad_settings_before_any_data_is_read_and_serialises(tmp_
 def test_a_global_batch_that_does_not_split_over_the_devices_is_refused_naming_both(tmp_path):
     eight = types.SimpleNamespace(kind="TPU", num_devices=8)  # what runtime.setup returns on a v5e-8
     with pytest.raises(ValueError, match=r"12.*8"):
-        finetune.finetune(data_dir=str(tmp_path / "nowhere"), backbone="x.keras", out_dir=str(tmp_path / "out"),
-                          global_batch_size=12, rt=eight)
+        _finetune(data_dir=str(tmp_path / "nowhere"), backbone="x.keras", out_dir=str(tmp_path / "out"),
+                  global_batch_size=12, rt=eight)
     assert not (tmp_path / "out").exists()
+
+
+def _finetune(rt=None, **fields):
+    return finetune.run(finetune.plan(finetune.FinetuneConfig(**fields), rt))
 
 
 def _images(n, size, seed=0):
@@ -126,8 +130,8 @@ def _images(n, size, seed=0):
 def test_finetuning_the_tiny_backbone_lowers_the_loss_and_writes_the_classifier(sample_dir, tiny_backbone, tmp_path):
     out = tmp_path / "run"
     np.random.seed(7)
-    result = finetune.finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(out), global_batch_size=16,
-                               steps=24, resolution=(40, 32), evaluations=4, base_lr=4.0, verbose=0)
+    result = _finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(out), global_batch_size=16,
+                       steps=24, resolution=(40, 32), evaluations=4, base_lr=4.0, seed=0, verbose=0)
     assert np.random.random() == np.random.RandomState(7).random_sample()  # numpy's global generator left alone
     loss = result.history.history["loss"]
     assert len(loss) == 4 and loss[-1] < loss[0] - 0.2 and loss[0] == pytest.approx(np.log(5), abs=0.1)
@@ -139,8 +143,11 @@ def test_finetuning_the_tiny_backbone_lowers_the_loss_and_writes_the_classifier(
                  "checkpoints/best.weights.h5"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert (config["backend"], config["devices"], config["global_batch_size"]) == ("jax", 1, 16)
-    assert config["rule"]["total_steps"] == 24 and config["config"]["backbone"] == tiny_backbone
+    assert (config["facts"]["backend"], config["facts"]["devices"], config["settings"]["global_batch_size"]) == (
+        "jax", 1, 16)
+    assert config["facts"]["rule"]["total_steps"] == 24 and config["settings"]["backbone"] == tiny_backbone
+    assert config["command"] == "finetune" and config["settings"]["steps_per_execution"] == 1
+    assert "steps_per_execution" in config["chosen"] and "steps" not in config["chosen"]
     # the model in memory is the best-validation checkpoint, and the reloaded classifier predicts as it does
     record = json.loads((out / "finetune.json").read_text())
     assert record["val_accuracy"] == pytest.approx(max(record["history"]["val_accuracy"]), abs=1e-6)
@@ -160,8 +167,9 @@ def test_finetune_command_with_the_bi_tempered_loss_trains_and_exports(sample_di
                      "--loss", "bitempered", "--label-smoothing", "0.1"])
     assert code == 0
     record = json.loads((out / "finetune.json").read_text())
-    assert record["config"]["loss"] == "bitempered" and record["train_size"] == 75
-    assert record["rule"]["total_steps"] == 8 and record["rule"]["batch_size"] == 8
+    assert record["settings"]["loss"] == "bitempered" and record["facts"]["train_size"] == 75
+    assert record["facts"]["rule"]["total_steps"] == 8 and record["facts"]["rule"]["batch_size"] == 8
+    assert "seed" in record["chosen"] and isinstance(record["settings"]["seed"], int)  # drawn and recorded
     with open(out / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
     probs = export.load_classifier(str(out)).predict_proba(_images(3, 32))
@@ -177,7 +185,7 @@ def test_finetune_command_with_an_unreachable_backbone_exits_with_advice(sample_
 
 
 _SHORT_RUN = dict(global_batch_size=16, steps=6, resolution=(40, 32), evaluations=2, base_lr=4.0, restore_best=False,
-                  verbose=0)
+                  seed=0, verbose=0)
 _PROBE_IMAGES = 5  # rows for the reloaded classifier: not a multiple of 8, so predict_proba pads them
 _EIGHT_DEVICES = """
 import json
@@ -186,7 +194,8 @@ from kitlib import runtime
 from kitlib.bit import export
 from kitlib.bit import finetune
 rt = runtime.setup(allow_cpu=True, verbose=False)
-result = finetune.finetune(data_dir={data!r}, backbone={backbone!r}, out_dir={out!r}, rt=rt, **{kwargs!r})
+config = finetune.FinetuneConfig(data_dir={data!r}, backbone={backbone!r}, out_dir={out!r}, **{kwargs!r})
+result = finetune.run(finetune.plan(config, rt))
 images = np.random.default_rng(1).random([{n}, 32, 32, 3], dtype=np.float32)
 probs = export.load_classifier({out!r}).predict_proba(images, batch_size=4)
 print(json.dumps({{"devices": rt.num_devices, "distributed": rt.distribution is not None,
@@ -200,7 +209,7 @@ def test_eight_devices_train_like_one(sample_dir, tiny_backbone, tmp_path):
     eight = run_on_devices(_EIGHT_DEVICES.format(data=sample_dir, backbone=tiny_backbone, out=str(tmp_path / "out8"),
                                                  kwargs=_SHORT_RUN, n=_PROBE_IMAGES), devices=8)
     assert (eight["devices"], eight["distributed"]) == (8, True)
-    one = finetune.finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(tmp_path / "out1"), **_SHORT_RUN)
+    one = _finetune(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(tmp_path / "out1"), **_SHORT_RUN)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(eight["history"][key], one.history.history[key], rtol=1e-4, atol=1e-5, err_msg=key)
     assert one.history.history["loss"][-1] != one.history.history["loss"][0]  # it trained

@@ -402,8 +402,7 @@ class FakeApi:
                     archive.write(os.path.join(folder, name), os.path.relpath(os.path.join(folder, name), sample))
 
     def kernels_status(self, kernel):
-        from kagglesdk.kernels.types.kernels_enums import \
-            KernelWorkerStatus  # noqa: PLC0415 - not `kaggle`
+        from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus  # noqa: PLC0415 - not `kaggle`
 
         self.calls.append(("status", kernel))
         name, message = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]

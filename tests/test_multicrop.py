@@ -1,4 +1,5 @@
-"""kitlib.swav.multicrop: one source image per example, crop geometry, decoding, determinism, specs."""
+"""kitlib.swav.multicrop and kitlib.swav.geometry: one source image per example, crop geometry, decoding,
+determinism, specs."""
 
 import numpy as np
 import pytest

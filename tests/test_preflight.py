@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from kitlib import cli, preflight
+from kitlib import cli, preflight, runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 ** 2
@@ -226,11 +226,14 @@ def test_push_preflight_refuses_a_run_that_does_not_fit_and_pushes_nothing(monke
 
     seen = {}
 
-    def too_big(config, target):
-        seen.update(config=config, target=target)
+    def too_big(plan, print_fn=print):
+        seen.update(config=plan.settings, target=plan.settings.preflight)
         return type("R", (), {"fits": False, "max_global_batch_size": 128, "global_batch_size": 256})()
 
     monkeypatch.setattr(pretrain, "run_preflight", too_big)
+    monkeypatch.setattr(preflight, "prepare_compile_only", lambda: None)  # planned as for 8 chips, without libtpu
+    monkeypatch.setattr(preflight, "target_runtime", lambda target: runtime.Runtime("TPU", tuple(range(8)), None,
+                                                                                   "mixed_bfloat16"))
     out = tmp_path / "kernel"
     code = kaggle_cli.main(["push", "01", "--accelerator", "tpu", "--preflight", "--data", sample_dir,
                             "--dry-run", "--out", str(out)], get_api=lambda: pytest.fail("no API call"))

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from kitlib import runtime
+from kitlib import command, runtime
 from kitlib.compat import keras
 from kitlib.data import tfrecords
 from kitlib.models import backbones
@@ -31,7 +31,7 @@ def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(
     # batch 32; kNN on 100 images varies with the seed: measured (random init -> SwAV) 0.68 -> 0.77 at
     # seed 0, 0.60 -> 0.75 at seed 1, 0.52 -> 0.73 at seed 2
     seed = 1
-    result = pretrain.pretrain(pretrain.PretrainConfig.smoke(data_dir=sample_dir, out_dir=str(tmp_path), seed=seed,
+    result = _pretrain(pretrain.PretrainConfig.smoke(data_dir=sample_dir, out_dir=str(tmp_path), seed=seed,
                                                              verbose=0))
     assert (result.config.backbone, result.config.prototypes, result.config.optimizer) == ("small_cnn", 50, "adam")
     losses = [row["loss"] for row in result.history]
@@ -77,8 +77,12 @@ def _parse(argv):
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser()
-    pretrain.add_arguments(parser)
-    return pretrain.config_from_args(parser.parse_args(argv))
+    command.add_arguments(parser, pretrain.CONFIG)
+    return command.config_from_args(pretrain.CONFIG, parser.parse_args(argv))
+
+
+def _pretrain(config):
+    return pretrain.run(pretrain.plan(config))
 
 
 @pytest.mark.slow
@@ -103,20 +107,20 @@ def test_rerun_after_kill_9_resumes_step_count_queue_and_history(sample_dir, tmp
     assert np.abs(queue_before).max() > 0  # the queue was being filled when the run was killed
 
     config = _parse(argv)
-    restored = pretrain.pretrain(pretrain.dataclasses.replace(config, epochs=done_before))  # nothing to train
+    restored = _pretrain(pretrain.dataclasses.replace(config, epochs=done_before))  # nothing to train
     assert int(restored.model.optimizer.iterations) == int(restored.model.step) == done_before * 2
     np.testing.assert_array_equal(np.asarray(restored.model.queue), queue_before)
 
-    result = pretrain.pretrain(config)  # the same command again
+    result = _pretrain(config)  # the same command again
     assert int(result.model.optimizer.iterations) == 8 * 2  # continued, not restarted
     assert [r["epoch"] for r in result.history] == list(range(1, 9))  # each epoch once
     assert os.path.isfile(os.path.join(out, "backbone.keras"))
     with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["prototypes"] == 10
+        assert json.load(f)["settings"]["prototypes"] == 10
 
     # a rerun whose shapes differ is refused with a way out
     with pytest.raises(ValueError, match="prototypes"):
-        pretrain.pretrain(pretrain.dataclasses.replace(config, prototypes=20))
+        _pretrain(pretrain.dataclasses.replace(config, prototypes=20))
 
 
 @pytest.mark.slow
@@ -128,7 +132,9 @@ def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "config.json") as f:
         config = json.load(f)
-    assert (config["backend"], config["devices"], config["global_batch_size"]) == ("jax", 1, 16)
+    assert (config["facts"]["backend"], config["facts"]["devices"], config["settings"]["global_batch_size"]) == (
+        "jax", 1, 16)
+    assert config["command"] == "pretrain" and config["settings"]["seed"] == 5
     with open(out / "history.csv") as f:
         assert next(csv.reader(f))[:2] == ["epoch", "loss"]  # no epoch trained: the header alone
     loaded = backbones.load(str(out / "backbone.keras"))
@@ -169,18 +175,22 @@ def test_export_of_a_mixed_precision_backbone_is_float32_and_trainable(tmp_path)
     assert len(grads) == len(backbone.trainable_variables) and all(float(np.abs(g).sum()) > 0 for g in grads)
 
 
+def _resolved(config, *args, **kwargs):
+    return pretrain.resolve(config, *args, **kwargs)[0]
+
+
 def test_config_resolves_from_the_data_and_the_devices():
     config = pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=100, global_batch_size=256)
-    cpu = config.resolve(num_images=21_397, num_devices=1, kind="CPU")
+    cpu = _resolved(config, num_images=21_397, num_devices=1, kind="CPU")
     assert (cpu.max_steps_per_epoch, cpu.freeze_prototypes_niters, cpu.warmup_epochs) == (83, 83, 10)
     assert (cpu.base_lr, cpu.final_lr, cpu.prototypes) == pytest.approx((0.6, 0.0006, 3000))
     assert cpu.augmentation == "host"
-    tpu = config.resolve(num_images=21_397, num_devices=8, kind="TPU")
+    tpu = _resolved(config, num_images=21_397, num_devices=8, kind="TPU")
     assert tpu.augmentation == "device" and tpu.global_batch_size == 256
     with pytest.raises(ValueError, match=r"global batch 12 .* 8 device"):
-        pretrain.PretrainConfig(global_batch_size=12).resolve(1000, num_devices=8)
+        _resolved(pretrain.PretrainConfig(global_batch_size=12), 1000, num_devices=8)
     with pytest.raises(ValueError, match="no full batch"):
-        pretrain.PretrainConfig(data_dir="d", global_batch_size=1000).resolve(100)
+        _resolved(pretrain.PretrainConfig(data_dir="d", global_batch_size=1000), 100)
 
 
 def test_cli_flags_fill_one_config_and_smoke_keeps_the_flags_given():

@@ -1,10 +1,12 @@
 """kitlib.swav.recipe.rule as a pure function: its table at a few sizes, the paper's settings at scale, and how
-PretrainConfig.resolve lets any given field override it."""
+pretrain.resolve lets any given field override it."""
 
+import dataclasses
 import math
 
 import pytest
 
+from kitlib import command
 from kitlib.swav import pretrain, recipe
 
 
@@ -70,34 +72,52 @@ def test_default_batch_is_a_multiple_of_the_devices():
 
 def test_resolve_fills_what_was_not_given_and_keeps_what_was():
     given = pretrain.PretrainConfig(data_dir="d", out_dir="o", prototypes=50, crops="2x64@0.3-1,2x32@0.1-0.3")
-    config, reasons = given.resolve_with_reasons(1_797, 1, "CPU", (32, 32), num_classes=10)
+    config, reasons, regime = pretrain.resolve(given, 1_797, 1, "CPU", (32, 32), num_classes=10)
     assert (config.prototypes, config.crops) == (50, "2x64@0.3-1,2x32@0.1-0.3")
     assert (config.backbone, config.optimizer, config.global_batch_size, config.epochs) == (
         "small_cnn_grid", "adam", 64, 83)
-    assert reasons["regime"] == "small" and "prototypes" not in reasons and "backbone" in reasons
+    assert regime == "small" and "prototypes" not in reasons and "backbone" in reasons
     assert (config.max_steps_per_epoch, config.freeze_prototypes_niters) == (28, 28)  # one epoch
     assert config.final_lr == pytest.approx(3e-6)
-    short = pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=5).resolve(1_797, 1, "CPU", (32, 32), 10)
+    short = _resolved(pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=5), 1_797, 1, "CPU", (32, 32), 10)
     assert (short.epochs, short.warmup_epochs) == (5, 0)  # the rule's warmup stays within 10 % of a short run
 
 
 def test_an_optimizer_chosen_by_hand_gets_its_own_learning_rate():
-    lars = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars").resolve(1_797, 1, "CPU", (32, 32))
+    lars = _resolved(pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars"), 1_797, 1, "CPU", (32, 32))
     assert (lars.base_lr, lars.final_lr) == pytest.approx((0.6 * (64 / 256) ** 0.75, 0.6 * (64 / 256) ** 0.75 / 1e3))
-    adam = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="adam").resolve(21_397, 1, "TPU", (600, 800))
+    adam = _resolved(pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="adam"), 21_397, 1, "TPU", (600, 800))
     assert (adam.backbone, adam.base_lr) == ("resnet50", 3e-3)
 
 
-def test_describe_plan_lists_every_choice_with_its_reason():
-    config, reasons = pretrain.PretrainConfig(data_dir="d", out_dir="o").resolve_with_reasons(1_797, 1, "CPU", (32, 32))
-    record = dict(recipe=reasons.pop("regime"), num_images=1_797, image_hw=[32, 32])
-    lines = pretrain.describe_plan(config, record, reasons).splitlines()
-    assert len(lines) == 1 + len(reasons) and "the small recipe for 1797 images of 32x32" in lines[0]
-    assert any(line.startswith("  optimizer = 'adam'") and "LARS" in line for line in lines)
-    assert math.isclose(config.final_lr, config.base_lr * 1e-3)
-    lars, why = pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars").resolve_with_reasons(
-        1_797, 1, "CPU", (32, 32))
+def test_the_plan_describes_every_choice_with_its_reason():
+    config, reasons, regime = pretrain.resolve(pretrain.PretrainConfig(data_dir="d", out_dir="o"), 1_797, 1, "CPU",
+                                               (32, 32))
+    plan = command.Plan("pretrain", config, reasons, dict(recipe=regime, num_images=1_797, image_hw=[32, 32]))
+    lines = plan.describe().splitlines()
+    assert len(lines) == 3 + len(reasons) and "recipe=\"small\", num_images=1797" in lines[0]
+    assert any(line.startswith('    optimizer = "adam"') and "LARS" in line for line in lines)
+    assert math.isclose(config.final_lr, config.base_lr * 1e-3) and "final_lr" in reasons
+    assert "seed" in reasons and isinstance(config.seed, int)  # drawn, recorded, said so
+    record = plan.record()
+    assert record["settings"]["optimizer"] == "adam" and set(record["chosen"]) == set(reasons)
+    lars, why, _ = pretrain.resolve(pretrain.PretrainConfig(data_dir="d", out_dir="o", optimizer="lars"), 1_797, 1,
+                                    "CPU", (32, 32))
     assert "lars at batch 64" in why["base_lr"] and "optimizer" not in why  # the reason follows the value
+
+
+def test_every_choice_of_the_recipe_is_a_pretrain_config_field_of_its_type():
+    fields = {f.name: f.type for f in dataclasses.fields(pretrain.PretrainConfig)}
+    for chosen in (recipe.rule(1_797, (32, 32), 64, 10), recipe.rule(21_397, (600, 800), 256)):
+        for name, choice in chosen.choices().items():
+            assert name in fields, name
+            assert isinstance(choice.value, {"int": int, "float": (int, float), "str": str}[fields[name].__name__]
+                              ), (name, choice.value)
+            assert choice.reason and "kNN" not in choice.reason, name  # figures are in bench/README.md
+
+
+def _resolved(config, *args, **kwargs):
+    return pretrain.resolve(config, *args, **kwargs)[0]
 
 
 def test_suggest_num_prototypes():

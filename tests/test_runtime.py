@@ -1,5 +1,5 @@
 """kitlib.runtime and the package itself: devices, refusal of a hidden accelerator, data parallelism,
-policies, the environment check, data lookup, no import side effects."""
+policies, the environment check, data lookup (kitlib.locations), no import side effects."""
 
 import json
 import os

@@ -12,9 +12,9 @@ registered Keras objects; importing kitlib is all the loading side needs.
 ``find_classifier`` finds the folder to load (given, attached under ``/kaggle/input``, or an untrained
 stand-in for smoke runs).
 
-``with_dtype_policy`` rebuilds a model with another Keras dtype policy and the same weights: a
-backbone saved in float32 runs in bfloat16 on a TPU, and a classifier trained in bfloat16 is saved in
-float32 so a CPU/GPU reads it back without bfloat16 arithmetic.
+``save_classifier`` saves float32 whatever the policy it trained under
+(``kitlib.models.precision.with_dtype_policy``), so a CPU/GPU reads a classifier trained in bfloat16 back
+without bfloat16 arithmetic.
 """
 
 import glob
@@ -124,14 +124,13 @@ def make_stand_in_classifier(out_dir, class_names=None, image_size=_STAND_IN_SIZ
     model. Weights come from seeded initialisers (no global seed is touched); it is saved exactly as
     ``finetune`` saves a real one (``save_classifier``).
     Args:
-        class_names: C names (None: Cassava's five, ``data.CLASS_NAMES``).
+        class_names: C names (None: Cassava's five, ``kitlib.data.tfrecords.CLASS_NAMES``).
     Returns:
         out_dir, loadable with ``load_classifier``.
     """
     if class_names is None:
-        from kitlib.data.tfrecords import \
-            CLASS_NAMES as \
-            class_names  # noqa: PLC0415 (data imports TensorFlow)
+        from kitlib.data.tfrecords import CLASS_NAMES as \
+            class_names  # noqa: PLC0415 (tfrecords imports TensorFlow)
 
     init = keras.initializers
     inputs = keras.Input([image_size, image_size, 3])

@@ -6,17 +6,9 @@ by Keras 3 on JAX; TensorFlow only decodes and resizes the images) and writes
 ``submission.csv`` with the header ``image_id,label``. Top solutions averaged the class
 probabilities of several views of each image (flips and crops); ``predict`` does the same.
 
-Preprocessing (S = the classifier's ``image_size``, e.g. BiT's 480 crop):
-    identity                     the whole image resized to S x S: exactly what ``kitlib.bit.inputs.preprocess_eval``
-                                 gives the validation set in ``finetune`` (official BiT evaluates
-                                 this way), so TTA "none" reproduces the validation accuracy;
-    hflip, vflip                 that view mirrored left-right / upside-down (a leaf has no canonical
-                                 orientation);
-    centre, top_left, top_right, the image resized to R x R, R = round(S * 512 / 480), then an S x S
-    bottom_left, bottom_right    crop: the scale BiT trains at (resize 512, random crop 480).
-Every image is decoded once and resized once per side (S for the flips, R for the crops); each view
-is cut from a batch of those just before its forward pass of ``batch_size`` images. TTA averages
-PROBABILITIES over the views (not logits).
+The views (flips, crops) are `kitlib.bit.tta`'s; each is cut from a batch of resized images just before its
+forward pass of ``batch_size`` images, and TTA averages PROBABILITIES over the views (not logits). The
+``predict`` command that drives this is `kitlib.bit.predict`.
 """
 
 import collections
@@ -27,12 +19,9 @@ import time
 
 import numpy as np
 
-from kitlib import sharding
 from kitlib.bit import export
-from kitlib.bit.tta import (DEFAULT_TTA, RESIZE_PER_CROP, TTA_PRESETS, VIEWS,
-                            _resize, _view, parse_tta)
-from kitlib.data import sources
-from kitlib.data import tfrecords as data_tfrecords
+from kitlib.bit.tta import DEFAULT_TTA, RESIZE_PER_CROP, cut_view, parse_tta, resize_for_views
+from kitlib.data import sources, tfrecords
 
 HEADER = ("image_id", "label")
 SAMPLE_SUBMISSION = "sample_submission.csv"
@@ -40,9 +29,6 @@ DEFAULT_BATCH_SIZE = 32  # images per forward pass; every view of a batch is a f
 _PREFETCH_BATCHES = 2  # resized batches ready ahead of the model (32 x 480 px: ~90 MB; ~190 MB with crops)
 _PROGRESS_INTERVAL_S = 2.0  # progress bar refresh; piped to a log, each refresh is one line
 _SHOWN = 5  # examples quoted in an error message
-
-
-# ============ test-time augmentation ============
 
 
 # ============ prediction ============
@@ -77,21 +63,21 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     src = sources.open_test_source(source, kind)
     if "image_name" not in src.dataset.element_spec:
-        raise data_tfrecords.DataError(f"{src.where}: records have no 'image_name', so no submission row can name them; "
+        raise tfrecords.DataError(f"{src.where}: records have no 'image_name', so no submission row can name them; "
                              "write the test shards with image names (kitlib.data.writing.write_tfrecords)")
 
     def resize(example):
-        return (example["image_name"],) + _resize(example["image"], views, size, resize_per_crop)
+        return (example["image_name"],) + resize_for_views(example["image"], views, size, resize_per_crop)
 
-    batches = (src.dataset.map(resize, num_parallel_calls=data_tfrecords.AUTOTUNE)  # deterministic: order kept
+    batches = (src.dataset.map(resize, num_parallel_calls=tfrecords.AUTOTUNE)  # deterministic: order kept
                .batch(batch_size).prefetch(_PREFETCH_BATCHES))
     progress = (keras.utils.Progbar(src.count, interval=_PROGRESS_INTERVAL_S, unit_name="image")
                 if verbose else None)
     ids, parts = [], []
-    with data_tfrecords.explain_errors():
+    with tfrecords.explain_errors():
         for names, full, zoomed in batches:
             # p(c | x) = (1/V) sum_v p(c | view_v(x)): each view is cut just before its forward pass
-            probs = [classifier.predict_proba(_view(full, zoomed, view, size), batch_size=batch_size)
+            probs = [classifier.predict_proba(cut_view(full, zoomed, view, size), batch_size=batch_size)
                      for view in views]
             parts.append(np.mean(np.asarray(probs, np.float32), axis=0))
             ids += [n.decode() for n in names.numpy()]
@@ -114,7 +100,7 @@ def read_sample_ids(path):
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "image_id" not in reader.fieldnames:
-            raise data_tfrecords.DataError(f"{path}: expected a header 'image_id,label', got {reader.fieldnames}")
+            raise tfrecords.DataError(f"{path}: expected a header 'image_id,label', got {reader.fieldnames}")
         return [row["image_id"] for row in reader]
 
 
@@ -128,7 +114,7 @@ def _as_label(value, image_id, num_classes):
     return int(value)
 
 
-def check_submission(image_ids, labels, num_classes=data_tfrecords.NUM_CLASSES, sample_ids=None):
+def check_submission(image_ids, labels, num_classes=tfrecords.NUM_CLASSES, sample_ids=None):
     """Validate rows; returns them as (ids, labels), in ``sample_ids`` order when given.
 
     Refuses (ValueError): a length mismatch, an empty id, a duplicate id, a label that is not an
@@ -156,7 +142,7 @@ def check_submission(image_ids, labels, num_classes=data_tfrecords.NUM_CLASSES, 
     return list(sample_ids), [by_id[i] for i in sample_ids]
 
 
-def write_submission(image_ids, labels, path, sample_submission=None, num_classes=data_tfrecords.NUM_CLASSES):
+def write_submission(image_ids, labels, path, sample_submission=None, num_classes=tfrecords.NUM_CLASSES):
     """Write ``path`` with the header ``image_id,label`` and one row per image; nothing on error.
 
     Args:
@@ -188,7 +174,7 @@ def write_submission(image_ids, labels, path, sample_submission=None, num_classe
     return path
 
 
-def validate_submission(path, sample_submission=None, num_classes=data_tfrecords.NUM_CLASSES):
+def validate_submission(path, sample_submission=None, num_classes=tfrecords.NUM_CLASSES):
     """Read a written ``submission.csv`` back and check it as ``write_submission`` does; returns (ids, labels)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -212,7 +198,7 @@ def class_histogram(labels, class_names):
                      for c, (name, n) in enumerate(zip(class_names, counts)))
 
 
-def _data_file(data_dir, name):
+def data_file(data_dir, name):
     """``data_dir/name`` when ``data_dir`` is a folder holding that file, else None."""
     if not isinstance(data_dir, (str, os.PathLike)):
         return None
@@ -222,10 +208,10 @@ def _data_file(data_dir, name):
 
 def check_class_names(class_names, data_dir):
     """Refuse a model whose class order differs from the data dir's label map (labels would be wrong)."""
-    path = _data_file(data_dir, data_tfrecords.LABEL_MAP_FILE)
-    if path is not None and tuple(data_tfrecords.read_label_map(path)) != tuple(class_names):
+    path = data_file(data_dir, tfrecords.LABEL_MAP_FILE)
+    if path is not None and tuple(tfrecords.read_label_map(path)) != tuple(class_names):
         raise ValueError(f"the model's classes {list(class_names)} differ from {path} "
-                         f"{list(data_tfrecords.read_label_map(path))}: its labels would mean other diseases; "
+                         f"{list(tfrecords.read_label_map(path))}: its labels would mean other diseases; "
                          "use a model fine-tuned on this data (or pass check_labels=False)")
 
 
@@ -268,7 +254,7 @@ def predict_and_write(model_dir, data_dir, out_csv, tta=DEFAULT_TTA, kind="auto"
     if check_labels:
         check_class_names(classifier.class_names, data_dir)
     if sample_submission == "auto":
-        sample_submission = _data_file(data_dir, SAMPLE_SUBMISSION)
+        sample_submission = data_file(data_dir, SAMPLE_SUBMISSION)
     views = parse_tta(tta)
     start = time.perf_counter()
     ids, probs = predict(classifier, data_dir, views, batch_size, kind, verbose=verbose)
@@ -283,81 +269,3 @@ def predict_and_write(model_dir, data_dir, out_csv, tta=DEFAULT_TTA, kind="auto"
               f"({len(rows) / max(seconds, 1e-9):.1f} images/s)\n{class_histogram(labels, classifier.class_names)}\n"
               f"wrote {out_csv}" + (f" (ids and order of {sample_submission})" if sample_submission else ""))
     return Prediction(rows, probs, np.asarray(labels), classifier.class_names, views, os.fspath(out_csv), seconds)
-
-
-# ============ CLI: python -m kitlib predict ============
-
-
-def add_arguments(parser):
-    parser.add_argument("--data", required=True,
-                        help="data dir with test_images/ or test_tfrecords/ (the competition layout), a folder of "
-                             "images, or a *.tfrec glob")
-    parser.add_argument("--model", required=True, help="folder written by `python -m kitlib finetune --out DIR`")
-    parser.add_argument("--out", required=True, help="the CSV to write, e.g. submission.csv")
-    parser.add_argument("--tta", default=DEFAULT_TTA,
-                        help=f"preset ({', '.join(TTA_PRESETS)}) or comma list of views ({', '.join(VIEWS)}); "
-                             "probabilities are averaged over the views")
-    parser.add_argument("--source", choices=sources.TEST_SOURCE_KINDS, default="auto",
-                        help="read test_images/ or test_tfrecords/ (auto: test_images/ when present)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
-    parser.add_argument("--sample-submission", default="auto",
-                        help="sample_submission.csv to match ids and order (auto: DATA/sample_submission.csv "
-                             "when present; 'none' to skip)")
-    parser.add_argument("--allow-cpu", action="store_true",
-                        help="predict on the CPU even where a TPU/GPU exists that JAX cannot see (else refuse)")
-    from kitlib import preflight  # noqa: PLC0415
-
-    parser.add_argument("--preflight", metavar="TARGET", choices=list(preflight.TARGETS),
-                        help=f"predict nothing: compile the forward pass for a TPU ({', '.join(preflight.TARGETS)}) "
-                             "and report memory per chip, FLOPs and a time bound (preflight.json beside --out; "
-                             "exit 4 when it does not fit)")
-
-
-def run_preflight(model_dir, data_dir, out_csv, target, tta=DEFAULT_TTA, kind="auto",
-                  batch_size=DEFAULT_BATCH_SIZE, print_fn=print):
-    """The forward pass `predict` would run, compiled for `target` (a `kitlib.preflight` name) at
-    `batch_size` rounded up to the chip count; the run counts one pass per batch and view. Writes
-    ``preflight.json`` beside `out_csv` (no submission). Returns the `kitlib.preflight.Report`."""
-    import math  # noqa: PLC0415
-
-    from kitlib import preflight  # noqa: PLC0415
-
-    preflight.prepare_compile_only()
-    chips = len(preflight.target_devices(target))
-    classifier = _as_classifier(model_dir)
-    views, size = parse_tta(tta), int(classifier.image_size)
-    count = sources.open_test_source(data_dir, kind).count
-    rows = sharding.rows_per_pass(batch_size, chips)  # a pass laid over the target's chips, as predict lays it
-
-    def build(batch):
-        import jax  # noqa: PLC0415
-
-        return classifier.model, (jax.ShapeDtypeStruct((batch, size, size, 3), "float32"),)
-
-    passes = math.ceil(count / rows) * len(views)
-    report = preflight.run_preflight("predict", build, rows, target, passes, period="run", step="predict")
-    folder = os.path.dirname(os.path.abspath(out_csv))
-    preflight.write_report(report, folder)
-    print_fn(f"kitlib predict: {count} test images x {len(views)} view(s) ({', '.join(views)}) at {size} px, "
-             f"{rows} images per pass")
-    print_fn(preflight.describe(report))
-    return report
-
-
-def run(args):
-    """Run ``python -m kitlib predict`` with parsed flags (a user error is one line, exit 2: kitlib.cli;
-    a preflight that does not fit: exit 4)."""
-    from kitlib import runtime  # noqa: PLC0415
-
-    if args.preflight:
-        from kitlib import preflight  # noqa: PLC0415
-
-        report = run_preflight(args.model, args.data, args.out, args.preflight, tta=args.tta, kind=args.source,
-                               batch_size=args.batch_size)
-        return 0 if report.fits else preflight.EXIT_DOES_NOT_FIT
-
-    sample = None if args.sample_submission == "none" else args.sample_submission
-    runtime.setup(allow_cpu=args.allow_cpu)  # all devices share each batch (DataParallel) when there are several
-    predict_and_write(args.model, args.data, args.out, tta=args.tta, kind=args.source,
-                      batch_size=args.batch_size, sample_submission=sample)
-    return 0

@@ -77,8 +77,9 @@ def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verb
 
     Args:
         model: compiled classifier (``compile_classifier``).
-        train_batches: endless (images, one-hot labels) batches of the global batch (``bit_input.train_dataset``).
-        val_batches: padded evaluation batches (``bit_input.eval_dataset(..., pad=True)``) or None.
+        train_batches: endless (images, one-hot labels) batches of the global batch
+            (``kitlib.bit.inputs.train_dataset``).
+        val_batches: padded evaluation batches (``kitlib.bit.inputs.eval_dataset(..., pad=True)``) or None.
         out_dir: gets ``checkpoints/best.weights.h5``, ``history.csv`` and ``tensorboard/``.
         evaluations: about how many times to validate during the run.
         restore_best: load the best-validation weights at the end (else keep the last).

@@ -46,7 +46,7 @@ def zoomed_size(image_size, resize_per_crop=RESIZE_PER_CROP):
     return max(int(image_size), int(round(image_size * resize_per_crop)))
 
 
-def _resize(image, views, image_size, resize_per_crop):
+def resize_for_views(image, views, image_size, resize_per_crop):
     """uint8 [H, W, 3] -> (image at S x S, image at R x R), float32 in [0, 1]; an unused one is empty."""
     image = tf.image.convert_image_dtype(image, tf.float32)
     empty = tf.zeros([0, 0, 3])  # a resize no view needs is skipped
@@ -59,7 +59,7 @@ def _resize(image, views, image_size, resize_per_crop):
     return full, zoomed
 
 
-def _view(full, zoomed, view, image_size):
+def cut_view(full, zoomed, view, image_size):
     """One view of a batch: from [B, S, S, 3] (flips) or [B, R, R, 3] (crops) -> [B, S, S, 3]."""
     if view == "identity":
         return full
@@ -83,5 +83,5 @@ def tta_views(image, image_size, tta=DEFAULT_TTA, resize_per_crop=RESIZE_PER_CRO
         float32 [V, S, S, 3] in [0, 1], in the order of the views.
     """
     names = parse_tta(tta)
-    full, zoomed = _resize(image, names, image_size, resize_per_crop)
-    return tf.concat([_view(full[None], zoomed[None], view, image_size) for view in names], axis=0)
+    full, zoomed = resize_for_views(image, names, image_size, resize_per_crop)
+    return tf.concat([cut_view(full[None], zoomed[None], view, image_size) for view in names], axis=0)

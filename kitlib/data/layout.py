@@ -45,8 +45,7 @@ def check_layout(root):
     `kitlib.data.tfrecords.count_data_items`; the label map is read with `kitlib.data.tfrecords.read_label_map`.
     Returns a `Layout`.
     """
-    from kitlib.data import \
-        tfrecords  # noqa: PLC0415 - TensorFlow: only when a layout is checked
+    from kitlib.data import tfrecords  # noqa: PLC0415 - TensorFlow: only when a layout is checked
 
     root = os.fspath(root)
     layout = Layout(root, {}, {}, {}, None, (), [], [])

@@ -16,11 +16,13 @@ images are synthetic: they exercise the code paths, they are not the real data (
 """
 
 import csv
+import dataclasses
 import json
 import os
 
 import numpy as np
 
+from kitlib.command import setting
 from kitlib.data.tfrecords import CLASS_NAMES
 from kitlib.data.writing import write_tfrecords
 
@@ -167,13 +169,38 @@ def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, see
     return {"train": len(train_ids), "test": len(test_ids), "out_dir": out_dir}
 
 
-def add_arguments(parser):
-    parser.add_argument("--out", default="data/sample", help="output folder (default data/sample)")
-    parser.add_argument("--per-class", type=int, default=TRAIN_PER_CLASS, help="train images per class")
-    parser.add_argument("--test", type=int, default=NUM_TEST, help="number of test images")
-    parser.add_argument("--seed", type=int, default=SEED)
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """What ``python -m kitlib make-sample`` asks for (each field is a flag)."""
+    out_dir: str = setting("data/sample", "output folder", flag="--out")
+    train_per_class: int = setting(TRAIN_PER_CLASS, "train images per class", flag="--per-class")
+    num_test: int = setting(NUM_TEST, "number of test images", flag="--test")
+    seed: int = setting(SEED, "seed of the drawings and the image ids (the bundled sample's is 2020)")
+    verbose: int = setting(1, "0 silent, 1 progress", choices=(0, 1))
+
+    @classmethod
+    def smoke(cls, **overrides):
+        """Two images per class and three test images."""
+        return cls(**dict(dict(train_per_class=2, num_test=3), **overrides))
 
 
-def run(args):
-    summary = make_sample(args.out, args.per_class, args.test, args.seed)
-    print(f"wrote {summary['train']} train and {summary['test']} test images to {summary['out_dir']}")
+CONFIG = SampleConfig
+
+
+def plan(config, rt=None):
+    """Nothing to choose: the sample's size, classes and shards as facts (no devices are needed)."""
+    from kitlib import command  # noqa: PLC0415
+
+    facts = dict(classes=len(CLASS_NAMES), train=config.train_per_class * len(CLASS_NAMES), test=config.num_test,
+                 train_shard_size=TRAIN_SHARD_SIZE, size=[HEIGHT, WIDTH])
+    return command.Plan("make-sample", config, {}, facts)
+
+
+def run(plan):
+    """Write the sample as planned; returns `make_sample`'s summary."""
+    config = plan.settings
+    summary = make_sample(config.out_dir, config.train_per_class, config.num_test, config.seed,
+                          progress=bool(config.verbose))
+    if config.verbose:
+        print(f"wrote {summary['train']} train and {summary['test']} test images to {summary['out_dir']}")
+    return summary

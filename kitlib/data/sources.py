@@ -301,8 +301,8 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
             ``"tfds:NAME"`` (prepared offline in ``tfds_data_dir``).
         val_fraction: share held out for validation, in [0, 1).
         seed: seed of the file-level split (TFRecords).
-        decode: False keeps images as encoded bytes (decoded later by ``bit_input.train_dataset`` /
-            ``bit_input.eval_dataset``, after shuffling); tfds datasets are always decoded.
+        decode: False keeps images as encoded bytes (decoded later by ``kitlib.bit.inputs.train_dataset`` /
+            ``kitlib.bit.inputs.eval_dataset``, after shuffling); tfds datasets are always decoded.
     Returns:
         a ``TrainingSource``.
     """
@@ -342,7 +342,7 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
 
 
 def _first_image_hw(dataset):
-    """(h, w) of the first image: what ``get_resolution`` decides on (Cassava: 600 x 800)."""
+    """(h, w) of the first image: what ``kitlib.bit.hyperrule.get_resolution`` decides on (Cassava: 600 x 800)."""
     with explain_errors():
         for example in dataset.take(1):
             image = example["image"]

@@ -94,8 +94,7 @@ def authenticated_api():
     try:
         with contextlib.redirect_stdout(notices):
             import kaggle  # noqa: PLC0415 - authenticates on import: only once credentials exist
-            from kaggle.api.kaggle_api_extended import \
-                KaggleApi  # noqa: PLC0415
+            from kaggle.api.kaggle_api_extended import KaggleApi  # noqa: PLC0415
 
             api = KaggleApi(enable_oauth=kaggle.enable_oauth)
             api.authenticate()  # a fresh object: reads the credentials as they are now

@@ -12,9 +12,9 @@ This module parses the arguments and runs the commands; `kitlib.kaggle.api` hold
 object and the one-line explanation of every API failure, `kitlib.kaggle.kernels` what is uploaded (kernel
 folders, the kit as a dataset) and the all-or-nothing folders.
 
-Why the module is ``kaggle_cli`` and not ``kaggle``: a module named ``kaggle.py`` inside ``kitlib/`` would be
-the ``kaggle`` package whenever ``kitlib/`` itself is on ``sys.path`` (running any ``kitlib/*.py`` as a script
-puts its folder first), and ``kitlib.kaggle`` would read, in code and in test patches, as the package itself.
+``import kaggle`` is absolute, so it finds the ``kaggle`` package and not ``kitlib.kaggle``, unless ``kitlib/``
+itself is on ``sys.path`` (a ``kitlib/*.py`` file run as a script puts its folder first): the kit runs as
+``python -m kitlib``.
 
 The ``kaggle`` package authenticates when it is imported, so it is imported only by
 `kitlib.kaggle.api.authenticated_api`. Every command takes ``get_api``, a function returning the authenticated
@@ -186,13 +186,13 @@ def preflight_notebook(notebook, accelerator, data_dir):
     if fields is None:
         raise KaggleCommandError(f"--preflight covers the notebooks that pretrain (01); "
                                  f"{os.path.basename(notebook)} builds no PretrainConfig")
-    from kitlib import \
-        preflight  # noqa: PLC0415 - Keras and JAX only for a preflight
-    from kitlib.swav import pretrain
+    from kitlib import preflight  # noqa: PLC0415 - Keras and JAX only for a preflight
+    from kitlib.swav import pretrain  # noqa: PLC0415
 
     out = tempfile.mkdtemp(prefix="kitlib-preflight-")
     try:
-        report = pretrain.run_preflight(pretrain.PretrainConfig(data_dir=data_dir, out_dir=out, **fields), "tpu-v5e-8")
+        config = pretrain.PretrainConfig(**dict(fields, data_dir=data_dir, out_dir=out, preflight="tpu-v5e-8"))
+        report = pretrain.run(pretrain.plan(config))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if report.fits:
@@ -358,7 +358,7 @@ def add_arguments(parser):
     p.add_argument("--owner", default=None, help="your Kaggle user name (default: from the credentials)")
 
 
-def run(args, get_api=authenticated_api):
+def run_args(args, get_api=authenticated_api):
     """Run one sub-command; a `KaggleCommandError` becomes one line on stderr and exit code 2."""
     try:
         return COMMANDS[args.kaggle_command](args, get_api)
@@ -373,4 +373,4 @@ def main(argv=None, get_api=authenticated_api):
 
     parser = argparse.ArgumentParser(prog="python -m kitlib kaggle")
     add_arguments(parser)
-    return run(parser.parse_args(argv), get_api)
+    return run_args(parser.parse_args(argv), get_api)

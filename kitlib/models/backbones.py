@@ -104,8 +104,7 @@ def load(source, **resolve_kwargs):
     if source.endswith(".keras"):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"backbone file {source!r} does not exist")
-        from kitlib.models import \
-            resnetv2  # noqa: F401,PLC0415 - registers the BiT layers for deserialisation
+        from kitlib.models import resnetv2  # noqa: F401,PLC0415 - registers the BiT layers for deserialisation
 
         model = keras.saving.load_model(source, compile=False)
         model.trainable = True

@@ -210,8 +210,7 @@ def save_npz(model, path):
 def _saved_model_variables(obj):
     """The tf.Variables a loaded SavedModel holds: its ``variables`` (TF-Hub modules export them) or,
     for a plain tf.Module, every variable reachable through its tracked children."""
-    from kitlib.compat import \
-        tf  # noqa: PLC0415 - TF only reads the SavedModel
+    from kitlib.compat import tf  # noqa: PLC0415 - TF only reads the SavedModel
 
     listed = getattr(obj, "variables", None)
     if listed:

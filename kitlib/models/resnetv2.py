@@ -2,10 +2,10 @@
 
     build("BiT-M-R50x1")        a fresh backbone, float images [N, H, W, 3] in [0, 1] -> features [N, 2048*w]
     build_tiny()                a few-channel, one-unit-per-stage variant for tests and demos
-    from_npz(path)              with the official ``.npz`` weights (``BiT-M-R50x1.npz``)
-    from_saved_model(path)      with the weights of a BiT TF2 SavedModel (TF-Hub / Kaggle Models)
-    save_npz(model, path)       the weights in the official ``.npz`` naming (inverse of ``from_npz``)
     parse_name(name)            "BiT-M-R50x1", "R101x3", "BiT-S-R50x1.npz" -> (depth, width)
+
+The released weights (official ``.npz`` files, TF2 SavedModels) are read and written by
+``kitlib.models.bit_weights``.
 
 The architecture (BiT paper; google-research/big_transfer): pre-activation bottleneck units whose convs
 are weight-standardised (kernel minus its mean over H, W, in-channels, over sqrt(var + 1e-10)), GroupNorm
@@ -20,9 +20,9 @@ features. The standardisation and GroupNorm compute in float32 whatever the dtyp
 on TPU); the pre-head GN, ReLU and pooling run in float32, so features are float32.
 
 Keras layer names carry the official structure (``block2_unit01_b_conv`` is
-``resnet/block2/unit01/b/standardized_conv2d/kernel``), which is how weights are mapped by name. The
-layers themselves (weight-standardised conv, GroupNorm) are ``kitlib.models.resnetv2_layers``; importing this
-module registers them for ``.keras`` files.
+``resnet/block2/unit01/b/standardized_conv2d/kernel``), which is how ``kitlib.models.bit_weights`` maps
+weights by name. The layers themselves (weight-standardised conv, GroupNorm) are
+``kitlib.models.resnetv2_layers``; importing this module registers them for ``.keras`` files.
 """
 
 import os
@@ -140,7 +140,7 @@ def build(name_or_arch="BiT-M-R50x1", num_units=None, input_range="unit", groups
         name: the Keras model name (default "BiT-R50x1" etc.).
     Returns:
         keras.Model; every weight trainable, float32 variables. Layers are named after the official
-        weights (see `official_variables`).
+        weights (see `kitlib.models.bit_weights.official_variables`).
     """
     depth, width, num_units = _arch(name_or_arch, num_units)
     if input_range not in INPUT_RANGES:
@@ -173,6 +173,7 @@ def build(name_or_arch="BiT-M-R50x1", num_units=None, input_range="unit", groups
 
 def build_tiny(width=TINY["width"], num_units=TINY["num_units"], groups=TINY["groups"], input_range="unit"):
     """A few-channel BiT for tests and demos: 8 root channels, one unit per stage, 4 GroupNorm groups,
-    256 features; the same architecture and naming as the real ones (``save_npz`` / ``from_npz`` work)."""
+    256 features; the same architecture and naming as the real ones (``kitlib.models.bit_weights.save_npz`` /
+    ``from_npz`` work)."""
     return build((None, width), num_units=num_units, input_range=input_range, groups=groups,
                  name=_model_name(None, width, num_units).replace("BiT-", "BiT-tiny-"))

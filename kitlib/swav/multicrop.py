@@ -1,11 +1,12 @@
-"""Multi-crop geometry for SwAV: which pixels become crops, every crop of an example from ONE source image.
+"""The SwAV multi-crop pipeline on ``tf.data``: every crop of an example from ONE source image, batched.
 
 Follows SwAV (Caron et al. 2020, arXiv 2006.09882; facebookresearch/swav ``src/multicropdataset.py``):
-per crop a random resized crop by *area* and aspect ratio of the original image and a horizontal
-flip; the crop's colours are `kitlib.swav.color`'s concern (`kitlib.swav.color_host.augment_crops` on the host,
-or the `ColorAugment` layer in the train step with ``augment="device"``). Randomness is stateless: the
-pipeline derives a seed per example from ``tf.data.Dataset.random``, so the same seed gives the same
-crops however many threads run the map.
+per crop a random resized crop by *area* and aspect ratio of the original image (the windows and the
+``MultiCropConfig`` spec are `kitlib.swav.geometry`'s) and a horizontal flip; the crop's colours are
+`kitlib.swav.color`'s concern (`kitlib.swav.color_host.augment_crops` on the host, or the
+`kitlib.swav.color.ColorAugment` layer in the train step with ``augment="device"``). Randomness is
+stateless: the pipeline derives a seed per example from ``tf.data.Dataset.random``, so the same seed gives
+the same crops however many threads run the map.
 
 Each JPEG is decoded once, only the window that holds all its crops and at the coarsest libjpeg
 scale (1/2, 1/4, 1/8) that upsamples no crop more than ``max_upscale`` (default 2: an 800x600
@@ -25,10 +26,6 @@ MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 
 JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
 _KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
 
-
-# ============ geometry: windows by area and aspect ratio of the original image ============
-
-# ============ multi-crop configuration ============
 
 # ============ one example -> its crops ============
 
@@ -99,7 +96,7 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
     Args:
         image: uint8 [H, W, 3], float [H, W, 3] in [0, 1], or encoded bytes (scalar tf.string; JPEG
             is decoded once, only the needed window and scale; PNG/GIF/BMP decoded in full).
-        config: `MultiCropConfig`.
+        config: `kitlib.swav.geometry.MultiCropConfig`.
         augment: False: crops only; "device": crops + flips (colour on the accelerator with
             `kitlib.swav.color.ColorAugment`); True or "host": the full SwAV augmentation here (flip,
             then `kitlib.swav.color_host.augment_crops`: one clipped colour map and the blur per crop).
@@ -165,7 +162,7 @@ def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RA
     Args:
         dataset: ``kitlib.data.tfrecords.load_dataset`` dicts (decoded, or ``decode=False`` bytes: preferred,
             decoded once here), or a dataset of images / encoded bytes.
-        config: `MultiCropConfig` (default SWAV_PAPER: 2 x 224 + 6 x 96).
+        config: `kitlib.swav.geometry.MultiCropConfig` (default SWAV_PAPER: 2 x 224 + 6 x 96).
         augment: True/"host", "device" or False (see `multicrop_example`).
         seed: int for reproducible crops (same seed, same input order -> same crops; each new
             iteration draws new crops); None: random.
@@ -216,7 +213,7 @@ def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, s
     Args:
         dataset: ``kitlib.data.tfrecords.load_dataset(files, decode=False)`` (bytes are cheap to shuffle; a
             shuffle buffer of decoded 800x600 images holds 1.4 MB each) or any `multicrop` input.
-        config: `MultiCropConfig`.
+        config: `kitlib.swav.geometry.MultiCropConfig`.
         batch_size: images per batch (the global batch under data parallelism).
         augment: True/"host": full SwAV augmentation on the host; "device": geometry and flips on the
             host, then call `ColorAugment` on each batch inside the train step; False: crops only.

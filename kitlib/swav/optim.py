@@ -138,7 +138,7 @@ OPTIMIZERS = ("lars", "sgd", "adam")
 
 def build_optimizer(name="lars", learning_rate=0.6, momentum=0.9, weight_decay=1e-6, trust_coefficient=0.001):
     """The pretraining optimiser by name: "lars" (SwAV), "sgd" (LARS without layer adaptation) or
-    "adam" (Keras's Adam, no weight decay: the small-data choice of `kitlib.swav.model.rule`).
+    "adam" (Keras's Adam, no weight decay: the small-data choice of `kitlib.swav.recipe.rule`).
 
     Args:
         name: one of OPTIMIZERS. learning_rate: float or schedule. Others as in `LARS` (unused by Adam).

@@ -1,22 +1,23 @@
-"""SwAV pretraining end to end: data -> multi-crop -> `SwAVModel.fit` -> checkpoints -> exported backbone.
+"""The ``pretrain`` command: SwAV on a data folder's training shards -> an exported backbone.
 
-``pretrain(config)`` is what the notebook, the CLI (``python -m kitlib pretrain``) and the demo call,
-with one `PretrainConfig`. It writes, under ``config.out_dir``:
-    config.json        the run's settings as resolved (backend, devices, global batch, lr, ...)
+``plan(PretrainConfig(...))`` reads the data and the devices and resolves every setting (SwAV's recipe from
+`kitlib.swav.recipe.rule`, each choice with its reason); ``run(plan)`` trains and writes, under ``out_dir``:
+    config.json        the plan's record (`kitlib.command.Plan.record`: settings, chosen values and reasons, facts)
     checkpoints/       state.npz: every model and optimizer variable (step, momentum, queue), epochs done
     history.csv        one row per finished epoch: loss, ln_k, usage_entropy, lr (, knn_acc)
     backbone.keras     the trained backbone, float32: ``kitlib.models.backbones.load(path)`` -> [N, F] features
 Rerunning the same command after an interruption (kill -9 included) resumes from the last saved
-epoch; a finished run only re-exports. ``epochs=0`` exports the random-init backbone.
+epoch; a finished run only re-exports. ``epochs=0`` exports the random-init backbone. With ``preflight`` set,
+the plan is made for that TPU and ``run`` compiles its train step there instead (`kitlib.preflight`).
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
-from kitlib import preflight, runtime
+from kitlib import command, preflight, runtime
+from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import tfrecords
 from kitlib.models import backbones, precision
@@ -32,118 +33,109 @@ AUGMENTATIONS = ("auto", "host", "device", "none")
 _AUGMENT_MODES = {"host": True, "device": "device", "none": False}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """Every setting of one SwAV run. Fields left None are chosen by `resolve` from the data and the
-    devices: SwAV's recipe by `kitlib.swav.recipe.rule` (the paper's at ImageNet-like scale, the small-data
-    recipe below it), printed with its reasons; any field given here overrides the rule.
-
-    Attributes:
-        data_dir: folder holding ``train_tfrecords/`` (competition layout). out_dir: outputs, resumed.
-        epochs: passes over the data (0: export the random-init backbone).
-        global_batch_size: images per step over all devices (a multiple of the device count).
-        backbone: a `kitlib.models.backbones.KIT_NAMES` name. prototypes: K.
-        crops: multi-crop spec ``COUNTxSIZE@MIN-MAX,...`` (big crops first).
-        augmentation: "host" (colour in tf.data), "device" (colour in the compiled step, on the
-            accelerator), "none" (crops only), "auto" (device on TPU/GPU, host on CPU).
-        color_strength, gray_p, blur_p: the colour distortion (`kitlib.swav.color.ColorConfig`; SwAV 1, 0.2, 0.5).
-        hidden_dim, output_dim: projection head. optimizer: "lars" | "sgd" | "adam".
-        base_lr, final_lr: peak and final learning rate (final None: base / 1000).
-        warmup_epochs: linear warmup. weight_decay: skipped for BN and biases (LARS/SGD).
-        temperature, epsilon, sinkhorn_iters: SwAV's τ, ε and Sinkhorn iterations.
-        freeze_prototypes_niters: steps with frozen prototypes (None: one epoch; paper 313 at 4096).
-        queue_length, queue_start_epoch: the queue (0: none; paper 3840 from epoch 15 at batch 256).
-        steps_per_execution: steps per compiled call (TPU: 32+). max_steps_per_epoch: cap (smoke runs).
-        knn_every: every N epochs log ``knn_acc`` of frozen features on the labelled split (0: off).
-        mixed_precision: "auto" (bfloat16 on TPU, float32 elsewhere) or a Keras policy name.
-        seed: int for reproducible init, order and crops. allow_cpu: train on the CPU even where an
-            accelerator exists that JAX cannot see. verbose: 0 silent, 1 progress bar, 2 a line per epoch.
-    """
-    data_dir: str = None
-    out_dir: str = None
-    epochs: int = None
-    global_batch_size: int = None
-    backbone: str = None
-    prototypes: int = None
-    crops: str = None
-    augmentation: str = "auto"
-    color_strength: float = None
-    gray_p: float = None
-    blur_p: float = None
-    hidden_dim: int = None
-    output_dim: int = 128
-    optimizer: str = None
-    base_lr: float = None
-    final_lr: float = None
-    warmup_epochs: int = None
-    weight_decay: float = 1e-6
-    temperature: float = 0.1
-    epsilon: float = None
-    sinkhorn_iters: int = 3
-    freeze_prototypes_niters: int = None
-    queue_length: int = None
-    queue_start_epoch: int = None
-    steps_per_execution: int = 1
-    max_steps_per_epoch: int = None
-    knn_every: int = 0
-    mixed_precision: str = "auto"
-    seed: int = None
-    allow_cpu: bool = False
-    verbose: int = 1
+    """What one SwAV run asks for. Fields left None are chosen by `plan` from the data and the devices
+    (`kitlib.swav.recipe.rule`: the paper's recipe at ImageNet-like scale, the small-data recipe below it);
+    any field given overrides the rule. Each field's help is its flag's (``python -m kitlib pretrain --help``)."""
+    data_dir: str = setting(None, "folder holding train_tfrecords/ (competition layout)", flag="--data",
+                            required=True)
+    out_dir: str = setting(None, "output folder: config.json, checkpoints/, history.csv, backbone.keras; "
+                           "resumed when rerun", flag="--out", required=True)
+    epochs: int = setting(None, "passes over the data (0: export the random-init backbone)")
+    global_batch_size: int = setting(None, "global batch: images per step over all devices (a multiple of "
+                                     "the device count)", flag="--batch-size")
+    backbone: str = setting(None, "the backbone to train", choices=backbones.KIT_NAMES)
+    prototypes: int = setting(None, "K, the number of prototypes")
+    crops: str = setting(None, "multi-crop spec COUNTxSIZE@MIN-MAX,... (big crops first)")
+    augmentation: str = setting("auto", "colour distortion where: host (tf.data), device (in the compiled "
+                                "step), none (crops only), auto (device on TPU/GPU, host on CPU)",
+                                choices=AUGMENTATIONS)
+    color_strength: float = setting(None, "colour-jitter strength s (SwAV 1.0)")
+    gray_p: float = setting(None, "probability of a grey crop (SwAV 0.2)")
+    blur_p: float = setting(None, "probability of a blurred crop (SwAV 0.5)")
+    hidden_dim: int = setting(None, "projection head's hidden width")
+    output_dim: int = setting(128, "projection head's output width (the prototypes' dimension)")
+    optimizer: str = setting(None, "the optimizer", choices=OPTIMIZERS)
+    base_lr: float = setting(None, "peak learning rate")
+    final_lr: float = setting(None, "final learning rate of the cosine (base lr / 1000 when not given)")
+    warmup_epochs: int = setting(None, "epochs of linear warmup")
+    weight_decay: float = setting(1e-6, "weight decay (skipped for BN and biases with LARS/SGD)")
+    temperature: float = setting(0.1, "tau, the softmax temperature of the swapped prediction")
+    epsilon: float = setting(None, "epsilon, the entropy weight of Sinkhorn-Knopp")
+    sinkhorn_iters: int = setting(3, "Sinkhorn-Knopp iterations")
+    freeze_prototypes_niters: int = setting(None, "steps with frozen prototypes (one epoch when not given)",
+                                            flag="--freeze-prototypes-iters")
+    queue_length: int = setting(None, "features kept from earlier batches for the codes (0: no queue)")
+    queue_start_epoch: int = setting(None, "epoch the queue starts at")
+    steps_per_execution: int = setting(1, "steps per compiled call (TPU: 32+)")
+    max_steps_per_epoch: int = setting(None, "cap on steps per epoch (smoke runs); one pass over the data")
+    knn_every: int = setting(0, "log kNN accuracy of frozen features on the labelled train split every N "
+                             "epochs (0: off)")
+    mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy")
+    seed: int = setting(None, "seed of the init, the order and the crops (drawn and recorded when not given)")
+    allow_cpu: bool = setting(False, "train on the CPU even where a TPU/GPU exists that JAX cannot see")
+    preflight: str = setting(None, "train nothing: compile this run's step for this TPU with libtpu's "
+                             "compile-only client and report memory per chip, FLOPs and a speed bound "
+                             "(OUT/preflight.json; exit 4 when it does not fit)", choices=tuple(preflight.TARGETS),
+                             metavar="TARGET")
+    verbose: int = setting(1, "0 silent, 1 progress bar, 2 a line per epoch", choices=(0, 1, 2))
 
     @classmethod
     def smoke(cls, **overrides):
         """The small run the demo, the tests and the notebooks' CI smoke cell share: the rule's recipe
         for the data (`kitlib.swav.recipe.rule`), shortened to 40 epochs at batch 32 so a CPU runs it in
         about half a minute on the bundled sample."""
-        settings = dict(epochs=40, global_batch_size=32, seed=0)
-        settings.update(overrides)
-        return cls(**settings)
-
-    def resolve(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
-        """A copy with every None/auto filled in for `num_images` images of `image_hw` (and `num_classes`
-        classes, when known) on `num_devices` of `kind`.
-
-        Raises ValueError for a global batch that does not split over the devices or gives no step.
-        """
-        return self.resolve_with_reasons(num_images, num_devices, kind, image_hw, num_classes)[0]
-
-    def resolve_with_reasons(self, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
-        """`resolve`, and {field: why} for every field the rule (`kitlib.swav.recipe.rule`) filled."""
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
-        batch = self.global_batch_size or recipe.default_global_batch(num_images, num_devices)
-        runtime.check_global_batch(batch, num_devices)
-        chosen = recipe.rule(num_images, image_hw, batch, num_classes)
-        filled = {k: v for k, v in chosen.settings.items() if getattr(self, k) is None}
-        reasons = {k: chosen.reasons[k] for k in filled}
-        if self.global_batch_size is None:
-            reasons["global_batch_size"] = recipe.BATCH_REASON
-        if "warmup_epochs" in filled and self.epochs is not None:  # a short run given by hand: <= 10 % warmup
-            filled["warmup_epochs"] = min(filled["warmup_epochs"], self.epochs // 10)
-        config = dataclasses.replace(self, global_batch_size=batch, **filled)
-        if self.optimizer is not None and self.base_lr is None and config.optimizer != chosen.settings["optimizer"]:
-            config.base_lr = recipe.default_learning_rate(config.optimizer, batch)  # the flag's own default
-            config.final_lr = self.final_lr
-            reasons["base_lr"] = f"the default of {config.optimizer} at batch {batch} (optimizer given)"
-        steps = num_images // batch
-        if steps < 1 and config.epochs > 0:
-            raise ValueError(f"{self.data_dir}: {num_images} training images give no full batch of "
-                             f"{batch}; lower --batch-size.")
-        steps = max(1, min(steps, self.max_steps_per_epoch or steps))
-        config = dataclasses.replace(
-            config, max_steps_per_epoch=steps,
-            final_lr=config.base_lr * 1e-3 if config.final_lr is None else config.final_lr,
-            freeze_prototypes_niters=steps if config.freeze_prototypes_niters is None
-            else config.freeze_prototypes_niters,
-            augmentation=("device" if kind in ("TPU", "GPU") else "host") if self.augmentation == "auto"
-            else self.augmentation)
-        return config, dict(regime=chosen.regime, **reasons)
+        return cls(**dict(dict(epochs=40, global_batch_size=32, seed=0), **overrides))
 
 
-# ============ callbacks: is it learning? ============
+CONFIG = PretrainConfig
 
-# ============ pretrain ============
+
+def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
+    """`config` with every None/auto filled in for `num_images` images of `image_hw` (and `num_classes`
+    classes, when known) on `num_devices` of `kind`.
+
+    Returns:
+        (resolved `PretrainConfig`, {field: why} for every field the rule filled, the recipe's regime).
+    Raises:
+        ValueError for a global batch that does not split over the devices or gives no step.
+    """
+    if config.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")
+    batch = config.global_batch_size or recipe.default_global_batch(num_images, num_devices)
+    runtime.check_global_batch(batch, num_devices)
+    chosen = recipe.rule(num_images, image_hw, batch, num_classes)
+    filled = {k: c for k, c in chosen.choices().items() if getattr(config, k) is None}
+    values = {k: c.value for k, c in filled.items()}
+    reasons = {k: c.reason for k, c in filled.items()}
+    if config.global_batch_size is None:
+        reasons["global_batch_size"] = recipe.BATCH_REASON
+    if "warmup_epochs" in values and config.epochs is not None:  # a short run given by hand: <= 10 % warmup
+        values["warmup_epochs"] = min(values["warmup_epochs"], config.epochs // 10)
+    if config.optimizer is not None and config.base_lr is None and config.optimizer != chosen.optimizer.value:
+        values["base_lr"] = recipe.default_learning_rate(config.optimizer, batch)  # the flag's own default
+        values.pop("final_lr", None)
+        reasons["base_lr"] = f"the default of {config.optimizer} at batch {batch} (optimizer given)"
+        reasons.pop("final_lr", None)
+    merged = dataclasses.replace(config, global_batch_size=batch, **values)
+    steps = num_images // batch
+    if steps < 1 and merged.epochs > 0:
+        raise ValueError(f"{config.data_dir}: {num_images} training images give no full batch of "
+                         f"{batch}; lower --batch-size.")
+    steps = max(1, min(steps, config.max_steps_per_epoch or steps))
+    seed, seed_reason = command.resolve_seed(config.seed)
+    derived = dict(
+        max_steps_per_epoch=(steps, "one pass over the data" if config.max_steps_per_epoch is None else None),
+        final_lr=(merged.final_lr, None) if merged.final_lr is not None else (merged.base_lr * 1e-3, "base lr / 1000"),
+        freeze_prototypes_niters=(merged.freeze_prototypes_niters, None) if merged.freeze_prototypes_niters
+        is not None else (steps, "one epoch of steps"),
+        augmentation=(("device" if kind in ("TPU", "GPU") else "host"), f"auto on a {kind}")
+        if config.augmentation == "auto" else (config.augmentation, None),
+        seed=(seed, seed_reason))
+    reasons.update({k: why for k, (_, why) in derived.items() if why})
+    return dataclasses.replace(merged, **{k: v for k, (v, _) in derived.items()}), reasons, chosen.regime
+
 
 def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR):
     """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
@@ -152,7 +144,8 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None,
     Args:
         files: TFRecord shards (``kitlib.data.tfrecords.list_tfrecords``). crops: spec or MultiCropConfig.
         global_batch: images per step over all devices. augmentation: "host" | "device" | "none".
-        seed: int for a reproducible order and crops (None: shards interleaved as they stream in).
+        seed: int for a reproducible order and crops (None: shards interleaved as they stream in; the
+            ``pretrain`` command always has one, drawn when not given).
         color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
     """
     if augmentation not in _AUGMENT_MODES:
@@ -181,15 +174,15 @@ def typical_image_hw(files, records=8):
 
 
 def random_init_backbone(name, seed):
-    """The backbone `pretrain(PretrainConfig(backbone=name, seed=seed))` starts from: same seed, same weights
-    (the caller's random state is left as it was)."""
+    """The backbone ``run(plan(PretrainConfig(backbone=name, seed=seed, ...)))`` starts from: same seed, same
+    weights (the caller's random state is left as it was)."""
     with runtime.seeded(seed):
         return backbones.build(name)
 
 
 @dataclasses.dataclass
 class PretrainResult:
-    """What `pretrain` returns: the trained model, its backbone, the whole history, where things are."""
+    """What `run` returns: the trained model, its backbone, the whole history, where things are."""
     model: SwAVModel
     backbone: keras.Model
     history: list
@@ -203,21 +196,15 @@ def _crop_config(crops):
     return crops if isinstance(crops, geometry.MultiCropConfig) else geometry.parse_multicrop_spec(crops)
 
 
-def _write_config(out_dir, record):
-    """config.json; refuses to reuse checkpoints made with other variable shapes."""
-    path = os.path.join(out_dir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        changed = [k for k in _SHAPE_KEYS if saved.get(k) != record.get(k)]
-        if changed and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-            raise ValueError(
-                f"{out_dir} holds a run with other {', '.join(changed)} "
-                f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); its checkpoints cannot be resumed "
-                "with these settings. Use a new --out, or delete that folder to start over.")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+def _check_resumable(out_dir, record):
+    """Refuse to resume checkpoints made with other variable shapes (the saved plan's settings say which)."""
+    saved = (command.read_record(out_dir) or {}).get("settings", {})
+    changed = [k for k in _SHAPE_KEYS if saved and saved.get(k) != record["settings"].get(k)]
+    if changed and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        raise ValueError(
+            f"{out_dir} holds a run with other {', '.join(changed)} "
+            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); its checkpoints cannot be resumed "
+            "with these settings. Use a new --out, or delete that folder to start over.")
 
 
 def export_backbone(backbone, path):
@@ -237,7 +224,8 @@ def _build_model(config, net):
                       output_dim=config.output_dim, temperature=config.temperature, epsilon=config.epsilon,
                       sinkhorn_iters=config.sinkhorn_iters, freeze_prototypes_niters=config.freeze_prototypes_niters,
                       queue_length=config.queue_length, queue_start_step=config.queue_start_epoch * steps,
-                      crop_augment=color.ColorAugment(color_config(config), seed=config.seed) if config.augmentation == "device" else None)
+                      crop_augment=color.ColorAugment(color_config(config), seed=config.seed)
+                      if config.augmentation == "device" else None)
     schedule = WarmupCosine(config.base_lr, max(1, config.epochs * steps), config.warmup_epochs * steps,
                             final_lr=config.final_lr)
     model.compile(optimizer=build_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay),
@@ -246,60 +234,64 @@ def _build_model(config, net):
     return model
 
 
-def plan(config, rt):
-    """The run `pretrain(config, rt)` will do: the config resolved from the data and the devices.
+def plan(config, rt=None):
+    """The run ``run`` will do: `config` resolved from the data and the devices (nothing trained or written).
 
+    Args:
+        config: `PretrainConfig`.
+        rt: a `kitlib.runtime.Runtime` (None: `kitlib.command.runtime_for(config)`: this machine's devices,
+            or the preflight target's).
     Returns:
-        (resolved `PretrainConfig`, the config.json record, {field: why} for the fields the rule chose).
+        a `kitlib.command.Plan`: ``settings`` the resolved config, ``reasons`` the rule's choices,
+        ``facts`` the data and devices, ``parts["files"]`` the training shards.
     """
-    if config.data_dir is None or config.out_dir is None:
-        raise ValueError("PretrainConfig needs data_dir and out_dir")
+    command.require(config, "data_dir", "out_dir")
     files = tfrecords.list_tfrecords(config.data_dir)
     num_images = tfrecords.count_data_items(files)
     image_hw = typical_image_hw(files)
     label_map = tfrecords.split_paths(config.data_dir).label_map
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
-    config, reasons = config.resolve_with_reasons(num_images, rt.num_devices, rt.kind, image_hw, num_classes)
-    record = dict(dataclasses.asdict(config), backend=keras.backend.backend(), devices=rt.num_devices,
-                  device_kind=rt.kind, policy=rt.policy, num_images=num_images, image_hw=list(image_hw),
-                  recipe=reasons.pop("regime"), chosen_by_rule=sorted(reasons))
-    return config, record, reasons
+    rt = rt or command.runtime_for(config)
+    settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes)
+    facts = dict(recipe=regime, num_images=num_images, image_hw=list(image_hw), num_classes=num_classes,
+                 **command.runtime_facts(rt))
+    return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
 
 
-def describe_plan(config, record, reasons):
-    """What the rule chose and why, one line per field (`plan`'s outputs), for printing."""
-    head = (f"kitlib pretrain: the {record['recipe']} recipe for {record['num_images']} images of "
-            f"{record['image_hw'][0]}x{record['image_hw'][1]} at global batch {config.global_batch_size} "
-            "(kitlib.swav.recipe.rule; a flag or config field overrides any line)")
-    if not reasons:
-        return head + ": every setting was given."
-    return head + ":\n" + "\n".join(f"  {k} = {getattr(config, k)!r}: {why}" for k, why in reasons.items())
+def run(plan, print_fn=print):
+    """SwAV-pretrain the planned backbone and export it to ``out_dir/backbone.keras`` (with ``preflight`` set:
+    compile the step for that TPU instead, `run_preflight`).
 
-
-def pretrain(config, rt=None, print_fn=print):
-    """SwAV-pretrain a backbone on ``config.data_dir`` and export it to ``config.out_dir/backbone.keras``.
-
-    Args:
-        config: `PretrainConfig` (None fields resolved from the data and the devices, then printed once
-            and saved as config.json).
-        rt: a `kitlib.runtime.Runtime` (None: `runtime.setup(allow_cpu=config.allow_cpu, ...)`).
-        print_fn: where messages go.
     Returns:
-        `PretrainResult`.
+        `PretrainResult` (a `kitlib.preflight.Report` for a preflight).
     """
-    rt = rt or runtime.setup(allow_cpu=config.allow_cpu, policy=config.mixed_precision, verbose=bool(config.verbose))
-    config, record, reasons = plan(config, rt)
-    _write_config(config.out_dir, record)
+    config = plan.settings
+    if config.preflight:
+        return run_preflight(plan, print_fn)
+    _check_resumable(config.out_dir, plan.record())
+    plan.save(config.out_dir)
+    with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
+        result = _train(config, plan.parts["files"], print_fn)
     if config.verbose:
-        print_fn("kitlib pretrain: " + ", ".join(f"{k}={v}" for k, v in record.items() if k != "chosen_by_rule"))
-        print_fn(describe_plan(config, record, reasons))
-    with runtime.seeded(config.seed):  # a seeded run is repeatable; the caller's random state is kept
-        return _train(config, print_fn)
+        print_fn(f"kitlib pretrain: done; final loss {result.history[-1]['loss']:.4f} vs ln K {result.ln_k:.4f}; "
+                 f"backbone exported to {result.backbone_path}" if result.history else
+                 f"kitlib pretrain: no epoch trained; the random-init backbone is exported to {result.backbone_path}")
+    return result
 
 
-def _train(config, print_fn):
-    """`pretrain` after planning: build (as `random_init_backbone`), restore, fit, export."""
-    files = tfrecords.list_tfrecords(config.data_dir)
+def _knn_monitors(config, files, net):
+    """[`kitlib.swav.evaluate.KNNMonitor`] on the labelled training split when ``knn_every`` asks for it, else []."""
+    if not config.knn_every:
+        return []
+    from kitlib.swav.evaluate import KNNMonitor  # noqa: PLC0415 - sklearn only when asked
+
+    labelled = tfrecords.load_dataset(files, labeled=True, ordered=True,
+                                      num_classes=len(tfrecords.class_names_of(config.data_dir)))
+    return [KNNMonitor(net, labelled, image_size=_crop_config(config.crops).size_crops[0], every=config.knn_every)]
+
+
+def _train(config, files, print_fn):
+    """`run` after planning: build (as `random_init_backbone`), restore, fit, export."""
     net = backbones.build(config.backbone)
     model = _build_model(config, net)
     state_path = os.path.join(config.out_dir, "checkpoints", "state.npz")
@@ -313,15 +305,7 @@ def _train(config, print_fn):
     history_path = os.path.join(config.out_dir, "history.csv")
     checkpoint.truncate_history(history_path, epochs_done)
     monitor = CollapseMonitor(model.ln_k, print_fn=print_fn)
-    callbacks = [monitor]
-    if config.knn_every:
-        from kitlib.swav.evaluate import \
-            KNNMonitor  # noqa: PLC0415 - sklearn only when asked
-
-        labelled = tfrecords.load_dataset(files, labeled=True, ordered=True,
-                                     num_classes=len(tfrecords.class_names_of(config.data_dir)))
-        callbacks.append(KNNMonitor(net, labelled, image_size=_crop_config(config.crops).size_crops[0],
-                                    every=config.knn_every))
+    callbacks = [monitor] + _knn_monitors(config, files, net)
     callbacks.append(checkpoint.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
     if epochs_done < config.epochs:
         batches = training_batches(files, config.crops, config.global_batch_size, config.augmentation,
@@ -341,84 +325,21 @@ def _train(config, print_fn):
     return PretrainResult(model, net, history, backbone_path, model.ln_k, collapsed, config)
 
 
-# ============ command line ============
-
-_FLAGS = {  # flag -> (PretrainConfig field, type, help)
-    "--epochs": ("epochs", int, "passes over the data (0: export the random-init backbone)"),
-    "--batch-size": ("global_batch_size", int, "global batch: images per step over all devices"),
-    "--prototypes": ("prototypes", int, "K, the number of prototypes"),
-    "--crops": ("crops", str, "multi-crop spec COUNTxSIZE@MIN-MAX,..."),
-    "--color-strength": ("color_strength", float, "colour-jitter strength s (SwAV 1.0)"),
-    "--gray-p": ("gray_p", float, "probability of a grey crop (SwAV 0.2)"),
-    "--blur-p": ("blur_p", float, "probability of a blurred crop (SwAV 0.5)"),
-    "--hidden-dim": ("hidden_dim", int, None),
-    "--output-dim": ("output_dim", int, None),
-    "--base-lr": ("base_lr", float, "peak lr (the rule: LARS 0.6 at batch 256, 4.8 at 4096; Adam 3e-3)"),
-    "--final-lr": ("final_lr", float, "default base lr / 1000"),
-    "--warmup-epochs": ("warmup_epochs", int, None),
-    "--weight-decay": ("weight_decay", float, None),
-    "--temperature": ("temperature", float, None),
-    "--epsilon": ("epsilon", float, None),
-    "--sinkhorn-iters": ("sinkhorn_iters", int, None),
-    "--freeze-prototypes-iters": ("freeze_prototypes_niters", int, "default: one epoch of steps"),
-    "--queue-length": ("queue_length", int, None),
-    "--queue-start-epoch": ("queue_start_epoch", int, None),
-    "--steps-per-execution": ("steps_per_execution", int, "steps per compiled call (TPU: 32+)"),
-    "--max-steps-per-epoch": ("max_steps_per_epoch", int, None),
-    "--knn-every": ("knn_every", int, "log kNN accuracy on the labelled train split every N epochs"),
-    "--mixed-precision": ("mixed_precision", str, "auto, float32, mixed_bfloat16 or mixed_float16"),
-    "--seed": ("seed", int, None),
-}
 
 
-def add_arguments(parser):
-    """Flags of ``python -m kitlib pretrain``: the fields of `PretrainConfig`, defaults from it."""
-    defaults = PretrainConfig()
-    a = parser.add_argument
-    a("--data", required=True, help="folder holding train_tfrecords/ (competition layout)")
-    a("--out", required=True, help="output folder: config.json, checkpoints/, history.csv, backbone.keras")
-    a("--backbone", default=defaults.backbone, choices=list(backbones.KIT_NAMES), help="default: the rule's")
-    a("--augmentation", default=defaults.augmentation, choices=list(AUGMENTATIONS))
-    a("--optimizer", default=defaults.optimizer, choices=list(OPTIMIZERS), help="default: the rule's")
-    for flag, (field, kind, help_text) in _FLAGS.items():
-        default = getattr(defaults, field)
-        a(flag, type=kind, default=default,
-          help=f"{help_text or field} (default {'chosen by kitlib.swav.recipe.rule' if default is None else default})")
-    a("--smoke", action="store_true", help="the CI smoke preset (PretrainConfig.smoke: the rule's recipe, 40 "
-      "epochs at batch 32); other flags override it")
-    a("--allow-cpu", action="store_true", help="train on the CPU even where a TPU/GPU exists that JAX cannot see")
-    a("--preflight", metavar="TARGET", choices=list(preflight.TARGETS),
-      help=f"train nothing: compile this run's step for a TPU ({', '.join(preflight.TARGETS)}) with libtpu's "
-           "compile-only client and report memory per chip, FLOPs and a speed bound (OUT/preflight.json; exit 4 "
-           "when it does not fit)")
-    a("--verbose", type=int, default=1, choices=[0, 1, 2], help="0 silent, 1 progress bar, 2 a line per epoch")
+def run_preflight(plan, print_fn=print):
+    """Compile the planned train step for ``plan.settings.preflight`` (the plan was made for that TPU:
+    `kitlib.command.runtime_for`) and write ``OUT/preflight.json``; nothing is trained.
 
-
-def config_from_args(args, parser_defaults=None):
-    """`PretrainConfig` from parsed flags (with --smoke, the smoke preset under the flags that were given)."""
-    fields = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
-    fields.update(backbone=args.backbone, augmentation=args.augmentation, optimizer=args.optimizer,
-                  data_dir=args.data, out_dir=args.out, allow_cpu=args.allow_cpu, verbose=args.verbose)
-    if getattr(args, "smoke", False):
-        defaults = dataclasses.asdict(PretrainConfig())
-        given = {k: v for k, v in fields.items() if v != defaults.get(k)}
-        return PretrainConfig.smoke(**given)
-    return PretrainConfig(**fields)
-
-
-def run_preflight(config, target, print_fn=print):
-    """Plan `config` as it would run on `target` (a `kitlib.preflight` name), compile its train step there,
-    and write ``OUT/preflight.json``; nothing is trained. Returns the `kitlib.preflight.Report`."""
-    preflight.prepare_compile_only()
-    rt = preflight.target_runtime(target)
-    config, record, reasons = plan(config, rt)
-    if config.verbose:
-        print_fn(describe_plan(config, record, reasons))
+    Returns:
+        the `kitlib.preflight.Report` (``fits`` False: the CLI exits 4).
+    """
+    config, rt = plan.settings, plan.rt
     crops = _crop_config(config.crops)
     sizes = [size for size, count in zip(crops.size_crops, crops.num_crops) for _ in range(count)]  # per view
 
     def build(global_batch):
-        """The model `_train` would build for `global_batch`, under the target's policy, and one batch."""
+        """The model `run` would build for `global_batch`, under the target's policy, and one batch."""
         import jax  # noqa: PLC0415
 
         planned = dataclasses.replace(config, global_batch_size=global_batch)
@@ -427,21 +348,8 @@ def run_preflight(config, target, print_fn=print):
         crops = tuple(jax.ShapeDtypeStruct((global_batch, s, s, 3), "float32") for s in sizes)
         return model, (crops,)
 
-    report = preflight.run_preflight("pretrain", build, config.global_batch_size, target, config.max_steps_per_epoch)
+    report = preflight.run_preflight("pretrain", build, config.global_batch_size, config.preflight,
+                                     config.max_steps_per_epoch)
     preflight.write_report(report, config.out_dir)
     print_fn(preflight.describe(report))
     return report
-
-
-def run(args):
-    """Run ``python -m kitlib pretrain`` with parsed flags; returns 0 (4: a preflight that does not fit)."""
-    if args.preflight:
-        report = run_preflight(config_from_args(args), args.preflight)
-        return 0 if report.fits else preflight.EXIT_DOES_NOT_FIT
-    result = pretrain(config_from_args(args))
-    if result.history:
-        print(f"kitlib pretrain: done; final loss {result.history[-1]['loss']:.4f} vs ln K {result.ln_k:.4f}; "
-              f"backbone exported to {result.backbone_path}")
-    else:
-        print(f"kitlib pretrain: no epoch trained; the random-init backbone is exported to {result.backbone_path}")
-    return 0

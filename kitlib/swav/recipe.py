@@ -17,25 +17,59 @@ PROTOTYPES_PER_CLASS = 10   # community guidance for small data: K ≈ 10 x the 
 LARGE_MIN_IMAGES = 10_000   # from here on (with large images) the paper's recipe
 LARGE_MIN_SIDE = 128        # images smaller than this get the small-image backbone whatever their number
 SMALL_MAX_CROP = 64         # small-data crops: at most 64 px (a few thousand images, minutes on a CPU)
-SMALL_IMAGES_SEEN = 150_000  # small-data epochs: about this many images in all (~7 min on 2 CPU cores at 32 px)
+SMALL_IMAGES_SEEN = 150_000  # small-data epochs: about this many images in all (bench/README.md, Learning)
 SMALL_EPOCH_RANGE = (20, 400)
-SMALL_LR = 3e-3             # Adam; 1e-2 collapsed to ln K on digits, 1e-3 learned 3x slower
+SMALL_LR = 3e-3             # Adam (bench/README.md, Learning: higher collapsed, lower was slower)
 GRID_MAX_SIDE = 48          # images this small keep a 2 x 2 grid of features (`backbones.GridPool`)
 SMALL_MIN_COLOUR_IMAGES = 1_000  # below this many images: crops only, no colour distortion
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+    """One value the rule chose, and why (one line, no figures: those are in bench/README.md)."""
+    value: object
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
-    """The settings `rule` picks: the `kitlib.swav.pretrain.PretrainConfig` fields it fills, with reasons.
+    """The settings `rule` chooses. Every field but ``regime`` is a `Choice` for the
+    `kitlib.swav.pretrain.PretrainConfig` field of the same name (a test checks the names and types match),
+    so a recipe cannot leave one out or name one that does not exist.
 
     Attributes:
         regime: "paper" (ImageNet-like data) or "small".
-        settings: {PretrainConfig field: value}.
-        reasons: {PretrainConfig field: one line saying why}.
     """
     regime: str
-    settings: dict
-    reasons: dict
+    backbone: Choice
+    crops: Choice
+    prototypes: Choice
+    hidden_dim: Choice
+    optimizer: Choice
+    base_lr: Choice
+    final_lr: Choice
+    warmup_epochs: Choice
+    epochs: Choice
+    color_strength: Choice
+    gray_p: Choice
+    blur_p: Choice
+    epsilon: Choice
+    queue_length: Choice
+    queue_start_epoch: Choice
+
+    def choices(self):
+        """{field: `Choice`} for every setting of the recipe."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "regime"}
+
+    @property
+    def settings(self):
+        """{field: value}."""
+        return {k: c.value for k, c in self.choices().items()}
+
+    @property
+    def reasons(self):
+        """{field: why}."""
+        return {k: c.reason for k, c in self.choices().items()}
 
 
 def suggest_num_prototypes(num_classes=None):
@@ -62,31 +96,30 @@ def _round_to(x, step):
 
 def paper(global_batch):
     """The paper's recipe at `global_batch` (what `rule` returns for ImageNet-like data)."""
-    from kitlib.swav.optim import \
-        swav_learning_rate  # noqa: PLC0415 - keeps this module free of Keras
+    from kitlib.swav.optim import swav_learning_rate  # noqa: PLC0415 - keeps this module free of Keras
 
     base_lr, final_lr = swav_learning_rate(global_batch)
     queue = global_batch < 1024  # the paper's queue: at batch 256 (not at 4096), 3840 features
-    settings = dict(
-        backbone="resnet50", crops=PAPER_CROPS, prototypes=PAPER_PROTOTYPES, hidden_dim=2048,
-        optimizer="lars", base_lr=base_lr, final_lr=final_lr, warmup_epochs=10, epochs=100,
-        color_strength=1.0, gray_p=0.2, blur_p=0.5, epsilon=0.05, freeze_prototypes_niters=None,
-        queue_length=_round_to(3840, global_batch) if queue else 0, queue_start_epoch=15)
-    reasons = dict(
-        backbone="ImageNet-like data: the paper's ResNet-50",
-        crops="the paper's multi-crop: 2 x 224 (14-100 % of the area) + 6 x 96 (5-14 %)",
-        prototypes="the paper's K = 3000 (robust within an order of magnitude of the classes)",
-        hidden_dim="the paper's projection head 2048 -> 128",
-        optimizer="LARS, as the paper at large batch", base_lr=f"the paper's lr at batch {global_batch}",
-        final_lr="base lr / 1000", warmup_epochs="the paper's 10 warmup epochs",
-        epochs="100 epochs: the paper's shortest schedule (72 % top-1 linear at 800)",
-        color_strength="full colour distortion", gray_p="the paper's", blur_p="the paper's",
-        epsilon="the paper's", freeze_prototypes_niters="one epoch, about the paper's 313 steps at 4096",
-        queue_length=(f"a queue of {_round_to(3840, global_batch)} features (the paper's 3840 at batch 256): "
-                      f"a batch of {global_batch} is small against K = 3000") if queue
-        else "no queue: the batch alone spreads over the prototypes",
-        queue_start_epoch="the paper's epoch 15")
-    return Recipe("paper", settings, reasons)
+    queue_length = _round_to(3840, global_batch) if queue else 0
+    return Recipe(
+        "paper",
+        backbone=Choice("resnet50", "ImageNet-like data: the paper's ResNet-50"),
+        crops=Choice(PAPER_CROPS, "the paper's multi-crop: 2 x 224 (14-100 % of the area) + 6 x 96 (5-14 %)"),
+        prototypes=Choice(PAPER_PROTOTYPES, "the paper's K = 3000 (robust within an order of magnitude of the classes)"),
+        hidden_dim=Choice(2048, "the paper's projection head 2048 -> 128"),
+        optimizer=Choice("lars", "LARS, as the paper at large batch"),
+        base_lr=Choice(base_lr, f"the paper's lr at batch {global_batch}"),
+        final_lr=Choice(final_lr, "base lr / 1000"),
+        warmup_epochs=Choice(10, "the paper's 10 warmup epochs"),
+        epochs=Choice(100, "100 epochs: the paper's shortest schedule"),
+        color_strength=Choice(1.0, "full colour distortion"),
+        gray_p=Choice(0.2, "the paper's"),
+        blur_p=Choice(0.5, "the paper's"),
+        epsilon=Choice(0.05, "the paper's"),
+        queue_length=Choice(queue_length, f"a queue of {queue_length} features (the paper's 3840 at batch 256): a "
+                            f"batch of {global_batch} is small against K = 3000" if queue
+                            else "no queue: the batch alone spreads over the prototypes"),
+        queue_start_epoch=Choice(15, "the paper's epoch 15"))
 
 
 def _small(num_images, side, global_batch, num_classes):
@@ -100,40 +133,33 @@ def _small(num_images, side, global_batch, num_classes):
         k_reason = "no label map: about 50 images per prototype"
     grid = side <= GRID_MAX_SIDE
     colour = num_images >= SMALL_MIN_COLOUR_IMAGES
-    settings = dict(
-        backbone="small_cnn_grid" if grid else "small_cnn",
-        crops=f"2x{crop}@0.5-1,4x{crop // 2}@0.2-0.5" if grid else f"2x{crop}@0.3-1,4x{crop // 2}@0.1-0.3",
-        prototypes=prototypes, hidden_dim=512, optimizer="adam", base_lr=SMALL_LR, final_lr=SMALL_LR * 1e-3,
-        warmup_epochs=1, epochs=epochs, color_strength=0.5 if colour else 0.0, gray_p=0.2 if colour else 0.0,
-        blur_p=0.0, epsilon=0.05, freeze_prototypes_niters=None, queue_length=0, queue_start_epoch=0)
-    reasons = dict(
-        backbone=("a 3-block CNN whose features average each quadrant of the last map: on images of "
-                  f"<= {GRID_MAX_SIDE} px where a stroke sits is much of the content (global pooling: digits "
-                  "collapsed to ln K, kNN 0.78; quadrants 0.98)") if grid else
-                 ("a 3-block CNN with global average pooling: on larger images texture and colour carry the "
-                  "class (the Cassava sample: kNN 0.73 pooled globally, 0.54 by quadrants)"),
-        crops=(f"{crop} px big crops ({'the images' if crop >= side else 'detail beyond is slow on a CPU'}), "
-               "half-size small crops; " + (
-                   "large areas (50-100 %, 20-50 %): the paper's 5-14 % windows of a 32 px image are a few "
-                   "pixels (digits kNN 0.978 with 30-100 % / 10-30 %, 0.984 with these)" if grid else
-                   "areas 30-100 % and 10-30 % (the Cassava sample: kNN 0.68 -> 0.77 with these, 0.45 with "
-                   "50-100 % / 20-50 %)")),
-        prototypes=f"K = {prototypes}: {k_reason} (community guidance; the paper finds K robust within an order "
-                   "of magnitude)",
-        hidden_dim="a 512-wide head for a small backbone",
-        optimizer="Adam: LARS's trust ratio (tuned for batch 4096) barely moves a small net at batch 64",
-        base_lr=f"Adam {SMALL_LR:g} (1e-2 collapsed to ln K on digits, 1e-3 learned ~3x slower)",
-        final_lr="base lr / 1000", warmup_epochs="one epoch",
-        epochs=f"~{SMALL_IMAGES_SEEN:,} images seen in all (minutes on a CPU at 32 px)",
-        color_strength=("half-strength jitter: small crops of small images keep little colour evidence" if colour
-                        else f"crops only below {SMALL_MIN_COLOUR_IMAGES:,} images: on the 100-image sample any "
-                        "colour jitter left the loss at ln K"),
-        gray_p="the paper's" if colour else "crops only (see color_strength)",
-        blur_p="no blur: at 32-64 px a blur erases the strokes and veins the features need",
-        epsilon="the paper's", freeze_prototypes_niters="one epoch",
-        queue_length="no queue: a short run on small data (the paper starts its queue at epoch 15)",
-        queue_start_epoch="unused")
-    return Recipe("small", settings, reasons)
+    return Recipe(
+        "small",
+        backbone=Choice("small_cnn_grid", "a 3-block CNN whose features average each quadrant of the last map: on "
+                        f"images of <= {GRID_MAX_SIDE} px where a stroke sits is much of the content") if grid else
+        Choice("small_cnn", "a 3-block CNN with global average pooling: on larger images texture and colour carry "
+               "the class"),
+        crops=Choice(f"2x{crop}@0.5-1,4x{crop // 2}@0.2-0.5" if grid else f"2x{crop}@0.3-1,4x{crop // 2}@0.1-0.3",
+                     f"{crop} px big crops ({'the images' if crop >= side else 'detail beyond is slow on a CPU'}), "
+                     "half-size small crops; " + (
+                         "large areas (50-100 %, 20-50 %): the paper's 5-14 % windows of a small image are a few "
+                         "pixels" if grid else "areas 30-100 % and 10-30 %, wider than the paper's small crops")),
+        prototypes=Choice(prototypes, f"K = {prototypes}: {k_reason} (community guidance; the paper finds K robust "
+                          "within an order of magnitude)"),
+        hidden_dim=Choice(512, "a 512-wide head for a small backbone"),
+        optimizer=Choice("adam", "Adam: LARS's trust ratio (tuned for batch 4096) barely moves a small net at batch 64"),
+        base_lr=Choice(SMALL_LR, f"Adam {SMALL_LR:g}: higher collapsed to ln K, lower learned several times slower"),
+        final_lr=Choice(SMALL_LR * 1e-3, "base lr / 1000"),
+        warmup_epochs=Choice(1, "one epoch"),
+        epochs=Choice(epochs, f"~{SMALL_IMAGES_SEEN:,} images seen in all (minutes on a CPU at 32 px)"),
+        color_strength=Choice(0.5, "half-strength jitter: small crops of small images keep little colour evidence")
+        if colour else Choice(0.0, f"crops only below {SMALL_MIN_COLOUR_IMAGES:,} images: on a few hundred images "
+                              "colour jitter kept the loss at ln K"),
+        gray_p=Choice(0.2, "the paper's") if colour else Choice(0.0, "crops only (see color_strength)"),
+        blur_p=Choice(0.0, "no blur: at 32-64 px a blur erases the strokes and veins the features need"),
+        epsilon=Choice(0.05, "the paper's"),
+        queue_length=Choice(0, "no queue: a short run on small data (the paper starts its queue at epoch 15)"),
+        queue_start_epoch=Choice(0, "unused without a queue"))
 
 
 def rule(num_images, image_hw, global_batch, num_classes=None):
@@ -144,7 +170,7 @@ def rule(num_images, image_hw, global_batch, num_classes=None):
         global_batch: images per step over all devices.
         num_classes: classes of the label map, when there is one (small data: K = 10 x classes).
     Returns:
-        `Recipe`: ``settings`` fill the `PretrainConfig` fields left None; ``reasons`` say why.
+        `Recipe`: its choices fill the `PretrainConfig` fields left None, each with its reason.
     """
     if num_images < 1 or global_batch < 1 or min(image_hw) < 1:
         raise ValueError(f"rule needs positive sizes; got num_images={num_images}, image_hw={image_hw}, "
