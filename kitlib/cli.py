@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 
-# What kitlib raises for a user's mistake: ValueError (data.DataError is one) and OSError (a missing path).
+# What kitlib raises for a user's mistake: ValueError (kitlib.data.tfrecords.DataError is one) and OSError (a missing path).
 # A ValueError raised inside Keras, JAX or TensorFlow instead is a bug; an OSError naming a file (a path
 # that cannot be made, read or written) is the user's wherever it arose.
 USER_ERRORS = (ValueError, OSError)

@@ -46,7 +46,7 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
         model: a folder written by ``export.save_classifier`` (loaded from the local path), or a
             loaded ``export.Classifier`` (anything with ``predict_proba``, ``image_size``).
         source: see ``sources.open_test_source`` (data dir, image folder, shards, glob, list or dataset).
-        tta: "none" | "flip" | "crops" | "flip+crops", "identity,hflip", or a list of ``VIEWS``.
+        tta: "none" | "flip" | "crops" | "flip+crops", "identity,hflip", or a list of ``kitlib.bit.tta.VIEWS``.
         batch_size: images per forward pass.
         kind: "auto" | "images" | "tfrecords" (see ``sources.open_test_source``).
         resize_per_crop: R / S for the crop views.
