@@ -77,12 +77,12 @@ def photos():
 
 def write_set(images, labels, class_names, out_dir):
     """The set as shuffled ``train_tfrecords/`` shards + label map under `out_dir`; returns out_dir."""
-    from kitlib.data import tfrecords, writing
+    from kitlib.data import competition, writing
 
     order = np.random.default_rng(0).permutation(len(images))  # classes mixed across shards
     examples = ({"image": images[i], "image_name": f"{i:05d}.png", "target": int(labels[i])} for i in order)
-    writing.write_tfrecords(examples, os.path.join(out_dir, "train_tfrecords"), shard_size=512)
-    with open(os.path.join(out_dir, tfrecords.LABEL_MAP_FILE), "w") as f:
+    writing.write_tfrecords(examples, competition.split_paths(out_dir).tfrecords_dir, shard_size=512)
+    with open(os.path.join(out_dir, competition.LABEL_MAP_FILE), "w") as f:
         json.dump({str(i): name for i, name in enumerate(class_names)}, f)
     return out_dir
 
@@ -93,7 +93,9 @@ def prepare(name, root, sample_dir=None):
         from kitlib import locations  # noqa: PLC0415
 
         return sample_dir or locations.find_data_dir()
+    from kitlib.data import competition  # noqa: PLC0415
+
     out = os.path.join(root, name)
-    if not os.path.isdir(os.path.join(out, "train_tfrecords")):
+    if not os.path.isdir(competition.split_paths(out).tfrecords_dir):
         write_set(*{"digits": digits, "faces": faces, "photos": photos}[name](), out)
     return out

@@ -20,13 +20,10 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import image_sets  # noqa: E402
-
 import kitlib  # noqa: E402,F401 - Keras on JAX before image_sets imports TensorFlow
+import image_sets  # noqa: E402
 from kitlib import runtime  # noqa: E402
 from kitlib.compat import keras  # noqa: E402
 from kitlib.data import tfrecords

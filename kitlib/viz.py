@@ -126,28 +126,48 @@ def plot_training_history(history, metrics=("loss", "accuracy")):
 # ============ submission (kitlib.bit.submission) ============
 
 
-def plot_predictions(images, image_ids, probs, class_names, max_images=12, columns=4):
-    """Test images titled with the predicted disease, its probability and the image id.
+def plot_predictions(images, image_ids, probs, class_names, max_images=12, columns=4, labels=None):
+    """Test images titled with the predicted disease, its probability and the image id (with `labels`, the
+    given label first: ``CMD -> CBSD 0.97``, how ``clean-labels``' suspects are shown).
 
     Args:
         images: uint8 [H, W, 3] arrays (sizes may differ), e.g. from ``kitlib.data.sources.load_test_images``.
         image_ids: one id per image.
         probs: [N, C] class probabilities in the same order (N >= number of images shown).
         class_names: C names; the part before " (" is shown ("Cassava Mosaic Disease").
+        labels: the images' given labels, or None.
     Returns:
         Figure.
     """
     plt = _plt()
     shown = min(len(images), max_images)
+    given = [None] * shown if labels is None else list(labels)[:shown]
     probs = np.asarray(probs)[:shown]
     rows = max(1, int(np.ceil(shown / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.1 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, image, image_id, p in zip(axes.ravel(), images[:shown], image_ids[:shown], probs):
+    for ax, image, image_id, p, was in zip(axes.ravel(), images[:shown], image_ids[:shown], probs, given):
         label = int(np.argmax(p))
         ax.imshow(np.asarray(image))
-        ax.set_title(f"{class_names[label].split(' (')[0]} {p[label]:.2f}\n{image_id}", fontsize=8)
+        name = class_names[label].split(" (")[0] if was is None else (
+            f"{_short_class_name(class_names[was])} -> {_short_class_name(class_names[label])}")
+        ax.set_title(f"{name} {p[label]:.2f}\n{image_id}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fold_accuracy(summary):
+    """Validation accuracy of each fold of a ``cv`` run (its cv.json), with the mean and the OOF accuracy."""
+    plt = _plt()
+    accuracy = np.asarray(summary["per_fold_accuracy"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(accuracy), 3))
+    ax.bar(np.arange(len(accuracy)), accuracy, color="tab:blue")
+    ax.axhline(summary["mean_accuracy"], color="black", lw=1, label=f"mean {summary['mean_accuracy']:.3f}")
+    ax.axhline(summary["oof_accuracy"], color="tab:orange", ls="--", lw=1, label=f"OOF {summary['oof_accuracy']:.3f}")
+    ax.set(xticks=np.arange(len(accuracy)), xlabel="fold", ylabel="validation accuracy", ylim=(0, 1),
+           title=f"{len(accuracy)}-fold CV")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 

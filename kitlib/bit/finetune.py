@@ -26,7 +26,7 @@ from kitlib import command, preflight, runtime
 from kitlib.bit import export, hyperrule, inputs, losses, training
 from kitlib.command import setting
 from kitlib.compat import tf
-from kitlib.data import sources
+from kitlib.data import folds, sources
 from kitlib.models import hub
 
 
@@ -56,6 +56,10 @@ class FinetuneConfig:
     seed: int = setting(None, "seed of the split (TFRecords), shuffle, crops, flips and MixUp (drawn and recorded "
                         "when not given)")
     tfds_data_dir: str = setting(None, "where a tfds:NAME dataset is prepared")
+    exclude: str = setting(None, "a CSV of image ids to leave out of training (clean-labels' suspects.csv)")
+    relabel: bool = setting(False, "with --exclude: train on those images with their OOF label instead")
+    extra_data: str = setting(None, "a data folder added to training only, never to validation (pseudo-label's "
+                              "output)")
     steps_per_execution: int = setting(None, "steps per compiled call (up to 32 on TPU, 1 elsewhere when not given)")
     restore_best: bool = setting(True, "end with the best-validation weights (else the last ones)")
     mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy")
@@ -145,13 +149,16 @@ def _resolve(config, rt, rule):
             {k: why for k, (_, why) in chosen.items()})
 
 
-def plan(config, rt=None):
+def plan(config, rt=None, source=None):
     """The run ``run`` will do: the data read and split, the rule derived, every setting resolved.
 
     Args:
         config: `FinetuneConfig`.
         rt: a `kitlib.runtime.Runtime` (None: `kitlib.command.runtime_for(config)`). Build nothing Keras before
             it: the distribution and the dtype policy apply to models built afterwards.
+        source: a `kitlib.data.sources.TrainingSource` already made (``cv``'s folds: `kitlib.data.folds`), used
+            as it is; None: read ``data_dir`` and split off ``val_fraction``, then apply ``exclude``,
+            ``relabel`` and ``extra_data``.
     Returns:
         a `kitlib.command.Plan` with ``parts["source"]`` (`kitlib.data.sources.TrainingSource`) and
         ``parts["rule"]`` (`kitlib.bit.hyperrule.HyperRule`).
@@ -164,8 +171,11 @@ def plan(config, rt=None):
     runtime.check_global_batch(config.global_batch_size, rt.num_devices)
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
     seed, seed_reason = command.resolve_seed(config.seed)
-    with runtime.seeded(seed):
-        source = sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir)
+    if source is None:
+        with runtime.seeded(seed):
+            source = sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir)
+        exclude = folds.read_id_list(config.exclude) if config.exclude else None
+        source = folds.adjusted(source, exclude, config.relabel, config.extra_data, seed=seed)
     rule = hyperrule.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
                                config.steps, config.resolution)
     settings, reasons = _resolve(dataclasses.replace(config, seed=seed), rt, rule)

@@ -1,21 +1,26 @@
-"""The ``predict`` command: a fine-tuned classifier, the test images, TTA -> a validated ``submission.csv``.
+"""The ``predict`` command: fine-tuned classifiers, the test images, TTA -> a validated ``submission.csv``.
 
-``plan(PredictConfig(...))`` loads the classifier (two local files, no network: `kitlib.bit.export`), checks
-its classes against the data's label map, opens the test images (`kitlib.data.sources.open_test_source`) and
-resolves the views and the ``sample_submission.csv`` to match; ``run(plan)`` predicts
-(`kitlib.bit.submission.predict_and_write`) and writes the submission and, beside it, the plan's record as
-``<name>.config.json`` (``submission.config.json``: not ``config.json``, which a fine-tuning run may have
-written in the same folder). With ``preflight`` set, ``run`` compiles the forward pass for that TPU instead.
+``plan(PredictConfig(...))`` loads the members' classifiers (local files, no network: `kitlib.bit.export`; a cv
+folder is one member, its folds averaged: `kitlib.bit.ensemble`), checks their classes against the data's label
+map, fits the member weights on OOF predictions when asked, opens the test images
+(`kitlib.data.sources.open_test_source`) and resolves the views and the ``sample_submission.csv`` to match.
+``run(plan)`` predicts, measures each member's cost per image (``budget_for``: the estimate against the 9-hour
+limit), writes the submission and, beside it, the plan's record as ``<name>.config.json``
+(``submission.config.json``: not ``config.json``, which a fine-tuning run may have written in the same folder).
+With ``preflight`` set, ``run`` compiles the first classifier's forward pass for that TPU instead.
 """
 
 import dataclasses
 import math
 import os
+import time
+
+import numpy as np
 
 from kitlib import command, preflight, sharding
-from kitlib.bit import export, submission, tta
+from kitlib.bit import ensemble, export, submission, tta
 from kitlib.command import setting
-from kitlib.data import sources
+from kitlib.data import competition, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +28,8 @@ class PredictConfig:
     """What one prediction asks for (``python -m kitlib predict --help`` shows each field as a flag)."""
     data_dir: str = setting(None, "data dir with test_images/ or test_tfrecords/ (the competition layout), a "
                             "folder of images, or a *.tfrec glob", flag="--data", required=True)
-    model: str = setting(None, "folder written by `python -m kitlib finetune --out DIR`", required=True)
+    model: tuple[str, ...] = setting(None, "classifier folder(s) (finetune --out) or cv folder(s) (cv --out, its folds "
+                                     "averaged); several: an ensemble", nargs="+", required=True)
     out: str = setting(None, "the CSV to write, e.g. submission.csv", required=True)
     tta: str = setting(tta.DEFAULT_TTA, f"preset ({', '.join(tta.TTA_PRESETS)}) or comma list of views "
                        f"({', '.join(tta.VIEWS)}); probabilities are averaged over the views")
@@ -34,6 +40,11 @@ class PredictConfig:
     sample_submission: str = setting("auto", "sample_submission.csv to match ids and order (auto: "
                                      "DATA/sample_submission.csv when present; none: no check)")
     check_labels: bool = setting(True, "refuse a model whose class names differ from the data's label map")
+    weights: str = setting("equal", "member weights: equal, or oof (fitted on the cv members' out-of-fold "
+                           "predictions; never worse on OOF than the best member)", choices=("equal", "oof"))
+    budget_for: int = setting(None, "estimate the time for this many images (Cassava's hidden test: ~15000) from "
+                              "the measured cost, and refuse over the 9-hour limit")
+    force: bool = setting(False, "with --budget-for: write the submission even over the limit")
     seed: int = setting(0, "seed of any random draw (the TTA views are deterministic)")
     allow_cpu: bool = setting(False, "predict on the CPU even where a TPU/GPU exists that JAX cannot see")
     mixed_precision: str = setting("float32", "the Keras policy (the classifier is saved in float32)")
@@ -41,6 +52,10 @@ class PredictConfig:
                              "chip, FLOPs and a time bound (preflight.json beside --out; exit 4 when it does "
                              "not fit)", choices=tuple(preflight.TARGETS), metavar="TARGET")
     verbose: int = setting(1, "0 silent, 1 progress bar and class histogram", choices=(0, 1))
+
+    def __post_init__(self):
+        if isinstance(self.model, (str, os.PathLike)):  # one folder given as a string
+            object.__setattr__(self, "model", (os.fspath(self.model),))
 
     @classmethod
     def smoke(cls, **overrides):
@@ -57,33 +72,57 @@ def _sample_submission(config):
         return None, None
     if config.sample_submission != "auto":
         return config.sample_submission, None
-    path = submission.data_file(config.data_dir, submission.SAMPLE_SUBMISSION)
+    path = competition.data_file(config.data_dir, competition.SAMPLE_SUBMISSION_FILE)
     return path, ("DATA/sample_submission.csv: ids and order to match" if path else
                   "none in the data dir: the ids are not checked against one")
 
 
+def _weights(config, found):
+    """(weights [M], reason, OOF report or None)."""
+    if config.weights == "equal" or len(found) == 1:
+        return np.full(len(found), 1.0 / len(found)), None, None
+    labels, probs = ensemble.shared_oof(found)
+    weights, report = ensemble.fit_weights(probs, labels)
+    reason = (f"fitted on the members' OOF predictions ({report['chosen']}): OOF accuracy "
+              f"{report['weighted_accuracy']:.4f}, equal mean {report['mean_accuracy']:.4f}, members "
+              f"{', '.join(f'{a:.4f}' for a in report['member_accuracy'])}")
+    return weights, reason, report
+
+
 def plan(config, rt=None):
-    """The prediction ``run`` will do: the classifier loaded and checked, the views, the test images counted.
+    """The prediction ``run`` will do: the members' classifiers loaded and checked, their weights, the views,
+    the test images counted.
 
     Returns:
-        a `kitlib.command.Plan` with ``parts["classifier"]`` (`kitlib.bit.export.Classifier`).
+        a `kitlib.command.Plan` with ``parts`` "members" (`kitlib.bit.ensemble.Member` s), "classifiers"
+        ({folder: `kitlib.bit.export.Classifier`}) and "weights" (float [M]).
     """
     command.require(config, "data_dir", "model", "out")
     rt = rt or command.runtime_for(config)  # all devices share each batch (DataParallel) when there are several
-    classifier = export.load_classifier(config.model)
+    found = ensemble.members(config.model)
+    classifiers = {d: export.load_classifier(d) for m in found for d in m.model_dirs}
+    names = {tuple(c.class_names) for c in classifiers.values()}
+    if len(names) > 1:
+        raise ValueError(f"the members' classes differ ({' vs '.join(map(str, names))}): ensemble models of one "
+                         "data set")
+    first = next(iter(classifiers.values()))
     if config.check_labels:
-        submission.check_class_names(classifier.class_names, config.data_dir)
+        submission.check_class_names(first.class_names, config.data_dir)
     views = tta.parse_tta(config.tta)
     sample, sample_reason = _sample_submission(config)
+    weights, weight_reason, report = _weights(config, found)
     count = sources.open_test_source(config.data_dir, config.kind).count
     settings = dataclasses.replace(config, tta=",".join(views), sample_submission=sample)
-    reasons = {"sample_submission": sample_reason} if sample_reason else {}
+    reasons = {k: why for k, why in (("sample_submission", sample_reason), ("weights", weight_reason)) if why}
     if ",".join(views) != config.tta:
         reasons["tta"] = f"the views of {config.tta!r}"
     rows = sharding.rows_per_pass(config.batch_size, rt.num_devices)
-    facts = dict(test_images=count, views=len(views), image_size=int(classifier.image_size),
-                 class_names=list(classifier.class_names), rows_per_pass=rows, **command.runtime_facts(rt))
-    return command.Plan("predict", settings, reasons, facts, parts=dict(classifier=classifier), rt=rt)
+    facts = dict(test_images=count, views=len(views), members=[m.name for m in found],
+                 classifiers=len(classifiers), member_weights=weights.tolist(), oof=report,
+                 image_size=int(first.image_size), class_names=list(first.class_names), rows_per_pass=rows,
+                 **command.runtime_facts(rt))
+    parts = dict(members=found, classifiers=classifiers, weights=weights, classifier=first)
+    return command.Plan("predict", settings, reasons, facts, parts=parts, rt=rt)
 
 
 def record_path(out_csv):
@@ -100,11 +139,18 @@ def run(plan):
     config = plan.settings
     if config.preflight:
         return run_preflight(plan)
+    views, start = config.tta.split(","), time.perf_counter()
     with command.seeded_run(plan):
-        prediction = submission.predict_and_write(
-            plan.parts["classifier"], config.data_dir, config.out, tta=config.tta, kind=config.kind,
-            batch_size=config.batch_size, sample_submission=config.sample_submission, check_labels=False,
-            verbose=config.verbose)
+        ids, probs, cost = ensemble.predict_members(plan.parts["members"], plan.parts["classifiers"], config.data_dir,
+                                                    views, config.batch_size, config.kind, verbose=config.verbose)
+    if config.budget_for:
+        line = ensemble.check_budget(cost, config.budget_for, config.force)
+        if config.verbose:
+            print(line)
+    mixed = np.tensordot(plan.parts["weights"], np.stack(probs), 1).astype(np.float32)
+    prediction = submission.write_checked(ids, mixed, config.out, config.sample_submission,
+                                          plan.facts["class_names"], views, time.perf_counter() - start,
+                                          config.verbose)
     command.write_json(record_path(config.out), plan.record())
     return prediction
 

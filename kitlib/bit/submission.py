@@ -21,10 +21,9 @@ import numpy as np
 
 from kitlib.bit import export
 from kitlib.bit.tta import DEFAULT_TTA, RESIZE_PER_CROP, cut_view, parse_tta, resize_for_views
-from kitlib.data import sources, tfrecords
+from kitlib.data import competition, sources, tfrecords
 
-HEADER = ("image_id", "label")
-SAMPLE_SUBMISSION = "sample_submission.csv"
+HEADER = competition.CSV_HEADER
 DEFAULT_BATCH_SIZE = 32  # images per forward pass; every view of a batch is a further pass
 _PREFETCH_BATCHES = 2  # resized batches ready ahead of the model (32 x 480 px: ~90 MB; ~190 MB with crops)
 _PROGRESS_INTERVAL_S = 2.0  # progress bar refresh; piped to a log, each refresh is one line
@@ -198,17 +197,9 @@ def class_histogram(labels, class_names):
                      for c, (name, n) in enumerate(zip(class_names, counts)))
 
 
-def data_file(data_dir, name):
-    """``data_dir/name`` when ``data_dir`` is a folder holding that file, else None."""
-    if not isinstance(data_dir, (str, os.PathLike)):
-        return None
-    path = os.path.join(os.fspath(data_dir), name)
-    return path if os.path.isfile(path) else None
-
-
 def check_class_names(class_names, data_dir):
     """Refuse a model whose class order differs from the data dir's label map (labels would be wrong)."""
-    path = data_file(data_dir, tfrecords.LABEL_MAP_FILE)
+    path = competition.data_file(data_dir, competition.LABEL_MAP_FILE)
     if path is not None and tuple(tfrecords.read_label_map(path)) != tuple(class_names):
         raise ValueError(f"the model's classes {list(class_names)} differ from {path} "
                          f"{list(tfrecords.read_label_map(path))}: its labels would mean other diseases; "
@@ -254,18 +245,24 @@ def predict_and_write(model_dir, data_dir, out_csv, tta=DEFAULT_TTA, kind="auto"
     if check_labels:
         check_class_names(classifier.class_names, data_dir)
     if sample_submission == "auto":
-        sample_submission = data_file(data_dir, SAMPLE_SUBMISSION)
+        sample_submission = competition.data_file(data_dir, competition.SAMPLE_SUBMISSION_FILE)
     views = parse_tta(tta)
     start = time.perf_counter()
     ids, probs = predict(classifier, data_dir, views, batch_size, kind, verbose=verbose)
-    seconds = time.perf_counter() - start
-    num_classes = len(classifier.class_names)
+    return write_checked(ids, probs, out_csv, sample_submission, classifier.class_names, views,
+                         time.perf_counter() - start, verbose)
+
+
+def write_checked(ids, probs, out_csv, sample_submission, class_names, views, seconds, verbose=1):
+    """Write the argmax of `probs` [N, C] as ``out_csv``, validated (against `sample_submission` when given),
+    and say what was written. Returns the `Prediction`, rows in ``out_csv`` order."""
+    num_classes = len(class_names)
     write_submission(ids, probs.argmax(axis=1), out_csv, sample_submission, num_classes)
     order = {i: n for n, i in enumerate(ids)}
     rows, labels = validate_submission(out_csv, sample_submission, num_classes)
     probs = probs[[order[i] for i in rows]]
     if verbose:
         print(f"predicted {len(rows)} images x {len(views)} view(s) ({', '.join(views)}) in {seconds:.1f} s "
-              f"({len(rows) / max(seconds, 1e-9):.1f} images/s)\n{class_histogram(labels, classifier.class_names)}\n"
+              f"({len(rows) / max(seconds, 1e-9):.1f} images/s)\n{class_histogram(labels, class_names)}\n"
               f"wrote {out_csv}" + (f" (ids and order of {sample_submission})" if sample_submission else ""))
-    return Prediction(rows, probs, np.asarray(labels), classifier.class_names, views, os.fspath(out_csv), seconds)
+    return Prediction(rows, probs, np.asarray(labels), tuple(class_names), views, os.fspath(out_csv), seconds)

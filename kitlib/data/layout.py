@@ -1,12 +1,11 @@
 """Does a folder hold the competition's files? `check_layout` compares a data folder with the layout of Kaggle's
-"cassava-leaf-disease-classification" (see `kitlib.data.tfrecords`), reading names only; `describe_layout` says what it found.
+"cassava-leaf-disease-classification" (`kitlib.data.competition`), reading names only; `describe_layout` says what it found.
 """
 
 import dataclasses
 import os
 
-LAYOUT_FOLDERS = ("train_tfrecords", "test_tfrecords", "train_images", "test_images")
-LAYOUT_FILES = ("train.csv", "label_num_to_disease_map.json", "sample_submission.csv")
+from kitlib.data import competition
 
 
 @dataclasses.dataclass
@@ -39,42 +38,27 @@ def _csv_rows(path):
 
 
 def check_layout(root):
-    """Compare a folder with the competition's layout (see `kitlib.data.tfrecords`); reads names only, writes nothing.
+    """Compare a folder with the competition's layout (`kitlib.data.competition`); reads names only, writes nothing.
 
     Shards come from `kitlib.data.tfrecords.list_tfrecords` and are counted from their names with
     `kitlib.data.tfrecords.count_data_items`; the label map is read with `kitlib.data.tfrecords.read_label_map`.
     Returns a `Layout`.
     """
-    from kitlib.data import tfrecords  # noqa: PLC0415 - TensorFlow: only when a layout is checked
-
     root = os.fspath(root)
     layout = Layout(root, {}, {}, {}, None, (), [], [])
-    for split in ("train", "test"):
-        folder = os.path.join(root, f"{split}_tfrecords")
-        if not os.path.isdir(folder):
-            layout.missing.append(f"{split}_tfrecords/")
-        else:
-            try:
-                files = tfrecords.list_tfrecords(root, split)
-                layout.shards[split] = len(files)
-                layout.records[split] = tfrecords.count_data_items(files)
-            except tfrecords.DataError as err:  # no shard, or a shard name without its record count
-                layout.problems.append(str(err))
-        folder = os.path.join(root, f"{split}_images")
-        if not os.path.isdir(folder):
-            layout.missing.append(f"{split}_images/")
-        else:
-            layout.images[split] = sum(1 for n in os.listdir(folder) if n.lower().endswith(tfrecords.IMAGE_EXTENSIONS))
-            if not layout.images[split]:
-                layout.problems.append(f"{split}_images/ holds no images")
-    for name in LAYOUT_FILES:
+    for split in competition.SPLITS:
+        _check_split(layout, competition.split_paths(root, split), split)
+    for name in competition.files():
         if not os.path.isfile(os.path.join(root, name)):
             layout.missing.append(name)
-    if os.path.isfile(os.path.join(root, "train.csv")):
-        layout.csv_rows = _csv_rows(os.path.join(root, "train.csv"))
-    if os.path.isfile(os.path.join(root, "label_num_to_disease_map.json")):
+    paths = competition.split_paths(root, "train")
+    if os.path.isfile(paths.csv):
+        layout.csv_rows = _csv_rows(paths.csv)
+    if os.path.isfile(paths.label_map):
+        from kitlib.data import tfrecords  # noqa: PLC0415 - TensorFlow: only when a layout is checked
+
         try:
-            layout.classes = tfrecords.read_label_map(os.path.join(root, "label_num_to_disease_map.json"))
+            layout.classes = tfrecords.read_label_map(paths.label_map)
         except tfrecords.DataError as err:
             layout.problems.append(str(err))
     counts = {"train.csv rows": layout.csv_rows, "train_images/": layout.images.get("train"),
@@ -85,10 +69,32 @@ def check_layout(root):
     return layout
 
 
+def _check_split(layout, paths, split):
+    """Shards and images of one split into `layout` (missing folders, empty ones, shard names without counts)."""
+    from kitlib.data import tfrecords  # noqa: PLC0415 - TensorFlow: only when a layout is checked
+
+    if not os.path.isdir(paths.tfrecords_dir):
+        layout.missing.append(os.path.basename(paths.tfrecords_dir) + "/")
+    else:
+        try:
+            files = tfrecords.list_tfrecords(layout.root, split)
+            layout.shards[split] = len(files)
+            layout.records[split] = tfrecords.count_data_items(files)
+        except tfrecords.DataError as err:  # no shard, or a shard name without its record count
+            layout.problems.append(str(err))
+    folder = os.path.basename(paths.images_dir) + "/"
+    if not os.path.isdir(paths.images_dir):
+        layout.missing.append(folder)
+        return
+    layout.images[split] = sum(1 for n in os.listdir(paths.images_dir) if n.lower().endswith(tfrecords.IMAGE_EXTENSIONS))
+    if not layout.images[split]:
+        layout.problems.append(f"{folder} holds no images")
+
+
 def describe_layout(layout):
     """Lines saying what is in a checked folder and what is missing."""
     lines = [f"{layout.root}:"]
-    for split in ("train", "test"):
+    for split in competition.SPLITS:
         if split in layout.shards:
             records = layout.records.get(split, "? (uncounted)")
             lines.append(f"  {split + '_tfrecords/':<18} {layout.shards[split]} shards, {records} records")

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from kitlib.command import setting
+from kitlib.data import competition
 from kitlib.data.tfrecords import CLASS_NAMES
 from kitlib.data.writing import write_tfrecords
 
@@ -121,6 +122,13 @@ def _image_ids(rng, n):
     return ids
 
 
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(competition.CSV_HEADER)
+        w.writerows(rows)
+
+
 def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, seed=SEED, progress=True):
     """Write the sample in the competition's layout into ``out_dir``; returns a summary dict."""
     from kitlib.compat import tf  # noqa: PLC0415 - the JPEG encoder
@@ -131,40 +139,35 @@ def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, see
     ids = _image_ids(rng, len(labels) + num_test)
     train_ids, test_ids = ids[:len(labels)], ids[len(labels):]
     test_labels = [int(x) for x in rng.integers(0, len(CLASS_NAMES), num_test)]
-    for sub in ("train_images", "test_images"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    train_paths, test_paths = (competition.split_paths(out_dir, split) for split in ("train", "test"))
+    for paths in (train_paths, test_paths):
+        os.makedirs(paths.images_dir, exist_ok=True)
 
     def render(names, classes, folder):
         records = []
         for i, (name, label) in enumerate(zip(names, classes)):
             pixels = draw_leaf(label, np.random.default_rng([seed, label, i]))
             jpeg = tf.io.encode_jpeg(pixels, quality=JPEG_QUALITY, optimize_size=True).numpy()
-            with open(os.path.join(out_dir, folder, name), "wb") as f:
+            with open(os.path.join(folder, name), "wb") as f:
                 f.write(jpeg)
             records.append({"image": jpeg, "image_name": name, "target": label})
             if progress and ((i + 1) % 25 == 0 or i + 1 == len(names)):
-                print(f"{folder}: {i + 1}/{len(names)}", flush=True)
+                print(f"{os.path.basename(folder)}: {i + 1}/{len(names)}", flush=True)
         return records
 
-    train = render(train_ids, labels, "train_images")
-    test = render(test_ids, test_labels, "test_images")
-    for sub, prefix in (("train_tfrecords", "ld_train"), ("test_tfrecords", "ld_test")):
-        folder = os.path.join(out_dir, sub)
-        os.makedirs(folder, exist_ok=True)
-        for old in os.listdir(folder):  # a rerun must not leave shards with other counts behind
-            os.remove(os.path.join(folder, old))
-    write_tfrecords(train, os.path.join(out_dir, "train_tfrecords"), labeled=True, shard_size=TRAIN_SHARD_SIZE)
-    write_tfrecords(test, os.path.join(out_dir, "test_tfrecords"), labeled=False, shard_size=TRAIN_SHARD_SIZE)
+    train = render(train_ids, labels, train_paths.images_dir)
+    test = render(test_ids, test_labels, test_paths.images_dir)
+    for paths in (train_paths, test_paths):
+        os.makedirs(paths.tfrecords_dir, exist_ok=True)
+        for old in os.listdir(paths.tfrecords_dir):  # a rerun must not leave shards with other counts behind
+            os.remove(os.path.join(paths.tfrecords_dir, old))
+    write_tfrecords(train, train_paths.tfrecords_dir, labeled=True, shard_size=TRAIN_SHARD_SIZE)
+    write_tfrecords(test, test_paths.tfrecords_dir, labeled=False, shard_size=TRAIN_SHARD_SIZE)
 
-    with open(os.path.join(out_dir, "train.csv"), "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image_id", "label"])
-        w.writerows(zip(train_ids, labels))
-    with open(os.path.join(out_dir, "sample_submission.csv"), "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image_id", "label"])
-        w.writerows((name, 4) for name in test_ids)  # the competition's file predicts 4 everywhere
-    with open(os.path.join(out_dir, "label_num_to_disease_map.json"), "w") as f:
+    _write_csv(train_paths.csv, zip(train_ids, labels))
+    _write_csv(os.path.join(out_dir, competition.SAMPLE_SUBMISSION_FILE),
+               ((name, 4) for name in test_ids))  # the competition's file predicts 4 everywhere
+    with open(train_paths.label_map, "w") as f:
         json.dump({str(i): name for i, name in enumerate(CLASS_NAMES)}, f)
     return {"train": len(train_ids), "test": len(test_ids), "out_dir": out_dir}
 

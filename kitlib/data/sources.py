@@ -16,12 +16,12 @@ import math
 import os
 
 from kitlib.compat import tf
+from kitlib.data.competition import split_paths
 from kitlib.data.tfrecords import (AUTOTUNE, IMAGE_EXTENSIONS, NUM_CLASSES,
                                    DataError, class_names_of, count_data_items,
                                    decode_image, explain_errors,
                                    has_image_magic, list_tfrecords,
-                                   load_dataset, resolve_files, split_files,
-                                   split_paths)
+                                   load_dataset, resolve_files, split_files)
 
 TEST_SOURCE_KINDS = ("auto", "images", "tfrecords")
 TFDS_PREFIX = "tfds:"
@@ -321,27 +321,43 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
         train = load_dataset(train_files, decode=decode, reproducible=True)
         val = load_dataset(val_files, ordered=True, decode=decode) if val_files else None
         return TrainingSource(train, val, class_names_of(source), count_data_items(train_files),
-                      count_data_items(val_files), _first_image_hw(train), "tfrecords")
-    elif os.path.isfile(train_paths.csv) and os.path.isdir(train_paths.images_dir):
-        class_names = class_names_of(source)
-        dataset = load_jpeg_csv(train_paths.images_dir, train_paths.csv,
-                                     num_classes=len(class_names), decode=decode)
-        kind = "jpeg_csv"
-    elif os.path.isdir(source):
-        dataset, class_names = load_image_folder(source, decode=decode)
-        kind = "image_folder"
+                      count_data_items(val_files), first_image_hw(train), "tfrecords")
     else:
-        raise DataError(f"{source}: no such folder. Pass a folder with train_tfrecords/, or train.csv + "
-                             "train_images/, or one sub-folder per class, or tfds:NAME")
+        dataset, class_names, kind = labelled_images(source, decode=decode)
     if not class_names:
         raise DataError(f"{source}: the dataset does not name its classes; use a labelled source")
     total = _count(dataset)
     val_size = math.floor(total * val_fraction)  # what _split_examples selects, without reading the images
     train, val = _split_examples(dataset, val_fraction) if val_fraction else (dataset, None)
-    return TrainingSource(train, val, tuple(class_names), total - val_size, val_size, _first_image_hw(train), kind)
+    return TrainingSource(train, val, tuple(class_names), total - val_size, val_size, first_image_hw(train), kind)
 
 
-def _first_image_hw(dataset):
+def labelled_images(source, decode=False):
+    """Every labelled image of a data folder, in a fixed order, with its name.
+
+    Args:
+        source: a folder with ``train_tfrecords/`` (all shards, in file then record order), with ``train.csv`` +
+            ``train_images/`` (CSV order), or with one sub-folder per class (sorted).
+        decode: as in `load_source`.
+    Returns:
+        (dataset of dicts "image", "image_name", "label"; class names; kind "tfrecords" | "jpeg_csv" | "image_folder").
+    """
+    source = os.fspath(source)
+    paths = split_paths(source, "train")
+    if tf.io.gfile.isdir(paths.tfrecords_dir):
+        return (load_dataset(list_tfrecords(source), decode=decode, ordered=True), class_names_of(source),
+                "tfrecords")
+    if os.path.isfile(paths.csv) and os.path.isdir(paths.images_dir):
+        class_names = class_names_of(source)
+        return (load_jpeg_csv(paths.images_dir, paths.csv, num_classes=len(class_names), decode=decode),
+                tuple(class_names), "jpeg_csv")
+    if os.path.isdir(source):
+        return (*load_image_folder(source, decode=decode), "image_folder")
+    raise DataError(f"{source}: no such folder. Pass a folder with train_tfrecords/, or train.csv + "
+                    "train_images/, or one sub-folder per class, or tfds:NAME")
+
+
+def first_image_hw(dataset):
     """(h, w) of the first image: what ``kitlib.bit.hyperrule.get_resolution`` decides on (Cassava: 600 x 800)."""
     with explain_errors():
         for example in dataset.take(1):

@@ -1,4 +1,5 @@
-"""The Cassava data layer: the competition's layout, and its TFRecord shards read, checked and written.
+"""The Cassava data layer: the competition's TFRecord shards, read and checked (the layout's names are
+`kitlib.data.competition`'s; writing shards is `kitlib.data.writing`).
 
 Every loader of the kit (here, and the JPEG folders, class folders, tfds and test sets of ``kitlib.data.sources``)
 returns a ``tf.data.Dataset`` of dicts with the same keys:
@@ -8,11 +9,8 @@ returns a ``tf.data.Dataset`` of dicts with the same keys:
     "image_name": tf.string, e.g. b"1000015157.jpg";
     "label":      int32 in [0, num_classes), for labelled data.
 
-Competition layout (Kaggle "cassava-leaf-disease-classification"):
-    train_tfrecords/ld_train{NN}-{count}.tfrec   features image (JPEG), image_name, target (int64)
-    test_tfrecords/ld_test{NN}-{count}.tfrec     features image, image_name (no target)
-    train_images/*.jpg, test_images/*.jpg, train.csv (image_id,label),
-    label_num_to_disease_map.json, sample_submission.csv
+Shards: ``train_tfrecords/ld_train{NN}-{count}.tfrec`` with features image (JPEG), image_name, target (int64);
+``test_tfrecords/ld_test{NN}-{count}.tfrec`` with image, image_name (no target).
 
 Bad input raises ``DataError`` naming the file (and record) and what to do. Problems that can only
 be seen while the pipeline runs (a record without a target, bytes that are not an image) fail with
@@ -21,7 +19,6 @@ to get them as a ``DataError`` without TensorFlow's stack trace.
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -29,6 +26,7 @@ import struct
 import sys
 
 from kitlib.compat import tf
+from kitlib.data.competition import split_paths
 
 CLASS_NAMES = (
     "Cassava Bacterial Blight (CBB)",
@@ -41,7 +39,6 @@ NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _SHARD_COUNT = re.compile(r"-(\d+)\.tfrec(?:ord)?$")
 AUTOTUNE = tf.data.AUTOTUNE  # the kit's one spelling of tf.data.AUTOTUNE
-LABEL_MAP_FILE = "label_num_to_disease_map.json"
 
 
 class DataError(ValueError):
@@ -95,25 +92,6 @@ def resolve_files(filenames, what="TFRecord files"):
     if missing:
         raise DataError(f"{len(missing)} of {len(files)} {what} do not exist, e.g. {missing[0]}")
     return files
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitPaths:
-    """Where the competition layout keeps one split ("train" or "test") of a data dir (nothing is checked)."""
-
-    tfrecords_dir: str  # DATA_DIR/{split}_tfrecords
-    shards: str  # DATA_DIR/{split}_tfrecords/*.tfrec
-    images_dir: str  # DATA_DIR/{split}_images
-    csv: str  # DATA_DIR/{split}.csv (image_id,label; train only)
-    label_map: str  # DATA_DIR/label_num_to_disease_map.json
-
-
-def split_paths(data_dir, split="train"):
-    """The ``SplitPaths`` of ``split`` in ``data_dir``: the one walk of the layout training and test share."""
-    data_dir = os.fspath(data_dir)
-    tfrecords_dir = os.path.join(data_dir, f"{split}_tfrecords")
-    return SplitPaths(tfrecords_dir, os.path.join(tfrecords_dir, "*.tfrec"), os.path.join(data_dir, f"{split}_images"),
-                      os.path.join(data_dir, f"{split}.csv"), os.path.join(data_dir, LABEL_MAP_FILE))
 
 
 def class_names_of(data_dir):

@@ -19,7 +19,7 @@ import numpy as np
 from kitlib import command, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
-from kitlib.data import tfrecords
+from kitlib.data import competition, tfrecords
 from kitlib.models import backbones, precision
 from kitlib.swav import checkpoint, color, geometry, multicrop, recipe
 from kitlib.swav.model import SwAVModel
@@ -249,7 +249,7 @@ def plan(config, rt=None):
     files = tfrecords.list_tfrecords(config.data_dir)
     num_images = tfrecords.count_data_items(files)
     image_hw = typical_image_hw(files)
-    label_map = tfrecords.split_paths(config.data_dir).label_map
+    label_map = competition.split_paths(config.data_dir).label_map
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
     rt = rt or command.runtime_for(config)
     settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes)
