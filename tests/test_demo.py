@@ -28,5 +28,10 @@ def test_demo_command_writes_a_valid_submission_and_the_plots(sample_dir, tmp_pa
     # the SwAV backbone is what was fine-tuned, and the classifier is what predicted
     assert summary["backbone"] == str(out / "pretrain" / "backbone.keras") and os.path.isfile(summary["backbone"])
     record = json.loads((out / "finetune" / "finetune.json").read_text())
-    assert record["config"]["backbone"] == summary["backbone"] and record["rule"]["total_steps"] == 12
+    assert record["settings"]["backbone"] == summary["backbone"] and record["facts"]["rule"]["total_steps"] == 12
+    # every step saved its plan's record in the one schema
+    for path, name in ((out / "config.json", "demo"), (out / "pretrain" / "config.json", "pretrain"),
+                       (out / "finetune" / "config.json", "finetune"), (out / "submission.config.json", "predict")):
+        saved = json.loads(path.read_text())
+        assert saved["command"] == name and set(saved) == {"command", "kitlib", "settings", "chosen", "facts"}
     assert export.load_classifier(str(out / "finetune")).image_size == 64

@@ -1,0 +1,59 @@
+"""kitlib.bit.cv: k-fold fine-tuning end to end, its OOF file and cv.json, resuming fold by fold."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kitlib import cli
+from kitlib.bit import cv
+from kitlib.data import folds
+from kitlib.models import standin
+
+
+def test_summary_figures_are_those_of_the_oof_rows():
+    rng = np.random.default_rng(0)
+    rows = [dict(image_id=f"{i}", label=int(rng.integers(5)), fold=i % 4, probs=rng.random(5).astype(np.float32))
+            for i in range(50)]
+    for r in rows:
+        r["pred"] = int(np.argmax(r["probs"]))
+    s = cv.summarize(rows, 4, 5)
+    right = [r["pred"] == r["label"] for r in rows]
+    assert s["oof_accuracy"] == pytest.approx(np.mean(right))
+    assert s["per_fold_accuracy"] == pytest.approx([np.mean(right[f::4]) for f in range(4)])
+    assert s["mean_accuracy"] == pytest.approx(np.mean(s["per_fold_accuracy"]))
+    assert np.trace(s["confusion_matrix"]) == sum(right) and np.sum(s["confusion_matrix"]) == 50
+
+
+@pytest.mark.slow
+def test_cv_writes_one_oof_row_per_training_image_and_resumes(sample_dir, tmp_path, capsys):
+    backbone = standin.make_tiny_backbone(str(tmp_path / "tiny.keras"))
+    out = tmp_path / "cv"
+    argv = ["cv", "--data", sample_dir, "--backbone", backbone, "--out", str(out), "--smoke", "--steps", "6",
+            "--verbose", "0"]
+    assert cli.main(argv) == 0
+    table = folds.load(str(out / "folds.csv"))
+    rows = cv.load_oof(str(out / "oof.csv"))
+    assert [r["image_id"] for r in rows] == list(table.image_ids) and len(rows) == 100  # every training image
+    assert [r["fold"] for r in rows] == table.folds.tolist() and table.k == 3
+    summary = json.loads((out / "cv.json").read_text())
+    recomputed = cv.summarize(rows, 3, 5)
+    for key in ("oof_accuracy", "mean_accuracy", "std_accuracy"):
+        assert summary[key] == pytest.approx(recomputed[key], abs=1e-6), key
+    assert summary["confusion_matrix"] == recomputed["confusion_matrix"]
+    for name in ("oof_confusion.png", "folds.png", "fold_2/classifier.keras", "fold_0/oof.csv", "config.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "config.json").read_text())
+    assert record["command"] == "cv" and sum(record["facts"]["fold_sizes"]) == 100
+
+    stamp = os.path.getmtime(out / "fold_1" / "classifier.keras")
+    os.remove(out / "fold_1" / "oof.csv")  # fold 1 unfinished: only it is trained again
+    capsys.readouterr()
+    argv[argv.index("--verbose") + 1] = "1"
+    assert cli.main(argv) == 0
+    said = capsys.readouterr().out
+    assert "fold 1/3 done before" in said and "fold 3/3 done before" in said and "reused from" in said
+    assert os.path.getmtime(out / "fold_1" / "classifier.keras") > stamp
+    assert folds.load(str(out / "folds.csv")).folds.tolist() == table.folds.tolist()
+    assert cli.main(argv[:-4] + ["--folds", "4", "--verbose", "0"]) == 2  # other folds than the saved ones

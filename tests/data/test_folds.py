@@ -1,0 +1,86 @@
+"""kitlib.data.folds: stratified image-level folds, saved and reused, and the training sets made from them."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from kitlib.data import folds, sources
+
+
+def _labels(counts, seed=0):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return [f"img{i:04d}.jpg" for i in range(len(labels))], np.random.default_rng(seed).permutation(labels)
+
+
+@pytest.mark.parametrize("counts, k", [((20, 20, 20, 20, 20), 5), ((13, 1, 7, 61, 2), 5), ((9, 8), 3), ((3, 4), 7)])
+def test_folds_cover_every_image_once_and_each_class_evenly(counts, k):
+    ids, labels = _labels(counts)
+    table = folds.assign(ids, labels, k, seed=3)
+    assert table.image_ids == tuple(ids) and table.folds.shape == (len(ids),)
+    assert set(table.folds.tolist()) <= set(range(k))  # each image in exactly one validation fold
+    per_fold = table.counts(len(counts))  # [K, C]
+    assert per_fold.sum() == len(ids) and (per_fold.sum(0) == np.asarray(counts)).all()
+    for c, n in enumerate(counts):  # each fold holds floor or ceil of n_c / K of every class
+        assert set(per_fold[:, c].tolist()) <= {n // k, -(-n // k)}, (c, per_fold[:, c])
+    assert per_fold.sum(1).max() - per_fold.sum(1).min() <= 1  # fold sizes within one image
+
+
+def test_folds_are_stable_for_a_seed_and_round_trip_through_folds_csv(tmp_path):
+    ids, labels = _labels((30, 10, 5))
+    a, b = folds.assign(ids, labels, 4, seed=1), folds.assign(ids, labels, 4, seed=1)
+    assert (a.folds == b.folds).all()
+    assert not (folds.assign(ids, labels, 4, seed=2).folds == a.folds).all()
+    loaded = folds.load(folds.save(a, str(tmp_path / "folds.csv")))
+    assert (loaded.image_ids, loaded.labels.tolist(), loaded.folds.tolist(), loaded.k) == (
+        a.image_ids, a.labels.tolist(), a.folds.tolist(), 4)
+    with pytest.raises(ValueError, match="between 2"):
+        folds.assign(ids, labels, 1)
+
+
+def test_read_labels_of_the_sample_follows_train_csv(sample_dir):
+    ids, labels, names = folds.read_labels(sample_dir)
+    with open(os.path.join(sample_dir, "train.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert ids == [r["image_id"] for r in rows] and labels.tolist() == [int(r["label"]) for r in rows]
+    assert len(names) == 5
+
+
+def _names_and_labels(dataset):
+    return {ex["image_name"].numpy().decode(): int(ex["label"]) for ex in dataset}
+
+
+@pytest.mark.slow
+def test_a_fold_validates_on_its_images_and_trains_on_the_rest(sample_dir, tmp_path):
+    ids, labels, _ = folds.read_labels(sample_dir)
+    table = folds.assign(ids, labels, 4, seed=0)
+    source = folds.training_source(sample_dir, table, 1)
+    val, train = _names_and_labels(source.val), _names_and_labels(source.train)
+    assert set(val) == set(table.fold_ids(1)) and source.val_size == len(val) == 25
+    assert set(train) == set(ids) - set(val) and source.train_size == len(train) == 75
+    truth = dict(zip(ids, labels.tolist()))
+    assert all(truth[i] == label for i, label in {**val, **train}.items())
+
+    outsiders = [i for i in ids if i not in val][:5]
+    suspects = {i: (truth[i] + 1) % 5 for i in outsiders + [table.fold_ids(1)[0]]}  # one inside the fold
+    without = folds.training_source(sample_dir, table, 1, exclude=suspects)
+    assert set(_names_and_labels(without.train)) == set(train) - set(outsiders) and without.train_size == 70
+    assert set(_names_and_labels(without.val)) == set(val)  # validation keeps every image, label as given
+    relabelled = _names_and_labels(folds.training_source(sample_dir, table, 1, exclude=suspects, relabel=True).train)
+    assert all(relabelled[i] == suspects[i] for i in outsiders) and len(relabelled) == 75
+    with pytest.raises(ValueError, match="oof_label"):
+        folds.training_source(sample_dir, table, 1, exclude={outsiders[0]: None}, relabel=True)
+
+
+@pytest.mark.slow
+def test_extra_data_joins_training_only_and_adjusted_counts_again(sample_dir):
+    ids, labels, _ = folds.read_labels(sample_dir)
+    table = folds.assign(ids, labels, 5, seed=0)
+    source = folds.training_source(sample_dir, table, 0, extra_data=sample_dir)  # the sample as its own extra
+    assert source.train_size == 80 + 100 and len(list(source.train)) == 180 and source.val_size == 20
+    split = sources.load_source(sample_dir, 0.25, seed=0)
+    first = next(iter(_names_and_labels(split.train)))
+    smaller = folds.adjusted(split, exclude={first: None})
+    assert smaller.train_size == split.train_size - 1 and first not in _names_and_labels(smaller.train)
+    assert folds.adjusted(split) is split
