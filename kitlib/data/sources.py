@@ -318,9 +318,11 @@ def load_source(source, val_fraction=0.2, seed=0, tfds_data_dir=None, decode=Fal
         train_files, val_files = split_files(files, val_fraction, seed) if val_fraction else (files, [])
         # shards mixed one record of each in turn, the same order every run: the batches are a function
         # of the seed (the same run on 1 device and on 8)
-        train = load_dataset(train_files, decode=decode, reproducible=True)
-        val = load_dataset(val_files, ordered=True, decode=decode) if val_files else None
-        return TrainingSource(train, val, class_names_of(source), count_data_items(train_files),
+        class_names = class_names_of(source)  # a label map of other than Cassava's 5 classes bounds the targets
+        train = load_dataset(train_files, decode=decode, reproducible=True, num_classes=len(class_names))
+        val = (load_dataset(val_files, ordered=True, decode=decode, num_classes=len(class_names))
+               if val_files else None)
+        return TrainingSource(train, val, tuple(class_names), count_data_items(train_files),
                       count_data_items(val_files), first_image_hw(train), "tfrecords")
     else:
         dataset, class_names, kind = labelled_images(source, decode=decode)
@@ -345,8 +347,9 @@ def labelled_images(source, decode=False):
     source = os.fspath(source)
     paths = split_paths(source, "train")
     if tf.io.gfile.isdir(paths.tfrecords_dir):
-        return (load_dataset(list_tfrecords(source), decode=decode, ordered=True), class_names_of(source),
-                "tfrecords")
+        class_names = class_names_of(source)
+        return (load_dataset(list_tfrecords(source), decode=decode, ordered=True, num_classes=len(class_names)),
+                tuple(class_names), "tfrecords")
     if os.path.isfile(paths.csv) and os.path.isdir(paths.images_dir):
         class_names = class_names_of(source)
         return (load_jpeg_csv(paths.images_dir, paths.csv, num_classes=len(class_names), decode=decode),

@@ -10,6 +10,7 @@ from kitlib import cli
 from kitlib.bit import cv
 from kitlib.data import folds
 from kitlib.models import standin
+from tests.conftest import run_on_devices
 
 
 def test_summary_figures_are_those_of_the_oof_rows():
@@ -57,3 +58,24 @@ def test_cv_writes_one_oof_row_per_training_image_and_resumes(sample_dir, tmp_pa
     assert os.path.getmtime(out / "fold_1" / "classifier.keras") > stamp
     assert folds.load(str(out / "folds.csv")).folds.tolist() == table.folds.tolist()
     assert cli.main(argv[:-4] + ["--folds", "4", "--verbose", "0"]) == 2  # other folds than the saved ones
+
+
+_EIGHT_DEVICES = """
+import json
+from kitlib import runtime
+from kitlib.bit import cv
+rt = runtime.setup(allow_cpu=True, verbose=False)
+config = cv.CVConfig.smoke(data_dir={data!r}, backbone={backbone!r}, out_dir={out!r}, steps=6, verbose=0)
+result = cv.run(cv.plan(config, rt))
+print(json.dumps({{"devices": rt.num_devices, "probs": [r["probs"].tolist() for r in result.oof]}}))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_oof_predictions_of_one(sample_dir, tmp_path):
+    backbone = standin.make_tiny_backbone(str(tmp_path / "tiny.keras"))
+    eight = run_on_devices(_EIGHT_DEVICES.format(data=sample_dir, backbone=backbone, out=str(tmp_path / "cv8")))
+    one = cv.run(cv.plan(cv.CVConfig.smoke(data_dir=sample_dir, backbone=backbone, out_dir=str(tmp_path / "cv1"),
+                                           steps=6, verbose=0)))
+    assert eight["devices"] == 8
+    np.testing.assert_allclose(eight["probs"], [r["probs"] for r in one.oof], atol=1e-4)

@@ -84,3 +84,18 @@ def test_extra_data_joins_training_only_and_adjusted_counts_again(sample_dir):
     smaller = folds.adjusted(split, exclude={first: None})
     assert smaller.train_size == split.train_size - 1 and first not in _names_and_labels(smaller.train)
     assert folds.adjusted(split) is split
+
+
+def test_a_tfrecord_set_of_other_than_five_classes_reads_every_label(tmp_path):
+    import json  # noqa: PLC0415
+
+    from kitlib.data import writing  # noqa: PLC0415
+
+    images = np.random.default_rng(0).integers(0, 255, [14, 8, 8, 3], dtype=np.uint8)
+    examples = ({"image": images[i], "image_name": f"{i}.png", "target": i % 7} for i in range(14))
+    writing.write_tfrecords(examples, str(tmp_path / "train_tfrecords"), shard_size=5)
+    (tmp_path / "label_num_to_disease_map.json").write_text(json.dumps({str(c): f"c{c}" for c in range(7)}))
+    ids, labels, names = folds.read_labels(str(tmp_path))  # the label map's 7 classes bound the targets, not 5
+    assert labels.tolist() == [i % 7 for i in range(14)] and len(names) == 7
+    split = sources.load_source(str(tmp_path), 0.34, seed=0)
+    assert sorted(int(ex["label"]) for ds in (split.train, split.val) for ex in ds) == sorted(labels.tolist())
