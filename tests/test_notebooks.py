@@ -67,7 +67,7 @@ def test_notebooks_are_committed_clean_for_the_python3_kernel(path):
 
 def test_every_notebook_starts_with_the_same_bootstrap_cell():
     first = {os.path.basename(p): _first_code_cell(nbformat.read(p, as_version=4)) for p in NOTEBOOKS}
-    assert len(first) == 4 and len(set(first.values())) == 1, "the first code cells differ"
+    assert len(first) == 5 and len(set(first.values())) == 1, "the first code cells differ"
     bootstrap = next(iter(first.values()))
     # the backend is chosen before anything imports Keras, and the environment is checked first
     assert bootstrap.index('os.environ.setdefault("KERAS_BACKEND", "jax")') < bootstrap.index("from kitlib")

@@ -11,7 +11,6 @@ never worse on OOF than its best member.
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 
@@ -117,20 +116,25 @@ def predict_members(found, classifiers, source, views, batch_size, kind, verbose
         found: `Member` s. classifiers: {model dir: loaded `kitlib.bit.export.Classifier`}.
         source, views, batch_size, kind: as `kitlib.bit.submission.predict`.
     Returns:
-        (ids [N], [probs [N, C] per member], seconds per image per member): the time of every pass of the
-        member's classifiers over the images, TTA included (the first batch's compile too: an upper bound).
+        (ids [N], [probs [N, C] per member], seconds per image per member): the forward passes of the
+        member's classifiers, TTA included, timed from each classifier's second batch on (the first holds the
+        compile); with a single batch, that batch (an upper bound).
     """
     ids, per_member, cost = None, [], []
     for member in found:
-        start, parts = time.perf_counter(), []
+        parts, seconds = [], 0.0
         for model_dir in member.model_dirs:
-            got, probs = submission.predict(classifiers[model_dir], source, views, batch_size, kind, verbose=verbose)
+            timing = []
+            got, probs = submission.predict(classifiers[model_dir], source, views, batch_size, kind, verbose=verbose,
+                                            timing=timing)
             if ids is not None and got != ids:
                 raise ValueError(f"{model_dir}: predicted the images in another order than {found[0].name}")
             ids = got
             parts.append(probs)
+            steady = timing[1:] or timing  # after the compile
+            seconds += sum(s for _, s in steady) / max(1, sum(n for n, _ in steady))
         per_member.append(np.mean(parts, axis=0))
-        cost.append((time.perf_counter() - start) / max(1, len(ids)))
+        cost.append(seconds)
     return ids, per_member, cost
 
 

@@ -38,7 +38,7 @@ def _as_classifier(model):
 
 
 def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind="auto",
-            resize_per_crop=RESIZE_PER_CROP, verbose=0):
+            resize_per_crop=RESIZE_PER_CROP, verbose=0, timing=None):
     """Class probabilities of every test image, averaged over the TTA views.
 
     Args:
@@ -50,6 +50,7 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
         kind: "auto" | "images" | "tfrecords" (see ``sources.open_test_source``).
         resize_per_crop: R / S for the crop views.
         verbose: 1 shows a progress bar.
+        timing: a list to append (images, seconds) to for every batch (all its views), or None.
     Returns:
         (image_ids: list of N str, probs: float32 [N, C], rows sum to 1): the mean over views of the
         model's probabilities, in the source's order.
@@ -75,9 +76,12 @@ def predict(model, source, tta=DEFAULT_TTA, batch_size=DEFAULT_BATCH_SIZE, kind=
     ids, parts = [], []
     with tfrecords.explain_errors():
         for names, full, zoomed in batches:
+            start = time.perf_counter()
             # p(c | x) = (1/V) sum_v p(c | view_v(x)): each view is cut just before its forward pass
             probs = [classifier.predict_proba(cut_view(full, zoomed, view, size), batch_size=batch_size)
                      for view in views]
+            if timing is not None:
+                timing.append((len(names), time.perf_counter() - start))
             parts.append(np.mean(np.asarray(probs, np.float32), axis=0))
             ids += [n.decode() for n in names.numpy()]
             if progress is not None:

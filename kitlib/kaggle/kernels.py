@@ -50,6 +50,7 @@ NOTEBOOK_DEFAULTS = {
     "02": NotebookDefaults("gpu", internet=False, models=("google/bit/tensorFlow2/m-r50x1/1",)),
     "03": NotebookDefaults("cpu", internet=False),
     "04": NotebookDefaults("gpu", internet=False, kernels=("02",)),
+    "05": NotebookDefaults("gpu", internet=False, models=("google/bit/tensorFlow2/m-r50x1/1",)),
 }
 FALLBACK_DEFAULTS = NotebookDefaults("cpu", internet=False)
 
