@@ -90,6 +90,29 @@ def hide_accelerators_from_tf(tensorflow):
     return hidden
 
 
+_KERAS_SEED_STATE = ("global_random_seed", "global_seed_generator")
+
+
+def library_seed_state():
+    """Keras's global seed state and TensorFlow's global seed: the two pieces of random state neither library
+    lets a caller read or restore through its public API, so they are read here and nowhere else (with
+    `restore_library_seed_state`, what `kitlib.runtime.seeded` uses to give the caller's state back)."""
+    from keras.src.backend.common import global_state  # noqa: PLC0415 - Keras keeps its seed state here
+    from tensorflow.python.eager import context  # noqa: PLC0415 - TF's global seed, readable only here
+
+    return [global_state.get_global_attribute(k) for k in _KERAS_SEED_STATE], context.global_seed()
+
+
+def restore_library_seed_state(state):
+    """Put back what `library_seed_state` returned."""
+    from keras.src.backend.common import global_state  # noqa: PLC0415
+    from tensorflow.python.eager import context  # noqa: PLC0415
+
+    for key, value in zip(_KERAS_SEED_STATE, state[0]):
+        global_state.set_global_attribute(key, value)
+    context.set_global_seed(state[1])
+
+
 keras = _keras()
 
 

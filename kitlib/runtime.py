@@ -18,6 +18,7 @@ import random
 import re
 import sys
 
+from kitlib import compat
 from kitlib.compat import TF_INSTALL_HINT, keras
 
 # What the kit is tested on (.ci/stacks/: Kaggle's GPU and TPU images, Colab): name -> (lowest, highest),
@@ -213,21 +214,15 @@ def seeded(seed):
         yield
         return
     import numpy as np  # noqa: PLC0415
-    from keras.src.backend.common import global_state  # noqa: PLC0415 - Keras keeps its seed state here
-    from tensorflow.python.eager import context  # noqa: PLC0415 - TF's global seed, readable only here
 
-    keys = ("global_random_seed", "global_seed_generator")
-    saved = ([global_state.get_global_attribute(k) for k in keys], random.getstate(), np.random.get_state(),
-             context.global_seed())
+    saved = (compat.library_seed_state(), random.getstate(), np.random.get_state())
     keras.utils.set_random_seed(int(seed))
     try:
         yield
     finally:
-        for key, value in zip(keys, saved[0]):
-            global_state.set_global_attribute(key, value)
+        compat.restore_library_seed_state(saved[0])
         random.setstate(saved[1])
         np.random.set_state(saved[2])
-        context.set_global_seed(saved[3])
 
 
 def configure_host_threads(intra_op, verbose=True):
@@ -292,7 +287,7 @@ def check_environment(verbose=True):
     import numpy  # noqa: PLC0415
 
     try:
-        import tensorflow as tf  # noqa: PLC0415 - kitlib.compat set the backend before this can import Keras
+        tf = compat.tf
     except ImportError as err:
         raise ImportError(
             "TensorFlow is missing (Colab's TPU runtime ships none); kitlib reads data with tf.data. "
