@@ -105,7 +105,7 @@ def test_every_help_works_in_a_clean_shell():
     (["pretrain", "--data", "{sample}", "--out", "{tmp}/o", "--crops", "2x64,bad", "--verbose", "0"],
      "malformed multi-crop spec '2x64,bad'"),
     (["finetune", "--data", "{tmp}/nowhere", "--backbone", "{tmp}/no-model", "--out", "{tmp}/o"], "no-model"),
-    (["predict", "--data", "{sample}", "--model", "{tmp}", "--out", "{tmp}/s.csv"], "not a kitlib classifier"),
+    (["predict", "--data", "{sample}", "--model", "{tmp}", "--out", "{tmp}/s.csv"], "neither a classifier folder"),
     (["make-sample", "--out", "/proc/no/such/dir"], "No such file or directory: '/proc/no"),
     (["demo", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no train shards match"),
 ])

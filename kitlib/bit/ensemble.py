@@ -41,9 +41,11 @@ def members(paths):
             if not dirs:
                 raise FileNotFoundError(f"{path}: a cv folder without any fold's classifier; run cv to the end")
             found.append(Member(os.path.basename(path.rstrip("/")) or path, tuple(dirs), path))
-        else:
-            export.find_classifier(path)  # a clear error when the folder holds no classifier
+        elif os.path.isfile(os.path.join(path, export.META_FILE)):
             found.append(Member(os.path.basename(path.rstrip("/")) or path, (path,)))
+        else:
+            raise FileNotFoundError(f"{path}: neither a classifier folder ({export.META_FILE}: what finetune --out "
+                                    f"writes) nor a cv folder ({kfold.FOLDS_FILE}: what cv --out writes)")
     return found
 
 
