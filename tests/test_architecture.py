@@ -4,9 +4,11 @@
 - Layers: a module imports only its own rank or lower, so the base never depends on the pipelines above it.
 - Package ``__init__``s import nothing of the kit, so ``import kitlib.swav`` costs nothing and hides no edge.
 - SwAV and BiT never import each other: fine-tuning takes any backbone, pretraining knows nothing of transfer.
-- TensorFlow and a direct ``import keras`` stay in compat and runtime (tf_keras nowhere): the backend is set first.
+- TensorFlow and a direct ``import keras`` stay in compat (tf_keras nowhere): the backend is set first.
 - No module over 400 lines and no function over 60: each stays readable and reviewable as one piece.
 - ``import kitlib`` and its packages load no TensorFlow, Keras, JAX or NumPy: ``--help`` and notebooks start fast.
+- Tests mirror the layout: ``kitlib/<pkg>/<mod>.py`` is tested in ``tests/<pkg>/test_<mod>.py``, and every test
+  module names a kit module (or is one of the repository's own: architecture, names, notebooks, bench).
 
 Every import counts, those inside functions included.
 """
@@ -55,6 +57,26 @@ def modules():
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = (path, ast.parse(path.read_text(), filename=str(path)))
     return found
+
+
+REPOSITORY_TESTS = ("test_architecture", "test_names", "test_notebooks")  # about the repository, not one module
+
+
+def test_tests_mirror_the_layout():
+    tests = pathlib.Path(REPO) / "tests"
+    have = {p.relative_to(tests).with_suffix("").as_posix() for p in tests.rglob("test_*.py")}
+    wanted = {}
+    for name, (path, tree) in modules().items():
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        if any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in tree.body):
+            parts = name.split(".")[1:]
+            wanted["/".join(parts[:-1] + [f"test_{parts[-1]}"])] = name
+    untested = sorted(f"{module} (tests/{test}.py)" for test, module in wanted.items() if test not in have)
+    assert not untested, f"kit modules without their test module: {untested}"
+    orphans = sorted(t for t in have - set(wanted)
+                     if not t.startswith("test_bench_") and t not in REPOSITORY_TESTS)
+    assert not orphans, f"test modules that name no kit module (rename or move them): {orphans}"
 
 
 def _known(name):

@@ -4,10 +4,10 @@ by the bench, never tested)."""
 
 import numpy as np
 import pytest
-from conftest import load_bench
 
 from kitlib.data import tfrecords
 from kitlib.swav import pretrain, recipe
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_bench
+
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")

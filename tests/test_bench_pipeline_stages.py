@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_bench
 
 from kitlib.data import tfrecords, writing
 from kitlib.swav import geometry
+from tests.conftest import load_bench
 
 CONFIG = geometry.MultiCropConfig.from_spec("1x32@0.3-1,2x16@0.05-0.3")
 SHADES = (40, 120, 200)  # one solid grey per image: a JPEG keeps it within a grey level or two

@@ -1,5 +1,4 @@
-"""The command line as users run it: a clean shell (no KERAS_BACKEND, nothing exported for the kit), any
-import order, and every user error as one line with exit code 2 (a traceback only for a bug)."""
+"""kitlib.cli: every command in a clean shell, one-line user errors with exit code 2, a library's own error keeps its traceback."""
 
 import os
 import subprocess
@@ -9,10 +8,9 @@ import textwrap
 import pytest
 
 from kitlib import cli
-from tests.conftest import kitlib_modules, xla_flags
+from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _clean_env(**extra):
     """A user's shell: none of the kit's variables (conftest already dropped KERAS_BACKEND; checked here)."""
@@ -20,16 +18,9 @@ def _clean_env(**extra):
     env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
     return env
 
-
 def _kitlib(*argv, cwd=REPO, **extra):
     return subprocess.run([sys.executable, "-m", "kitlib", *argv], capture_output=True, text=True, cwd=cwd,
                           env=_clean_env(**extra), timeout=300)
-
-
-def _python(code, **extra):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO,
-                          env=_clean_env(**extra), timeout=300)
-
 
 def _error_line(stderr):
     """The one line a user error prints (TensorFlow's C++ start-up lines aside)."""
@@ -38,67 +29,19 @@ def _error_line(stderr):
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
 
-
 def test_the_suite_itself_runs_without_keras_backend():
     assert "KERAS_BACKEND" not in os.environ  # conftest dropped it: subprocesses start as a clean shell
-
 
 def test_make_sample_works_in_a_clean_shell(tmp_path):
     done = _kitlib("make-sample", "--out", str(tmp_path / "s"), "--per-class", "2", "--test", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(os.listdir(tmp_path / "s" / "train_images")) == 10 and "Traceback" not in done.stderr
 
-
-def test_a_data_first_script_gets_keras_on_jax_in_a_clean_shell():
-    done = _python("""
-        from kitlib.data import tfrecords
-        from kitlib.swav import pretrain
-        import keras
-        print(keras.backend.backend(), tfrecords.count_data_items(tfrecords.list_tfrecords("data/sample")))
-    """)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-2:] == ["jax", "100"]
-
-
-@pytest.mark.slow
-def test_importing_tensorflow_first_still_gives_keras_on_jax_and_says_so():
-    done = _python("""
-        import tensorflow as tf
-        from kitlib.swav import model as swav_model
-        import keras
-        print(keras.backend.backend(), swav_model.SwAVModel.__module__)
-    """)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-1] == "kitlib.swav.model" and done.stdout.split()[-2] == "jax"
-    assert "reloaded it on 'jax'" in done.stderr
-
-
-@pytest.mark.slow
-def test_importing_keras_itself_first_is_refused_with_the_fix():
-    done = _python("import keras\nfrom kitlib.data import tfrecords")  # reloading would leave `keras` on TensorFlow
-    assert done.returncode != 0
-    assert "holds it as keras" in done.stderr and "import kitlib (or set os.environ['KERAS_BACKEND'] = 'jax') before keras" in done.stderr
-
-
-@pytest.mark.slow
-def test_every_module_imported_first_gives_keras_on_jax():
-    names = [n.removeprefix("kitlib.") for n in kitlib_modules()]
-    # one fresh interpreter per module; each prints the backend it ended with
-    code = "import importlib, subprocess, sys\n" + "".join(
-        f"subprocess.run([sys.executable, '-c', 'import kitlib.{n}, keras; print(\"{n}\", keras.backend.backend())'],"
-        " check=True)\n" for n in names)
-    done = _python(code)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = dict(line.split() for line in done.stdout.splitlines() if len(line.split()) == 2)
-    assert seen == {n: "jax" for n in names}
-
-
 @pytest.mark.slow
 def test_every_help_works_in_a_clean_shell():
     for argv in [["--help"]] + [[name, "--help"] for name in cli.COMMANDS] + [["kaggle", "push", "--help"]]:
         done = _kitlib(*argv)
         assert done.returncode == 0 and "usage:" in done.stdout and "Traceback" not in done.stderr, (argv, done.stderr)
-
 
 @pytest.mark.parametrize("argv, expected", [
     (["pretrain", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no train shards match '{tmp}/nowhere/"),
@@ -117,7 +60,6 @@ def test_a_user_error_is_one_line_and_exit_code_2(argv, expected, tmp_path, samp
     line = _error_line(capsys.readouterr().err)
     assert line.startswith(f"kitlib {argv[0]}: error: ") and fill(expected) in line
 
-
 @pytest.mark.slow
 @pytest.mark.matrix
 def test_a_batch_that_does_not_split_over_eight_devices_is_one_line(tmp_path, sample_dir):
@@ -126,7 +68,6 @@ def test_a_batch_that_does_not_split_over_eight_devices_is_one_line(tmp_path, sa
     assert done.returncode == 2
     assert _error_line(done.stderr) == ("kitlib pretrain: error: the global batch 12 does not split evenly over 8 "
                                         "device(s): use a multiple of 8 (e.g. 16).")
-
 
 def test_an_error_from_inside_a_library_keeps_its_traceback(tmp_path, monkeypatch):
     (tmp_path / "kit_probe_cmd.py").write_text(textwrap.dedent("""
@@ -144,3 +85,10 @@ def test_an_error_from_inside_a_library_keeps_its_traceback(tmp_path, monkeypatc
     assert cli.main(["probe", "--where", "kitlib"]) == 2
     with pytest.raises(ValueError, match="negative dimensions"):
         cli.main(["probe", "--where", "numpy"])
+
+
+def test_cli_lists_commands_and_rejects_unknown_ones():
+    help_out = subprocess.run([sys.executable, "-m", "kitlib", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert help_out.returncode == 0 and "make-sample" in help_out.stdout
+    bad = subprocess.run([sys.executable, "-m", "kitlib", "frobnicate"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr

@@ -1,5 +1,4 @@
-"""kitlib.preflight: the batch search, the report, the pip line for libtpu; and, where libtpu is installed
-(CI's kaggle-tpu leg), the real SwAV and BiT steps compiled for a TPU v5e-8 that is not here."""
+"""kitlib.preflight: a run's real step compiled for a TPU with libtpu's compile-only client: fits, bytes per chip, the batch search."""
 
 import json
 import os
@@ -9,20 +8,18 @@ import sys
 
 import pytest
 
-from kitlib import cli, preflight, runtime
+from kitlib import cli, preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 MIB = 1024 ** 2
+
 needs_libtpu = pytest.mark.skipif(
     not preflight.libtpu_installed() and not os.environ.get("KITLIB_REQUIRE_LIBTPU"),
     reason="compiling for a TPU needs libtpu: CI's kaggle-tpu leg (bash .ci/setup kaggle-tpu) runs these")
 
-
-# ============ the parts without a compiler ============
-
 class _Device:
     pass
-
 
 def _linear_compiles(fixed, per_image, calls):
     """A stand-in compiler whose peak bytes per chip grow linearly with the images per chip."""
@@ -33,7 +30,6 @@ def _linear_compiles(fixed, per_image, calls):
         return preflight.StepCost(global_batch, True, argument_bytes=fixed, temp_bytes=peak - fixed, flops=1e9 * per_chip)
     return compile_step
 
-
 def test_the_batch_search_lands_within_15_percent_of_the_largest_fitting_batch(monkeypatch):
     target, devices, calls = preflight.TARGETS["tpu-v5e-8"], [_Device() for _ in range(8)], []
     per_image = 9 * MIB                                       # 16 GiB / 9 MiB ~ 1820 images per chip fit
@@ -43,7 +39,6 @@ def test_the_batch_search_lands_within_15_percent_of_the_largest_fitting_batch(m
     exact = (target.hbm_bytes - 200 * MIB) // per_image        # images per chip
     assert batch % 8 == 0 and exact * 8 * 0.85 <= batch <= exact * 8
     assert len(costs) <= 6 and all(c.global_batch_size % 8 == 0 for c in costs)
-
 
 def test_the_batch_search_halves_through_refusals_without_numbers(monkeypatch):
     target, devices, calls = preflight.TARGETS["tpu-v5e-1"], [_Device()], []
@@ -58,19 +53,16 @@ def test_the_batch_search_halves_through_refusals_without_numbers(monkeypatch):
     batch, _ = preflight.largest_fitting_batch(None, 1024, devices, target, max_compiles=8)
     assert calls[:3] == [512, 256, 128] and 88 <= batch <= 100   # halving, then bisection
 
-
 def test_no_batch_fits_when_one_image_per_chip_is_too_much(monkeypatch):
     target, devices = preflight.TARGETS["tpu-v5e-8"], [_Device() for _ in range(8)]
     monkeypatch.setattr(preflight, "compile_step", _linear_compiles(17 * 1024 * MIB, MIB, []))
     assert preflight.largest_fitting_batch(None, 64, devices, target)[0] is None
-
 
 def test_required_bytes_read_from_the_compilers_refusal():
     message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
                "(71.64G) exceeds available HBM (15.75G).")
     assert preflight.required_bytes(message) == int(71.64 * 1024 ** 3)
     assert preflight.required_bytes("INTERNAL: something else") == 0
-
 
 def test_the_pip_line_names_the_libtpu_of_the_installed_jax(monkeypatch):
     monkeypatch.setattr(preflight.importlib.metadata, "requires",
@@ -82,7 +74,6 @@ def test_the_pip_line_names_the_libtpu_of_the_installed_jax(monkeypatch):
     known = {"0.7.2": "libtpu==0.0.23", "0.10.2": "libtpu==0.0.42.*"}   # each stack's jax and its [tpu] pin
     assert preflight.libtpu_install_hint() == f"pip install '{known[jax.__version__]}'"
 
-
 def test_without_libtpu_the_preflight_is_one_line_with_the_pip_line(monkeypatch, tmp_path, sample_dir, capsys):
     monkeypatch.setattr(preflight, "libtpu_installed", lambda: False)
     code = cli.main(["pretrain", "--data", sample_dir, "--out", str(tmp_path / "o"), "--preflight", "tpu-v5e-8"])
@@ -90,7 +81,6 @@ def test_without_libtpu_the_preflight_is_one_line_with_the_pip_line(monkeypatch,
     assert code == 2 and len(err) == 1
     assert err[0].startswith("kitlib pretrain: error: --preflight compiles for a TPU") and "pip install 'libtpu" in err[0]
     assert not os.path.exists(tmp_path / "o")
-
 
 def test_the_report_says_what_fits_and_what_to_pass():
     report = preflight.Report(
@@ -106,14 +96,10 @@ def test_the_report_says_what_fits_and_what_to_pass():
     assert "DOES NOT FIT" in text and "pass --batch-size 1024" in text and "15.00 GiB per chip" in text
     assert "at least 10 ms" in text and "2 compile(s), 43 s" in text
 
-
-# ============ compiled for a TPU v5e-8 (libtpu) ============
-
 def _cli(*argv):
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
     return subprocess.run([sys.executable, "-m", "kitlib", *argv], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=600)
-
 
 @pytest.mark.slow
 @pytest.mark.tpu_compile
@@ -128,7 +114,6 @@ def test_the_small_cnn_swav_step_compiles_for_a_v5e_8_and_only_the_report_is_wri
     assert 0 < report["bytes_per_device"]["peak"] < report["hbm_bytes_per_device"] == 16 * 1024 ** 3
     assert report["flops_per_step"] > 0 and report["global_batch_size"] == 64
     assert "FITS" in done.stdout and "nothing was run" in done.stdout
-
 
 @pytest.mark.slow
 @pytest.mark.tpu_compile
@@ -154,7 +139,6 @@ def test_bytes_per_chip_grow_with_the_batch(sample_dir):
     assert large.peak_bytes - small.peak_bytes >= (512 - 64) // 8 * crop_bytes  # at least the extra inputs
     assert large.flops > 6 * small.flops                                        # 8x the images per chip
 
-
 @pytest.mark.slow
 @pytest.mark.tpu_compile
 @needs_libtpu
@@ -175,7 +159,6 @@ def test_an_impossible_batch_exits_4_naming_a_batch_that_fits(tmp_path, sample_d
     assert any(t["global_batch_size"] == best and t["fits"] for t in report["tried"])
     assert f"pass --batch-size {best}" in done.stdout
 
-
 @pytest.mark.slow
 @pytest.mark.tpu_compile
 @needs_libtpu
@@ -192,7 +175,6 @@ def test_a_tiny_bit_fine_tuning_step_compiles_for_a_v5e_8(tmp_path, sample_dir):
     assert report["period"] == "run" and report["steps_per_epoch"] > 0 and report["flops_per_step"] > 0
     assert os.listdir(out) == ["preflight.json"]
 
-
 @pytest.mark.slow
 @pytest.mark.tpu_compile
 @needs_libtpu
@@ -208,48 +190,3 @@ def test_the_prediction_pass_compiles_for_a_v5e_8_and_writes_no_submission(tmp_p
     assert not out.exists() and report["command"] == "predict" and report["fits"]
     assert report["global_batch_size"] == 16 and report["steps_per_epoch"] == 1 * 3  # 15 images, 3 views
     assert "15 test images x 3 view(s)" in done.stdout
-
-
-# ============ kaggle push --preflight ============
-
-def test_notebook_01s_config_cell_is_read_as_the_settings_it_gives():
-    from kitlib.kaggle import kernels
-
-    assert kernels.notebook_config_fields(kernels.resolve_notebook("01")) == {
-        "steps_per_execution": 32, "seed": 0}
-    assert kernels.notebook_config_fields(kernels.resolve_notebook("04")) is None
-
-
-def test_push_preflight_refuses_a_run_that_does_not_fit_and_pushes_nothing(monkeypatch, tmp_path, sample_dir, capsys):
-    from kitlib.kaggle import cli as kaggle_cli
-    from kitlib.swav import pretrain
-
-    seen = {}
-
-    def too_big(plan, print_fn=print):
-        seen.update(config=plan.settings, target=plan.settings.preflight)
-        return type("R", (), {"fits": False, "max_global_batch_size": 128, "global_batch_size": 256})()
-
-    monkeypatch.setattr(pretrain, "run_preflight", too_big)
-    monkeypatch.setattr(preflight, "prepare_compile_only", lambda: None)  # planned as for 8 chips, without libtpu
-    monkeypatch.setattr(preflight, "target_runtime", lambda target: runtime.Runtime("TPU", tuple(range(8)), None,
-                                                                                   "mixed_bfloat16"))
-    out = tmp_path / "kernel"
-    code = kaggle_cli.main(["push", "01", "--accelerator", "tpu", "--preflight", "--data", sample_dir,
-                            "--dry-run", "--out", str(out)], get_api=lambda: pytest.fail("no API call"))
-    assert code == preflight.EXIT_DOES_NOT_FIT and not out.exists()
-    assert seen["target"] == "tpu-v5e-8" and seen["config"].steps_per_execution == 32 and seen["config"].seed == 0
-    assert "set global_batch_size=128 in its CONFIG cell" in capsys.readouterr().err
-    code = kaggle_cli.main(["push", "01", "--accelerator", "gpu", "--preflight", "--dry-run", "--out", str(out)])
-    assert code == 2 and "--accelerator tpu" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-@pytest.mark.tpu_compile
-@needs_libtpu
-def test_push_preflight_of_notebook_01_compiles_and_then_writes_the_kernel(tmp_path, sample_dir):
-    out = tmp_path / "kernel"
-    done = _cli("kaggle", "push", "01", "--accelerator", "tpu", "--preflight", "--data", sample_dir, "--dry-run",
-                "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "FITS" in done.stdout and (out / "kernel-metadata.json").exists()

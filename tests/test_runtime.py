@@ -1,5 +1,4 @@
-"""kitlib.runtime and the package itself: devices, refusal of a hidden accelerator, data parallelism,
-policies, the environment check, data lookup (kitlib.locations), no import side effects."""
+"""kitlib.runtime: devices, the refusal of a hidden accelerator, data parallelism, precision, seeds, the environment check, imports that change nothing."""
 
 import json
 import os
@@ -8,20 +7,17 @@ import sys
 
 import pytest
 
-from kitlib import locations, runtime
+from kitlib import runtime
 from tests.conftest import run_on_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 class _Device:
     def __init__(self, platform, device_kind="fake"):
         self.platform, self.device_kind = platform, device_kind
 
-
 def _no_files(pattern):
     return []
-
 
 def test_accelerator_marks_read_the_environment_and_device_files():
     kaggle_tpu = runtime.accelerator_marks({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, _no_files)
@@ -31,7 +27,6 @@ def test_accelerator_marks_read_the_environment_and_device_files():
     assert marks == {"TPU": ["/dev/accel0", "/dev/accel1"], "GPU": ["/dev/nvidia0"]}
     assert runtime.accelerator_marks({}, _no_files) == {"TPU": [], "GPU": []}
     assert runtime.accelerator_marks() == {"TPU": [], "GPU": []}  # this box: neither
-
 
 @pytest.mark.parametrize("hardware, marks, extra", [
     ("TPU", {"TPU": ["ISTPUVM=1"], "GPU": []}, "tpu"),
@@ -48,7 +43,6 @@ def test_a_hidden_accelerator_is_refused_with_the_fix_unless_cpu_is_allowed(hard
     assert runtime.check_visible(hardware, marks) is None  # JAX does see it
     assert runtime.check_visible("CPU", {"TPU": [], "GPU": []}) is None  # a plain CPU machine
 
-
 def test_setup_refuses_before_touching_keras_state_on_a_tpu_vm_without_jax_tpu():
     from kitlib.compat import keras
 
@@ -56,13 +50,11 @@ def test_setup_refuses_before_touching_keras_state_on_a_tpu_vm_without_jax_tpu()
         runtime.setup(devices=[_Device("cpu")], marks={"TPU": ["/dev/accel0"], "GPU": []}, verbose=False)
     assert keras.mixed_precision.global_policy().name == "float32"
 
-
 def test_setup_on_this_machine_is_one_cpu_device_in_float32(capsys):
     rt = runtime.setup()
     assert (rt.kind, rt.num_devices, rt.distribution, rt.policy) == ("CPU", 1, None, "float32")
     assert rt.as_dict()["backend"] == "jax"
     assert "running on 1 x CPU" in capsys.readouterr().out
-
 
 @pytest.mark.slow
 @pytest.mark.matrix
@@ -85,10 +77,8 @@ def test_setup_on_eight_devices_puts_data_parallelism_in_force():
     assert (result["n"], result["dp"], result["mesh"], result["per_device"]) == (8, "DataParallel", [8], 8)
     assert "global batch 12" in result["error"] and "8 device(s)" in result["error"]
 
-
 def test_device_kind_of_jax_platforms():
     assert [runtime.device_kind(p) for p in ("tpu", "gpu", "cuda", "rocm", "cpu")] == ["TPU", "GPU", "GPU", "GPU", "CPU"]
-
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_usable_cores_follows_the_affinity_mask():
@@ -99,7 +89,6 @@ def test_usable_cores_follows_the_affinity_mask():
         assert runtime.usable_cores() == 1
     finally:
         os.sched_setaffinity(0, mask)
-
 
 @pytest.mark.slow
 def test_configure_host_threads_before_and_after_tensorflow_starts():
@@ -119,7 +108,6 @@ assert runtime.configure_host_threads(0) == 1               # too late now: unch
     assert "6.0" in done.stdout
     assert "already started; threads per CPU op stay at 1" in done.stdout
 
-
 @pytest.mark.parametrize("kind, float16, expected", [
     ("TPU", False, "mixed_bfloat16"), ("TPU", True, "mixed_bfloat16"),
     ("GPU", False, "float32"), ("GPU", True, "mixed_float16"),
@@ -128,7 +116,6 @@ assert runtime.configure_host_threads(0) == 1               # too late now: unch
 def test_mixed_precision_policy_per_device(kind, float16, expected):
     assert runtime.mixed_precision_policy(kind, gpu_float16=float16) == expected
 
-
 @pytest.mark.slow
 def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_missing():
     versions = runtime.check_environment(verbose=False)
@@ -136,25 +123,6 @@ def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_m
     probe = "import sys; sys.modules['tensorflow'] = None\nfrom kitlib import runtime\nruntime.check_environment()"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode != 0 and "pip install tensorflow-cpu==2.20.0" in done.stderr
-
-
-@pytest.mark.slow
-def test_kitlib_refuses_another_keras_backend_with_the_fix():
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    done = subprocess.run([sys.executable, "-c", "import kitlib.compat"], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
-    assert done.returncode != 0 and "KERAS_BACKEND='tensorflow'" in done.stderr and "'jax'" in done.stderr
-
-
-def test_find_data_dir_falls_back_to_the_bundled_sample(sample_dir):
-    assert os.path.samefile(locations.find_data_dir(), sample_dir)
-    assert locations.find_data_dir(local=sample_dir) == sample_dir
-
-
-def test_find_data_dir_says_how_to_get_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make-sample --out"):
-        locations.find_data_dir(local=str(tmp_path / "nowhere"))
-
 
 @pytest.mark.slow
 def test_importing_kitlib_changes_no_global_state():
@@ -187,14 +155,6 @@ print(json.dumps({k: (before[k] == after[k]) for k in before}))
     assert out.returncode == 0, out.stderr[-2000:]
     unchanged = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(unchanged.values()), f"state changed by import: {[k for k, v in unchanged.items() if not v]}"
-
-
-def test_cli_lists_commands_and_rejects_unknown_ones():
-    help_out = subprocess.run([sys.executable, "-m", "kitlib", "--help"], capture_output=True, text=True, cwd=REPO)
-    assert help_out.returncode == 0 and "make-sample" in help_out.stdout
-    bad = subprocess.run([sys.executable, "-m", "kitlib", "frobnicate"], capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
-
 
 def test_seeded_repeats_draws_inside_and_leaves_the_callers_state_alone():
     import random

@@ -19,6 +19,8 @@ CASES = {
                                                           hyperrule.HyperRule((600, 800), 1000, 512)]),
     "plot_mixup_grid": lambda: viz.plot_mixup_grid(RNG.random((4, 8, 8, 3)), np.eye(3)[[0, 1, 2, 0]], NAMES),
     "plot_confusion_matrix": lambda: viz.plot_confusion_matrix([[3, 1, 0], [0, 2, 0], [1, 0, 4]], NAMES),
+    "plot_fold_accuracy": lambda: viz.plot_fold_accuracy({"per_fold_accuracy": [0.8, 0.7, 0.9], "mean_accuracy": 0.8,
+                                                          "oof_accuracy": 0.79}),
     "plot_training_history": lambda: viz.plot_training_history({"loss": [1.0, 0.5], "accuracy": [0.4, 0.8],
                                                                 "val_loss": [1.1, 0.7], "val_accuracy": [0.3, 0.7]}),
     "plot_predictions": lambda: viz.plot_predictions([np.zeros((10, 12, 3), np.uint8)] * 2, ["a.jpg", "b.jpg"],
@@ -52,3 +54,10 @@ def test_plot_returns_a_figure_with_drawn_axes(name):
         assert drawn, f"{name} drew nothing"
     finally:
         plt.close(figure)
+
+
+def test_suspects_are_titled_with_the_given_label_and_the_oof_prediction():
+    fig = viz.plot_predictions([np.zeros((10, 12, 3), np.uint8)] * 2, ["a.jpg", "b.jpg"],
+                               np.array([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]]), NAMES, labels=[0, 2])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["CBB -> CMD 0.70\na.jpg", "Healthy -> CBB 0.90\nb.jpg"]

@@ -1,5 +1,4 @@
-"""kitlib.bit.export: the saved classifier (.keras + classifier.json) reloads offline and predicts exactly what
-the Keras model did; dtype policies move between float32 files and bfloat16 compute."""
+"""kitlib.bit.export: the classifier on disk, reloaded offline, found under /kaggle/input, or a stand-in."""
 
 import json
 import os
@@ -12,7 +11,6 @@ from kitlib.bit import export
 from kitlib.bit.export import load_classifier, save_classifier
 from kitlib.compat import keras
 from kitlib.data.tfrecords import CLASS_NAMES
-from kitlib.models import precision as models_precision
 
 
 def _tiny_classifier(size=16, classes=3):
@@ -22,10 +20,8 @@ def _tiny_classifier(size=16, classes=3):
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(classes, dtype="float32")(x))
 
-
 def _images(n=5, size=16, seed=0):
     return np.random.default_rng(seed).random([n, size, size, 3], dtype=np.float32)
-
 
 def test_saved_classifier_reloads_offline_and_predicts_the_softmax_of_the_model_logits(tmp_path, monkeypatch):
     model = _tiny_classifier()
@@ -51,14 +47,12 @@ def test_saved_classifier_reloads_offline_and_predicts_the_softmax_of_the_model_
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert loaded.predict_proba(np.zeros([0, 16, 16, 3], np.float32)).shape == (0, 3)
 
-
 def test_a_classifier_that_outputs_probabilities_is_not_softmaxed_twice(tmp_path):
     inputs = keras.Input([8, 8, 3])
     probs_model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(inputs)))
     save_classifier(probs_model, str(tmp_path), list("abcd"), 8, from_logits=False)
     images = _images(3, 8)
     np.testing.assert_allclose(load_classifier(str(tmp_path)).predict_proba(images), probs_model(images), atol=1e-6)
-
 
 def test_a_bfloat16_classifier_is_saved_in_float32_with_the_same_weights(tmp_path):
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -75,18 +69,6 @@ def test_a_bfloat16_classifier_is_saved_in_float32_with_the_same_weights(tmp_pat
     # float32 arithmetic on the bfloat16 model's weights: the outputs agree to bfloat16 precision
     np.testing.assert_allclose(loaded(_images()), model(_images()), atol=0.02)
 
-
-def test_with_dtype_policy_rebuilds_every_layer_and_returns_a_model_already_in_it_unchanged():
-    model = _tiny_classifier()
-    assert models_precision.with_dtype_policy(model, "float32") is model
-    mixed = models_precision.with_dtype_policy(model, "mixed_bfloat16")
-    assert mixed is not model and all(layer.compute_dtype == "bfloat16" for layer in mixed.layers[1:])
-    assert all(w.dtype == "float32" for w in mixed.weights)
-    for a, b in zip(mixed.get_weights(), model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert mixed.layers[0].dtype == "float32"  # the input stays float32 images
-
-
 def test_wrong_image_size_and_class_count_are_refused(tmp_path):
     model = _tiny_classifier()
     with pytest.raises(ValueError, match="outputs 3 classes but 2 class names"):
@@ -95,7 +77,6 @@ def test_wrong_image_size_and_class_count_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"expected images \[N, 16, 16, 3\]"):
         load_classifier(str(tmp_path)).predict_proba(np.zeros([1, 20, 20, 3], np.float32))
 
-
 def test_loading_a_folder_that_is_not_a_classifier_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="kitlib finetune --out"):
         load_classifier(str(tmp_path))
@@ -103,10 +84,6 @@ def test_loading_a_folder_that_is_not_a_classifier_says_what_to_pass(tmp_path):
     (tmp_path / "classifier.json").write_text(json.dumps({"class_names": ["a"], "image_size": 8}))
     with pytest.raises(FileNotFoundError, match="older kit.*fine-tune again"):
         load_classifier(str(tmp_path))
-
-
-# ============ finding the model ============
-
 
 @pytest.mark.slow
 def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(tmp_path):
@@ -119,7 +96,6 @@ def test_the_stand_in_is_a_seeded_keras_classifier_saved_like_a_fine_tuned_one(t
     probs = load_classifier(tiny_model_dir).predict_proba(images)
     np.testing.assert_array_equal(again.predict_proba(images), probs)  # same seed, same weights
     assert np.ptp(probs, axis=0).max() > 1e-4  # the outputs differ from image to image
-
 
 @pytest.mark.slow
 def test_find_classifier_picks_the_one_attached_model_or_writes_a_stand_in(tmp_path):

@@ -1,77 +1,14 @@
-"""kitlib.swav.color_host and kitlib.swav.color: the host colour path as multicrop runs it (rates, range, maths), the blur,
-and the ColorAugment layer (keras.ops on JAX): rates, exact probabilities 0 and 1, the torchvision chain, seeds."""
+"""kitlib.swav.color: ColorConfig and the ColorAugment layer (colour distortion inside the compiled step)."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kitlib.swav import color, color_host, geometry, multicrop
+from kitlib.swav import color, color_host
 from kitlib.swav.color import ColorConfig
 
-N_DRAWS = 4000     # draws per probability estimate: the standard error of a rate is <= 0.008
-RATE_TOL = 0.03    # ~4 standard errors
-RATE_CROPS = geometry.MultiCropConfig.from_spec("4x32@0.3-1")  # 32 px: a 3-tap blur kernel
 OFF = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
-
-
-def _rate(flags):
-    return float(np.mean(np.asarray(flags)))
-
-
-def _texture(dtype=np.float32):
-    """A colourful noise image: every jitter, grayscale, blur or flip of a window of it changes it."""
-    noise = np.random.default_rng(0).random([48, 64, 3])
-    return (noise * 255).round().astype(np.uint8) if dtype == np.uint8 else (noise * 255).round().astype(dtype) / 255
-
-
-def _host_crops(augment, color_config=color.SWAV_COLOR, image=None, n=N_DRAWS // 4, seed=3):
-    """[n * 4, 32, 32, 3]: the crops multicrop cuts from n copies of one image (the same seed: the same windows)."""
-    images = tf.data.Dataset.from_tensors(_texture() if image is None else image).repeat(n)
-    batch = next(iter(multicrop.multicrop(images, RATE_CROPS, augment, seed, color=color_config).batch(n)))
-    return np.concatenate([np.asarray(c) for c in batch])
-
-
-def _per_crop(flags_of, y, x):
-    return flags_of(np.abs(y - x).max(axis=(1, 2, 3)))
-
-
-# ============ the host path, as multicrop(augment=True) runs it ============
-
-@pytest.mark.slow
-def test_host_path_fires_each_augmentation_with_its_probability():
-    plain, flipped = _host_crops(False), _host_crops("device")        # crops; crops + flips (no colour)
-    assert abs(_rate(_per_crop(lambda d: d > 1e-4, flipped, plain)) - 0.5) < RATE_TOL
-    for name, p in (("jitter_p", 0.8), ("gray_p", 0.2), ("blur_p", 0.5), ("blur_p", 0.3)):
-        host = _host_crops(True, ColorConfig(sigma=(1.0, 2.0), **{**OFF, name: p}))
-        assert abs(_rate(_per_crop(lambda d: d > 1e-4, host, flipped)) - p) < RATE_TOL, (name, p)
-    np.testing.assert_allclose(_host_crops(True, ColorConfig(**OFF)), flipped, atol=1e-6)  # all off: flips only
-    full = _host_crops(True)                                           # SwAV's settings
-    assert full.min() >= 0.0 and full.max() <= 1.0
-    is_gray = np.abs(full - full.mean(-1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
-    assert abs(_rate(is_gray) - 0.2) < RATE_TOL                       # saturation factors are >= 0.2
-    assert abs(_rate(_per_crop(lambda d: d > 1e-4, full, flipped)) - (1 - 0.2 * 0.8 * 0.5)) < RATE_TOL
-    assert dataclasses.asdict(color.SWAV_COLOR) == dict(strength=1.0, jitter_p=0.8, gray_p=0.2, blur_p=0.5,
-                                                        sigma=(0.1, 2.0))
-    assert geometry.SWAV_PAPER.flip_p == 0.5
-
-
-def test_host_jitter_keeps_range_gray_stays_gray_and_strength_zero_is_identity():
-    flipped = _host_crops("device", n=50)
-    jittered = _host_crops(True, ColorConfig(**{**OFF, "jitter_p": 1.0}), n=50)
-    assert jittered.min() >= 0.0 and jittered.max() <= 1.0 and np.abs(jittered - flipped).max() > 1e-2
-    np.testing.assert_allclose(_host_crops(True, ColorConfig(strength=0.0, **{**OFF, "jitter_p": 1.0}), n=50),
-                               flipped, atol=1e-5)
-    gray = np.repeat(_texture()[..., :1], 3, axis=-1)                 # saturation and hue act on chroma only
-    out = _host_crops(True, ColorConfig(**{**OFF, "jitter_p": 1.0}), image=gray, n=50)
-    np.testing.assert_allclose(out, np.repeat(out[..., :1], 3, axis=-1), atol=1e-5)
-
-
-def test_host_path_gives_the_same_crops_from_uint8_and_from_float_pixels():
-    from_uint8 = _host_crops(True, image=_texture(np.uint8), n=50)     # the 1/255 scale folded into the map
-    np.testing.assert_allclose(from_uint8, _host_crops(True, image=_texture(), n=50), atol=1e-4)
-
 
 def _jitter_ops_in_order(x, b, c, s, d, order):
     """torchvision's four jitter ops as maps in RGB (hue: the YIQ rotation), in ``order``, no clipping."""
@@ -87,49 +24,6 @@ def _jitter_ops_in_order(x, b, c, s, d, order):
         x = ops[name](x)
     return x
 
-
-@pytest.mark.parametrize("order", [("brightness", "contrast", "saturation", "hue"),
-                                   ("hue", "saturation", "contrast", "brightness"),
-                                   ("contrast", "hue", "brightness", "saturation")])
-def test_fused_jitter_map_equals_the_four_ops_in_any_order_when_nothing_clips(order):
-    x = 0.4 + 0.2 * np.random.default_rng(1).random((12, 12, 3))       # mid-range: no op leaves [0, 1]
-    b, c, s, d = 1.15, 0.8, 1.2, 0.05
-    maps, weight = color_host.jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([False]))
-    fused = color_host.apply_color_map(tf.constant(x * 255.0, tf.float32), maps[0], weight[0], 1 / 255)
-    np.testing.assert_allclose(fused, _jitter_ops_in_order(x, b, c, s, d, order), atol=1e-5)
-    maps, weight = color_host.jitter_map(*[tf.constant([v], tf.float32) for v in (b, c, s, d)], tf.constant([True]))
-    gray = color_host.apply_color_map(tf.constant(x, tf.float32), maps[0], weight[0], 1.0)
-    expected = _jitter_ops_in_order(x, b, c, s, d, order) @ np.array([0.299, 0.587, 0.114])
-    np.testing.assert_allclose(gray, np.repeat(expected[..., None], 3, -1), atol=1e-5)
-
-
-
-@pytest.mark.parametrize("height, width, k", [(30, 40, 7), (4, 4, 3), (5, 9, 5)])
-def test_gaussian_blur_equals_a_reflect_padded_2d_convolution(height, width, k):
-    # (4, 4, 3), (5, 9, 5): the reflection reaches across the whole image from both ends
-    x = tf.random.stateless_uniform([3, height, width, 3], [5, 6])
-    out = tf.stack([color_host.gaussian_blur(image, 1.5, kernel_size=k) for image in x])
-    taps = np.exp(-np.arange(-(k // 2), k // 2 + 1) ** 2 / (2 * 1.5 ** 2))
-    kernel = np.outer(taps, taps) / taps.sum() ** 2
-    padded = tf.pad(x, [[0, 0], [k // 2, k // 2], [k // 2, k // 2], [0, 0]], mode="REFLECT")
-    expected = tf.nn.depthwise_conv2d(padded, np.tile(kernel[:, :, None, None], [1, 1, 3, 1]).astype(np.float32),
-                                      [1, 1, 1, 1], "VALID")
-    np.testing.assert_allclose(out, expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("height, width", [(96, 96), (40, 72), (160, 160)])
-def test_host_blur_by_matrices_or_convolution_equals_the_2d_convolution(height, width):
-    # the matrix route up to MATRIX_BLUR_MAX_SIDE, the depthwise one above it
-    x = tf.random.stateless_uniform([height, width, 3], [7, height])
-    one_d = np.exp(-np.arange(-4, 5) ** 2 / (2 * 1.3 ** 2))
-    one_d /= one_d.sum()
-    padded = tf.pad(x[None], [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    kernel = np.tile(np.outer(one_d, one_d)[:, :, None, None], [1, 1, 3, 1]).astype(np.float32)
-    expected = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
-    np.testing.assert_allclose(color_host.gaussian_blur(x, 1.3, kernel_size=9), expected, atol=1e-5)
-
-
-
 @pytest.mark.parametrize("side, kernel", [(224, 23), (96, 9), (160, 17), (32, 3)])
 def test_blur_kernel_follows_the_crop_size(side, kernel):
     assert color.blur_kernel_size(side) == kernel
@@ -141,16 +35,12 @@ def test_blur_kernel_follows_the_crop_size(side, kernel):
     flat = color_host.gaussian_blur(tf.fill([side, side, 3], 0.5), 1.0)  # reflected borders: no dark frame
     np.testing.assert_allclose(flat, 0.5, atol=1e-5)
 
-
-# ============ ColorAugment: the colour chain as a Keras 3 layer (keras.ops, run on JAX) ============
-
 N_LAYER = 600      # images per rate estimate of the layer: binomial standard error <= 0.021
-STD_TOL = 4.5      # tolerance in binomial standard errors
 
+STD_TOL = 4.5      # tolerance in binomial standard errors
 
 def _binomial_tol(p, n=N_LAYER):
     return STD_TOL * np.sqrt(p * (1 - p) / n)
-
 
 def _pattern_batch(n, side=32):
     """n copies of a colourful image with an edge: every jitter, grayscale or blur changes it."""
@@ -158,15 +48,12 @@ def _pattern_batch(n, side=32):
     pattern[:, :side // 2], pattern[:, side // 2:] = [0.9, 0.3, 0.1], [0.1, 0.5, 0.8]
     return np.ascontiguousarray(np.broadcast_to(pattern, [n, side, side, 3]))
 
-
 def _changed(y, x):
     return np.abs(np.asarray(y) - x).max(axis=(1, 2, 3)) > 1e-4
-
 
 def _is_gray(y):
     y = np.asarray(y)
     return np.abs(y - y.mean(-1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-6
-
 
 @pytest.mark.slow  # the first eager call compiles every op: 3-7 s on 2 shared cores
 def test_color_augment_layer_keeps_inputs_when_not_training_and_shape_dtype_range_when_training():
@@ -197,7 +84,6 @@ def test_color_augment_layer_keeps_inputs_when_not_training_and_shape_dtype_rang
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
-
 @pytest.mark.slow
 def test_color_augment_layer_fires_with_the_configured_probabilities():
     x = _pattern_batch(N_LAYER)                                       # 32 px: 3 blur taps
@@ -211,7 +97,6 @@ def test_color_augment_layer_fires_with_the_configured_probabilities():
     assert abs(gray.mean() - color.SWAV_COLOR.gray_p) < _binomial_tol(color.SWAV_COLOR.gray_p)
     assert abs(_changed(full, x).mean() - (1 - 0.2 * 0.8 * 0.5)) < _binomial_tol(0.92)  # untouched: no op fired
 
-
 @pytest.mark.slow
 def test_color_augment_layer_probabilities_zero_and_one_are_exact():
     x = _pattern_batch(N_LAYER)                                       # the shapes of the tests above
@@ -223,7 +108,6 @@ def test_color_augment_layer_probabilities_zero_and_one_are_exact():
     assert _changed(blurred, x).all() and not _is_gray(blurred).any()
     tiny = np.random.default_rng(0).random([N_LAYER, 16, 16, 3]).astype(np.float32)  # 16 px: 1 tap, no blur
     np.testing.assert_array_equal(color.ColorAugment(seed=4, **{**off, "blur_p": 1.0})(tiny, training=True), tiny)
-
 
 @pytest.mark.slow
 def test_color_augment_layer_matches_the_host_grayscale_and_blur():
@@ -237,7 +121,6 @@ def test_color_augment_layer_matches_the_host_grayscale_and_blur():
         layer = color.ColorAugment(jitter_p=0.0, gray_p=0.0, blur_p=1.0, sigma=(sigma, sigma), seed=0)
         host = np.stack([color_host.gaussian_blur(tf.constant(image), sigma) for image in x])  # reflect padded
         np.testing.assert_allclose(layer(x, training=True), host, atol=1e-5)
-
 
 @pytest.mark.parametrize("order", [("brightness", "contrast", "saturation", "hue"),
                                    ("hue", "saturation", "contrast", "brightness"),
@@ -257,7 +140,6 @@ def test_color_augment_layer_jitter_runs_the_given_order_with_a_clip_after_each_
     assert np.abs(np.clip(unclipped, 0, 1) - expected[0]).max() > 1e-2  # the clips between ops matter
     still = color.ColorAugment(strength=0.0, seed=0, **{**OFF, "jitter_p": 1.0})(np.float32(x), training=True)
     np.testing.assert_allclose(still, x, atol=1e-5)  # the layer's draws at strength 0: factors 1, hue 0
-
 
 @pytest.mark.slow
 def test_color_augment_layer_draws_fresh_parameters_every_jitted_step_and_repeats_with_a_seed():
@@ -292,7 +174,6 @@ def test_color_augment_layer_draws_fresh_parameters_every_jitted_step_and_repeat
     one, two = (model.predict(crops[0], batch_size=8, verbose=0) for _ in range(2))
     np.testing.assert_allclose(one, first[0], atol=1e-6)              # a fresh layer, seed 5: the same draws
     assert _changed(one, two).any()
-
 
 def test_color_config_validates_and_round_trips_through_the_layer():
     layer = color.ColorAugment(color.ColorConfig(gray_p=0.5), seed=9, blur_p=0.1)

@@ -1,5 +1,4 @@
-"""SwAV pretraining end to end on Keras 3 + JAX: learning on the sample, resume after kill -9, export,
-the CLI contract, refusing a hidden accelerator, the config's resolved settings, monitors."""
+"""kitlib.swav.pretrain: the pretrain command end to end: learning on the sample, resume after kill -9, export, the CLI, the resolved settings."""
 
 import csv
 import json
@@ -18,11 +17,8 @@ from kitlib import command, runtime
 from kitlib.compat import keras
 from kitlib.data import tfrecords
 from kitlib.models import backbones
-from kitlib.swav import checkpoint, evaluate
-from kitlib.swav import monitors as swav_monitors
-from kitlib.swav import pretrain
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from kitlib.swav import checkpoint, evaluate, pretrain
+from tests.conftest import REPO  # noqa: E402
 
 
 @pytest.mark.slow
@@ -53,25 +49,21 @@ def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert {"loss", "ln_k", "usage_entropy", "lr"} <= set(rows[0])
 
-
 def test_random_init_backbone_is_seeded():
     a = pretrain.random_init_backbone("small_cnn", seed=3)
     b = pretrain.random_init_backbone("small_cnn", seed=3)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
 
-
 TINY_RUN = ["--epochs", "8", "--batch-size", "8", "--backbone", "small_cnn", "--prototypes", "10",
             "--hidden-dim", "16", "--output-dim", "8", "--crops", "2x32@0.3-1,2x16@0.1-0.3",
             "--augmentation", "none", "--max-steps-per-epoch", "2", "--queue-length", "16",
             "--queue-start-epoch", "0", "--seed", "1", "--verbose", "0"]
 
-
 def _cli(argv, env=None, **kwargs):
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run([sys.executable, "-m", "kitlib", "pretrain"] + argv, cwd=REPO, capture_output=True,
                           text=True, env=environ, timeout=300, **kwargs)
-
 
 def _parse(argv):
     import argparse  # noqa: PLC0415
@@ -80,10 +72,8 @@ def _parse(argv):
     command.add_arguments(parser, pretrain.CONFIG)
     return command.config_from_args(pretrain.CONFIG, parser.parse_args(argv))
 
-
 def _pretrain(config):
     return pretrain.run(pretrain.plan(config))
-
 
 @pytest.mark.slow
 def test_rerun_after_kill_9_resumes_step_count_queue_and_history(sample_dir, tmp_path):
@@ -122,7 +112,6 @@ def test_rerun_after_kill_9_resumes_step_count_queue_and_history(sample_dir, tmp
     with pytest.raises(ValueError, match="prototypes"):
         _pretrain(pretrain.dataclasses.replace(config, prototypes=20))
 
-
 @pytest.mark.slow
 def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_path):
     out = tmp_path / "zero"
@@ -144,7 +133,6 @@ def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_
     assert features.shape == (2, 128)
     np.testing.assert_allclose(features, np.asarray(expected), rtol=1e-5, atol=1e-6)
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("env, hardware", [({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, "TPU")])
 def test_cli_on_a_tpu_vm_where_jax_sees_no_tpu_exits_before_training(sample_dir, tmp_path, env, hardware):
@@ -152,7 +140,6 @@ def test_cli_on_a_tpu_vm_where_jax_sees_no_tpu_exits_before_training(sample_dir,
     assert done.returncode != 0
     assert f"has a {hardware}" in done.stderr and "jax[tpu]" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written or trained
-
 
 @pytest.mark.slow
 def test_export_of_a_mixed_precision_backbone_is_float32_and_trainable(tmp_path):
@@ -174,10 +161,8 @@ def test_export_of_a_mixed_precision_backbone_is_float32_and_trainable(tmp_path)
     grads = jax.grad(total)([v.value for v in loaded.trainable_variables])
     assert len(grads) == len(backbone.trainable_variables) and all(float(np.abs(g).sum()) > 0 for g in grads)
 
-
 def _resolved(config, *args, **kwargs):
     return pretrain.resolve(config, *args, **kwargs)[0]
-
 
 def test_config_resolves_from_the_data_and_the_devices():
     config = pretrain.PretrainConfig(data_dir="d", out_dir="o", epochs=100, global_batch_size=256)
@@ -192,7 +177,6 @@ def test_config_resolves_from_the_data_and_the_devices():
     with pytest.raises(ValueError, match="no full batch"):
         _resolved(pretrain.PretrainConfig(data_dir="d", global_batch_size=1000), 100)
 
-
 def test_cli_flags_fill_one_config_and_smoke_keeps_the_flags_given():
     config = _parse(["--data", "d", "--out", "o", "--crops", "2x224@0.14-1,6x96@0.05-0.14", "--prototypes", "50",
                      "--batch-size", "16", "--backbone", "small_cnn"])
@@ -201,26 +185,6 @@ def test_cli_flags_fill_one_config_and_smoke_keeps_the_flags_given():
     assert (config.data_dir, config.out_dir) == ("d", "o")
     smoke = _parse(["--data", "d", "--out", "o", "--smoke", "--epochs", "3"])
     assert (smoke.epochs, smoke.global_batch_size, smoke.seed, smoke.backbone) == (3, 32, 0, None)
-
-
-class _FakeModel:
-    stop_training = False
-
-
-def test_collapse_monitor_warns_at_ln_k_and_stops_on_nan():
-    messages = []
-    monitor = swav_monitors.CollapseMonitor(ln_k=math.log(50), patience=2, print_fn=messages.append)
-    monitor.set_model(_FakeModel())
-    monitor.on_epoch_end(0, {"loss": math.log(50)})
-    assert not messages  # the first epochs start near ln K
-    monitor.on_epoch_end(1, {"loss": 3.0})
-    assert not messages and not monitor.collapsed
-    monitor.on_epoch_end(2, {"loss": math.log(50) + 0.001})
-    assert monitor.collapsed and "ln K" in messages[0] and "same image" in messages[0]
-    monitor.on_epoch_begin(3)
-    monitor.on_train_batch_end(0, {"loss": float("nan")})
-    assert monitor.model.stop_training and monitor.nan_epoch == 3 and "nan" in messages[-1]
-
 
 def test_runtime_default_is_one_cpu_device_here():
     rt = runtime.setup(verbose=False)

@@ -1,19 +1,15 @@
-"""kitlib.bit.training.build_classifier: backbone + zero head (Keras 3 on JAX); the tiny backbones
-(kitlib.models.standin); kitlib.models.hub.resolve_backbone."""
+"""kitlib.bit.training: backbone + zero head, the compiled classifier, fitting for the rule's steps in rounds, the report."""
 
-import hashlib
-import os
-import socket
-import time
+
+import csv
 
 import numpy as np
 import pytest
 
+from kitlib.bit import training
 from kitlib.bit import training as bit_training
 from kitlib.compat import keras
-from kitlib.models import backbones, hub, resnetv2, standin
-
-# ============ backbone + zero head (Keras 3 on JAX) ============
+from kitlib.models import backbones, resnetv2, standin
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +17,8 @@ def tiny_backbone(tmp_path_factory):
     """A small_cnn backbone saved as .keras (F = 128)."""
     return standin.make_tiny_backbone(str(tmp_path_factory.mktemp("tiny") / "backbone.keras"))
 
-
 def _images(n, size=32, seed=0):
     return np.random.default_rng(seed).random([n, size, size, 3], dtype=np.float32)
-
-
-def test_tiny_backbone_file_is_seeded_and_loads_as_a_trainable_keras_model(tiny_backbone, tmp_path):
-    again = standin.make_tiny_backbone(str(tmp_path / "again.keras"))
-    first, second = backbones.load(tiny_backbone), backbones.load(again)
-    assert first.trainable and first.trainable_weights
-    for a, b in zip(first.get_weights(), second.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert first(_images(2)).shape == (2, 128)
-    with pytest.raises(ValueError, match="unknown tiny backbone"):
-        standin.make_tiny_backbone(str(tmp_path / "x.keras"), name="vgg")
-
 
 @pytest.mark.slow
 def test_classifier_head_starts_at_zero_and_fit_moves_every_backbone_weight(tiny_backbone):
@@ -52,7 +35,6 @@ def test_classifier_head_starts_at_zero_and_fit_moves_every_backbone_weight(tiny
     changed = [np.abs(w.numpy() - b).max() for w, b in zip(backbone.trainable_weights, before)]
     assert len(changed) == 9 and min(changed) > 0  # every backbone variable moved: full fine-tuning
     assert np.any(head.kernel.numpy())
-
 
 @pytest.mark.slow
 def test_float32_backbone_computes_in_bfloat16_under_a_mixed_policy_with_float32_logits(tiny_backbone):
@@ -76,7 +58,6 @@ def test_float32_backbone_computes_in_bfloat16_under_a_mixed_policy_with_float32
     reference = np.asarray(backbones.load(tiny_backbone)(_images(4)))
     np.testing.assert_allclose(features, reference, rtol=0.05, atol=0.02 * np.abs(reference).max())
 
-
 @pytest.mark.slow
 def test_bit_tiny_resnetv2_backbone_trains_in_the_classifier(tmp_path):
     path = standin.make_tiny_backbone(str(tmp_path / "hub.keras"), name="bit_tiny")
@@ -96,68 +77,28 @@ def test_bit_tiny_resnetv2_backbone_trains_in_the_classifier(tmp_path):
     assert all(np.abs(w.numpy() - b).max() > 0 for w, b in zip(model.layers[1].trainable_weights, before))
 
 
-# ============ resolve_backbone: attached / cached copies, offline failures ============
+@pytest.mark.parametrize("total, wanted, rounds", [
+    (500, 10, (10, 50)), (4000, 10, (10, 400)), (20, 4, (4, 5)), (37, 10, (1, 37)), (7, 10, (7, 1))])
+def test_evaluation_rounds_cover_exactly_the_rule_steps(total, wanted, rounds):
+    assert training.evaluation_rounds(total, wanted) == rounds  # (epochs, steps per epoch): the divisor nearest
 
 
-def _fake_saved_model(folder):
-    """A folder that looks like a TF2 SavedModel to the resolver (it only checks for saved_model.pb)."""
-    os.makedirs(folder, exist_ok=True)
-    open(os.path.join(folder, "saved_model.pb"), "wb").close()
-    return str(folder)
+def test_callbacks_keep_the_best_validation_weights_and_log_every_round(tmp_path):
+    inputs = keras.Input([2])
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.array([[1, 0], [0, 1]] * 4, np.float32), np.eye(2, dtype=np.float32)[[0, 1] * 4]
+    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=4, verbose=0,
+              callbacks=training.training_callbacks(str(tmp_path)))
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "val_accuracy" in rows[0]
+    assert training.best_checkpoint_path(str(tmp_path)) == str(tmp_path / "checkpoints" / "best.weights.h5")
+    model.load_weights(training.best_checkpoint_path(str(tmp_path)))  # a weights file of this model
 
 
-def test_unreachable_handle_fails_fast_with_advice(tmp_path):
-    probed = []
-
-    def offline(host):
-        probed.append(host)
-        return False
-
-    start = time.monotonic()
-    with pytest.raises(ValueError, match="Add Input.*Models.*local directory"):
-        backbones.load("https://tfhub.dev/google/bit/m-r50x1/1", cache_dir=str(tmp_path),
-                       input_root=str(tmp_path), reachable=offline)
-    assert probed == ["tfhub.dev"]  # one probe, no retries
-    with pytest.raises(ValueError, match="unreachable"):
-        hub.resolve_backbone("google/bit/tensorFlow2/m-r50x1", cache_dir=str(tmp_path),
-                             input_root=str(tmp_path), reachable=offline)
-    assert probed[-1] == "www.kaggle.com"
-    with pytest.raises(ValueError, match="unreachable"):
-        hub.resolve_backbone("gs://my-bucket/bit_m-r50x1.tar.gz", cache_dir=str(tmp_path), reachable=offline)
-    assert probed[-1] == "storage.googleapis.com"
-    assert time.monotonic() - start < 5
-
-
-def test_default_network_probe_is_one_connect_with_a_short_timeout(monkeypatch):
-    calls = []
-
-    def refuse(address, timeout=None):
-        calls.append((address, timeout))
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    assert hub.can_connect("tfhub.dev") is False
-    assert calls == [(("tfhub.dev", 443), hub.PROBE_TIMEOUT_S)] and hub.PROBE_TIMEOUT_S <= 5
-
-
-def test_attached_kaggle_model_and_hub_cache_are_used_without_the_network(tmp_path):
-    def no_network(host):
-        raise AssertionError("the network must not be probed when a local copy exists")
-
-    attached = _fake_saved_model(tmp_path / "input" / "bit" / "tensorflow2" / "m-r50x1" / "1")
-    for handle in ("google/bit/tensorFlow2/m-r50x1", "https://tfhub.dev/google/bit/m-r50x1/1",
-                   "https://www.kaggle.com/models/google/bit/TensorFlow2/m-r50x1/1"):
-        assert hub.resolve_backbone(handle, cache_dir=str(tmp_path), input_root=str(tmp_path / "input"),
-                                    reachable=no_network) == attached
-
-    url = "https://tfhub.dev/google/bit/s-r50x1/1"
-    cached = _fake_saved_model(tmp_path / "cache" / hashlib.sha1(url.encode()).hexdigest())  # tensorflow_hub's layout
-    assert hub.resolve_backbone(url, cache_dir=str(tmp_path / "cache"), input_root=str(tmp_path / "input"),
-                                reachable=no_network) == cached
-
-
-def test_local_paths_that_are_not_savedmodels_fail_with_a_message(tmp_path):
-    with pytest.raises(ValueError, match="saved_model.pb"):
-        hub.resolve_backbone(str(tmp_path))
-    with pytest.raises(ValueError, match="no such directory"):
-        hub.resolve_backbone(str(tmp_path / "missing"))
+@pytest.mark.parametrize("kind, steps_per_epoch, wanted, expected", [
+    ("CPU", 50, None, 1), ("GPU", 50, None, 1), ("TPU", 50, None, 25), ("TPU", 64, None, 32), ("TPU", 7, None, 7),
+    ("TPU", 37, None, 1), ("CPU", 50, 10, 10), ("CPU", 50, 8, 5)])
+def test_steps_per_execution_divides_the_round_and_is_large_only_on_tpu(kind, steps_per_epoch, wanted, expected):
+    assert training.steps_per_execution_for(kind, steps_per_epoch, wanted) == expected

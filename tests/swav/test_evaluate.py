@@ -5,11 +5,11 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import run_on_devices
 
 from kitlib.compat import keras, tf
 from kitlib.data import tfrecords
 from kitlib.swav import evaluate
+from tests.conftest import run_on_devices
 
 
 def blobs(per_class=10, classes=3, dim=8, spread=0.05, seed=0):

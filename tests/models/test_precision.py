@@ -1,0 +1,25 @@
+"""kitlib.models.precision: a model rebuilt under another dtype policy with the same weights."""
+
+
+import numpy as np
+
+from kitlib.compat import keras
+from kitlib.models import precision as models_precision
+
+
+def _tiny_classifier(size=16, classes=3):
+    inputs = keras.Input([size, size, 3])
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, dtype="float32")(x))
+
+def test_with_dtype_policy_rebuilds_every_layer_and_returns_a_model_already_in_it_unchanged():
+    model = _tiny_classifier()
+    assert models_precision.with_dtype_policy(model, "float32") is model
+    mixed = models_precision.with_dtype_policy(model, "mixed_bfloat16")
+    assert mixed is not model and all(layer.compute_dtype == "bfloat16" for layer in mixed.layers[1:])
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    for a, b in zip(mixed.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert mixed.layers[0].dtype == "float32"  # the input stays float32 images

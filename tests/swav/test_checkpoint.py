@@ -1,0 +1,43 @@
+"""kitlib.swav.checkpoint: every model and optimizer variable saved and restored, history.csv kept in step."""
+
+import numpy as np
+import pytest
+
+from kitlib.compat import keras
+from kitlib.swav import checkpoint
+
+
+def _model(units=4):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(units)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_state_round_trips_weights_and_optimizer_slots_and_refuses_another_shape(tmp_path):
+    trained = _model()
+    x, y = np.random.default_rng(0).random((8, 3)), np.random.default_rng(1).random((8, 4))
+    trained.fit(x, y, epochs=2, verbose=0)
+    path = str(tmp_path / "state.npz")
+    checkpoint.save_state(trained, path, epochs_done=2)
+    fresh = _model()
+    assert checkpoint.restore_state(fresh, path) == 2
+    for a, b in zip(trained.variables + trained.optimizer.variables, fresh.variables + fresh.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    assert int(fresh.optimizer.iterations) == int(trained.optimizer.iterations) > 0
+    with pytest.raises(ValueError, match="does not fit this model"):
+        checkpoint.restore_state(_model(units=5), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # written atomically, nothing left behind
+
+
+def test_history_grows_by_epoch_and_is_truncated_to_a_resumed_checkpoint(tmp_path):
+    path = str(tmp_path / "history.csv")
+    assert checkpoint.read_history(path) == []
+    for epoch in (1, 2, 3):
+        checkpoint.append_history(path, {"epoch": epoch, "loss": 1.0 / epoch})
+    checkpoint.append_history(path, {"epoch": 4, "loss": 0.2, "knn_acc": 0.5})  # a new column appears
+    rows = checkpoint.read_history(path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["knn_acc"] == 0.5 and "knn_acc" not in rows[0]
+    assert [r["epoch"] for r in checkpoint.truncate_history(path, 2)] == [1, 2]
+    assert [r["epoch"] for r in checkpoint.read_history(path)] == [1, 2]
