@@ -14,7 +14,7 @@ Pipelines:
     decode floor        load_dataset(decode=True): read + full-resolution decode, nothing else.
     zipped baseline     five independently shuffled crop datasets zipped, as a first attempt often
                         does: squash-resize, 23-px blur, jitter s=0.5, its tf.data options.
-    kitlib host         multicrop(decode=False records, augment=True): one decode, full SwAV
+    kitlib host         multicrop(decode=False records, augment="host"): one decode, full SwAV
                         augmentation on the host; "max_upscale=1" decodes windows at full resolution.
     kitlib device       multicrop(..., augment="device"): the host part when ColorAugment runs in
                         the train step; "+ColorAugment here" runs that layer on this CPU too.
@@ -236,11 +236,11 @@ def pipelines(shards):
     ]
     for name, config in (("FIVE_CROPS 2x224+3x96", geometry.FIVE_CROPS),
                          ("SWAV_PAPER 2x224+6x96", geometry.SWAV_PAPER)):
-        host = multicrop.batch_crops(multicrop.multicrop(records, config, augment=True), BATCH)
+        host = multicrop.batch_crops(multicrop.multicrop(records, config, augment="host"), BATCH)
         device = multicrop.batch_crops(multicrop.multicrop(records, config, augment="device"), BATCH)
         rows += [(f"kitlib host, {name}", host.prefetch(AUTO), None)]
         if config is geometry.FIVE_CROPS:  # the decode-scale policy off: every window at full resolution
-            full = multicrop.multicrop(records, config, augment=True, max_upscale=1.0)
+            full = multicrop.multicrop(records, config, augment="host", max_upscale=1.0)
             full = multicrop.batch_crops(full, BATCH).prefetch(AUTO)
             rows += [(f"kitlib host max_upscale=1, {name}", full, None)]
         rows += [(f"kitlib device (host part), {name}", device.prefetch(AUTO), None)]

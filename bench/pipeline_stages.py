@@ -1,4 +1,4 @@
-"""Where the host mode's CPU time goes: multicrop(augment=True) cut short stage by stage.
+"""Where the host mode's CPU time goes: multicrop(augment="host") cut short stage by stage.
 
     .venv/bin/python bench/pipeline_stages.py [--images 256] [--seconds 6] [--rounds 5] [--intra-op-threads 1]
 
@@ -11,8 +11,8 @@ batches of 32, prefetch), that stops one step further along:
     + decode                    + the kit's one decode per image: the window that holds every crop,
                                 at the libjpeg scale that ``max_upscale`` allows (1/2 for 800x600)
     + crop, resize, flip        multicrop(augment="device"): the host part of the device mode
-    + colour, gray              multicrop(augment=True, color=ColorConfig(blur_p=0))
-    + blur                      multicrop(augment=True): the host mode
+    + colour, gray              multicrop(augment="host", color=ColorConfig(blur_p=0))
+    + blur                      multicrop(augment="host"): the host mode
     full-resolution decode      read + parse + decode at full resolution (bench/pipeline.py's floor)
 
 Rounds of one pass per stage, in a fresh random order each round (so a slow spell of a shared machine
@@ -80,8 +80,8 @@ def stage_pipelines(files, config=geometry.FIVE_CROPS):
         pipelines[STAGES[stage]] = crops
     pipelines[STAGES[2]] = multicrop.multicrop(records, config, augment="device")
     no_blur = dataclasses.replace(SWAV_COLOR, blur_p=0.0)
-    pipelines[STAGES[3]] = multicrop.multicrop(records, config, augment=True, color=no_blur)
-    pipelines[STAGES[4]] = multicrop.multicrop(records, config, augment=True)
+    pipelines[STAGES[3]] = multicrop.multicrop(records, config, augment="host", color=no_blur)
+    pipelines[STAGES[4]] = multicrop.multicrop(records, config, augment="host")
     pipelines = {name: multicrop.batch_crops(crops, BATCH).prefetch(tfrecords.AUTOTUNE)
                  for name, crops in pipelines.items()}
     floor = tfrecords.load_dataset(files, decode=True).repeat().map(lambda el: el["image"][0, 0])

@@ -189,4 +189,4 @@ def test_the_prediction_pass_compiles_for_a_v5e_8_and_writes_no_submission(tmp_p
     report = json.loads((tmp_path / "sub" / "preflight.json").read_text())
     assert not out.exists() and report["command"] == "predict" and report["fits"]
     assert report["global_batch_size"] == 16 and report["steps_per_epoch"] == 1 * 3  # 15 images, 3 views
-    assert "15 test images x 3 view(s)" in done.stdout
+    assert "test_images=15, views=3" in done.stdout

@@ -196,7 +196,7 @@ def gaussian_blur(image, sigma, kernel_size=None):
 
 
 def augment_crops(crops, config=SWAV_COLOR, seed=None, value_scale=1.0):
-    """SwAV's colour augmentation of one example's crops on the host: what ``multicrop(augment=True)`` runs.
+    """SwAV's colour augmentation of one example's crops on the host: what ``multicrop(augment="host")`` runs.
 
     Per crop, the jitter and grayscale (each with its probability) are one affine colour map, clipped
     once: without clips between them the jitter ops commute (brightness and contrast are scalar maps,

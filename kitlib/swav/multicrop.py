@@ -22,6 +22,9 @@ from kitlib.swav.color_host import augment_crops, split_seed
 from kitlib.swav.geometry import (CROP_RATIO, SWAV_PAPER, _resized_window,
                                   _uniform, _unit, sample_crop_boxes)
 
+# where SwAV's colour distortion runs: host (tf.data), device (the compiled step), none (crops only)
+AUGMENT_MODES = ("host", "device", "none")
+
 MAX_UPSCALE = 2.0              # JPEG decode scale: no crop upsampled more than 2x from decoded pixels
 JPEG_SCALES = (1, 2, 4, 8)    # the reduced sizes libjpeg decodes natively (ratio=...)
 _KEY_SALT = 0x5EED             # second word of each example's [key, salt] seed in `multicrop`
@@ -89,7 +92,7 @@ def _decode_window(contents, boxes_for, sizes, dct_method, max_upscale=1.0):
     return tf.cond(tf.io.is_jpeg(contents), jpeg, other)
 
 
-def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+def multicrop_example(image, config, augment="host", seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
                       max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
     """All crops of one source image.
 
@@ -97,8 +100,8 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
         image: uint8 [H, W, 3], float [H, W, 3] in [0, 1], or encoded bytes (scalar tf.string; JPEG
             is decoded once, only the needed window and scale; PNG/GIF/BMP decoded in full).
         config: `kitlib.swav.geometry.MultiCropConfig`.
-        augment: False: crops only; "device": crops + flips (colour on the accelerator with
-            `kitlib.swav.color.ColorAugment`); True or "host": the full SwAV augmentation here (flip,
+        augment: one of `AUGMENT_MODES`: "none": crops only; "device": crops + flips (colour on the
+            accelerator with `kitlib.swav.color.ColorAugment`); "host": the full SwAV augmentation here (flip,
             then `kitlib.swav.color_host.augment_crops`: one clipped colour map and the blur per crop).
         seed: [2] int seed (None: random).
         dct_method: libjpeg IDCT ("INTEGER_FAST": ~20 % faster, +-1 grey level; "" for the default).
@@ -107,7 +110,7 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
             an 800x600 Cassava JPEG decodes at 1/2 (400x300, ImageNet's typical size) with SwAV's
             crops, as SwAV's RandomResizedCrop upsamples a 0.14-area ImageNet window ~1.6x to 224;
             1.0: every window keeps at least its crop's resolution (full quality, slower).
-        color: `kitlib.swav.color.ColorConfig` of the host colour augmentation (``augment=True`` only).
+        color: `kitlib.swav.color.ColorConfig` of the host colour augmentation (``augment="host"`` only).
     Returns:
         A tuple of config.total_crops float32 [S, S, 3] in [0, 1], big crops first.
     """
@@ -120,7 +123,7 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
 
     def crops_from(pixels, boxes):
         total, unit = config.total_crops, _unit(pixels)
-        flips = _uniform([total], seeds[groups]) < config.flip_p if mode else [None] * total
+        flips = _uniform([total], seeds[groups]) < config.flip_p if mode != "none" else [None] * total
         crops = [_resized_window(pixels, boxes[i], size, flips[i]) for i, size in enumerate(config.crop_sizes)]
         if mode == "host":
             return augment_crops(crops, color, seeds[groups + 1], unit)
@@ -132,10 +135,9 @@ def multicrop_example(image, config, augment=True, seed=None, ratio=CROP_RATIO, 
 
 
 def _check_mode(augment):
-    modes = {False: None, None: None, True: "host", "host": "host", "device": "device"}
-    if augment not in modes:
-        raise ValueError(f"augment must be True/'host', 'device' or False, got {augment!r}")
-    return modes[augment]
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {augment!r}")
+    return augment
 
 
 # ============ datasets ============
@@ -155,7 +157,7 @@ def _images_of(dataset):
     return dataset
 
 
-def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
+def multicrop(dataset, config=SWAV_PAPER, augment="host", seed=None, ratio=CROP_RATIO, dct_method="INTEGER_FAST",
               max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
     """Dataset of tuples of crops, every crop of an element cut from that element's one image.
 
@@ -163,7 +165,7 @@ def multicrop(dataset, config=SWAV_PAPER, augment=True, seed=None, ratio=CROP_RA
         dataset: ``kitlib.data.tfrecords.load_dataset`` dicts (decoded, or ``decode=False`` bytes: preferred,
             decoded once here), or a dataset of images / encoded bytes.
         config: `kitlib.swav.geometry.MultiCropConfig` (default SWAV_PAPER: 2 x 224 + 6 x 96).
-        augment: True/"host", "device" or False (see `multicrop_example`).
+        augment: "host", "device" or "none" (see `multicrop_example`).
         seed: int for reproducible crops (same seed, same input order -> same crops; each new
             iteration draws new crops); None: random.
         ratio, dct_method, max_upscale, color: as `multicrop_example` (max_upscale=1.0: full-quality decode).
@@ -206,7 +208,7 @@ def batch_crops(dataset, batch_size):
     return dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
 
 
-def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, shuffle_buffer=1024,
+def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment="host", shuffle_buffer=1024,
                       seed=None, ratio=CROP_RATIO, max_upscale=MAX_UPSCALE, color=SWAV_COLOR):
     """Training input for SwAV: shuffle encoded records, crop (and augment), batch, prefetch.
 
@@ -215,8 +217,8 @@ def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, s
             shuffle buffer of decoded 800x600 images holds 1.4 MB each) or any `multicrop` input.
         config: `kitlib.swav.geometry.MultiCropConfig`.
         batch_size: images per batch (the global batch under data parallelism).
-        augment: True/"host": full SwAV augmentation on the host; "device": geometry and flips on the
-            host, then call `ColorAugment` on each batch inside the train step; False: crops only.
+        augment: "host": full SwAV augmentation on the host; "device": geometry and flips on the
+            host, then call `ColorAugment` on each batch inside the train step; "none": crops only.
         shuffle_buffer: records in the shuffle buffer (0: no shuffle).
         seed: int for a reproducible order and crops.
         ratio, max_upscale, color: as `multicrop_example`.
@@ -232,7 +234,7 @@ def multicrop_batches(dataset, config=SWAV_PAPER, batch_size=64, augment=True, s
 
 # ============ data for the pictures (kitlib.viz, notebook 03) ============
 
-def multicrop_preview(dataset, config=SWAV_PAPER, n=4, augment=False, seed=0):
+def multicrop_preview(dataset, config=SWAV_PAPER, n=4, augment="none", seed=0):
     """The first n source images and their crops, as numpy, for `kitlib.viz.show_crops`.
 
     Args:

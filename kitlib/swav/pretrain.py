@@ -29,8 +29,7 @@ from kitlib.swav.optim import OPTIMIZERS, WarmupCosine, build_optimizer
 _CACHE_LIMIT = 5_000  # cache encoded records in memory below this many images
 # settings that fix variable shapes: a checkpoint cannot be resumed if one of them changed
 _SHAPE_KEYS = ("backbone", "prototypes", "hidden_dim", "output_dim", "queue_length", "optimizer")
-AUGMENTATIONS = ("auto", "host", "device", "none")
-_AUGMENT_MODES = {"host": True, "device": "device", "none": False}
+AUGMENTATIONS = ("auto",) + multicrop.AUGMENT_MODES  # auto: device on a TPU/GPU, host on a CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +147,13 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None,
             ``pretrain`` command always has one, drawn when not given).
         color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
     """
-    if augmentation not in _AUGMENT_MODES:
-        raise ValueError(f"augmentation must be 'host', 'device' or 'none', got {augmentation!r}")
     # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
     records = tfrecords.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
     num_images = tfrecords.count_data_items(files)
     if num_images <= _CACHE_LIMIT:
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards
     batches = multicrop.multicrop_batches(records.repeat(), _crop_config(crops), global_batch,
-                                          augment=_AUGMENT_MODES[augmentation],
+                                          augment=augmentation,
                                           shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
     return batches.map(lambda *crops: (tuple(crops),))
 

@@ -36,13 +36,13 @@ def _per_crop(flags_of, y, x):
 
 @pytest.mark.slow
 def test_host_path_fires_each_augmentation_with_its_probability():
-    plain, flipped = _host_crops(False), _host_crops("device")        # crops; crops + flips (no colour)
+    plain, flipped = _host_crops("none"), _host_crops("device")        # crops; crops + flips (no colour)
     assert abs(_rate(_per_crop(lambda d: d > 1e-4, flipped, plain)) - 0.5) < RATE_TOL
     for name, p in (("jitter_p", 0.8), ("gray_p", 0.2), ("blur_p", 0.5), ("blur_p", 0.3)):
-        host = _host_crops(True, ColorConfig(sigma=(1.0, 2.0), **{**OFF, name: p}))
+        host = _host_crops("host", ColorConfig(sigma=(1.0, 2.0), **{**OFF, name: p}))
         assert abs(_rate(_per_crop(lambda d: d > 1e-4, host, flipped)) - p) < RATE_TOL, (name, p)
-    np.testing.assert_allclose(_host_crops(True, ColorConfig(**OFF)), flipped, atol=1e-6)  # all off: flips only
-    full = _host_crops(True)                                           # SwAV's settings
+    np.testing.assert_allclose(_host_crops("host", ColorConfig(**OFF)), flipped, atol=1e-6)  # all off: flips only
+    full = _host_crops("host")                                           # SwAV's settings
     assert full.min() >= 0.0 and full.max() <= 1.0
     is_gray = np.abs(full - full.mean(-1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
     assert abs(_rate(is_gray) - 0.2) < RATE_TOL                       # saturation factors are >= 0.2
@@ -53,17 +53,17 @@ def test_host_path_fires_each_augmentation_with_its_probability():
 
 def test_host_jitter_keeps_range_gray_stays_gray_and_strength_zero_is_identity():
     flipped = _host_crops("device", n=50)
-    jittered = _host_crops(True, ColorConfig(**{**OFF, "jitter_p": 1.0}), n=50)
+    jittered = _host_crops("host", ColorConfig(**{**OFF, "jitter_p": 1.0}), n=50)
     assert jittered.min() >= 0.0 and jittered.max() <= 1.0 and np.abs(jittered - flipped).max() > 1e-2
-    np.testing.assert_allclose(_host_crops(True, ColorConfig(strength=0.0, **{**OFF, "jitter_p": 1.0}), n=50),
+    np.testing.assert_allclose(_host_crops("host", ColorConfig(strength=0.0, **{**OFF, "jitter_p": 1.0}), n=50),
                                flipped, atol=1e-5)
     gray = np.repeat(_texture()[..., :1], 3, axis=-1)                 # saturation and hue act on chroma only
-    out = _host_crops(True, ColorConfig(**{**OFF, "jitter_p": 1.0}), image=gray, n=50)
+    out = _host_crops("host", ColorConfig(**{**OFF, "jitter_p": 1.0}), image=gray, n=50)
     np.testing.assert_allclose(out, np.repeat(out[..., :1], 3, axis=-1), atol=1e-5)
 
 def test_host_path_gives_the_same_crops_from_uint8_and_from_float_pixels():
-    from_uint8 = _host_crops(True, image=_texture(np.uint8), n=50)     # the 1/255 scale folded into the map
-    np.testing.assert_allclose(from_uint8, _host_crops(True, image=_texture(), n=50), atol=1e-4)
+    from_uint8 = _host_crops("host", image=_texture(np.uint8), n=50)     # the 1/255 scale folded into the map
+    np.testing.assert_allclose(from_uint8, _host_crops("host", image=_texture(), n=50), atol=1e-4)
 
 def _jitter_ops_in_order(x, b, c, s, d, order):
     """torchvision's four jitter ops as maps in RGB (hue: the YIQ rotation), in ``order``, no clipping."""

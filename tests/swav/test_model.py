@@ -265,7 +265,7 @@ import json, numpy as np
 from kitlib import runtime
 from kitlib.swav import color
 import keras
-from tests import test_swav as t
+from tests.swav import test_model as t
 rt = runtime.setup(verbose=False)
 keras.utils.set_random_seed(0)
 model = t.make_model(steps_per_execution=2, freeze_prototypes_niters=2, queue_length=32, queue_start_step=1,

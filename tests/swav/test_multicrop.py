@@ -58,13 +58,13 @@ def test_crops_come_from_decoded_dicts_plain_images_and_png_bytes():
         "png bytes": tf.data.Dataset.from_tensor_slices([tf.io.encode_png(im).numpy() for im in images]),
     }
     for name, dataset in sources.items():
-        for i, crops in enumerate(multicrop.multicrop(dataset, SMALL, augment=False, seed=0)):
+        for i, crops in enumerate(multicrop.multicrop(dataset, SMALL, augment="none", seed=0)):
             assert [c.shape[0] for c in crops] == list(SMALL.crop_sizes), name
             assert {_source_of(c) for c in crops} == {i}, name
 
 def test_augmented_crops_are_float32_in_unit_range_big_first(solid_shards):
     records = tfrecords.load_dataset(solid_shards, decode=False, ordered=True)
-    batch = next(iter(multicrop.multicrop_batches(records, SMALL, batch_size=6, augment=True, seed=0)))
+    batch = next(iter(multicrop.multicrop_batches(records, SMALL, batch_size=6, augment="host", seed=0)))
     assert [tuple(c.shape) for c in batch] == [(6, s, s, 3) for s in SMALL.crop_sizes]
     for crop in batch:
         assert crop.dtype == tf.float32
@@ -72,7 +72,7 @@ def test_augmented_crops_are_float32_in_unit_range_big_first(solid_shards):
 
 def test_batches_have_static_shapes_and_drop_the_remainder(solid_shards):
     records = tfrecords.load_dataset(solid_shards, decode=False)
-    batches = multicrop.multicrop_batches(records, SMALL, batch_size=5, augment=False, shuffle_buffer=0)
+    batches = multicrop.multicrop_batches(records, SMALL, batch_size=5, augment="none", shuffle_buffer=0)
     assert [tuple(spec.shape) for spec in batches.element_spec] == [(5, s, s, 3) for s in SMALL.crop_sizes]
     assert sum(1 for _ in batches) == 12 // 5
 
@@ -90,9 +90,9 @@ def test_jpeg_window_decode_gives_the_crops_of_a_full_decode(spec, scale, tolera
         boxes = swav_geometry.sample_crop_boxes((480, 640), 1, (0.3, 1.0), seed=i)
         index = int(multicrop.jpeg_scale_index(boxes, tf.constant(config.size_crops[:1], tf.float32), (480, 640)))
         assert (multicrop.JPEG_SCALES[index] >= scale) if scale > 1 else index == 0
-        from_bytes = multicrop.multicrop_example(jpeg, config, augment=False, seed=seed, dct_method="",
+        from_bytes = multicrop.multicrop_example(jpeg, config, augment="none", seed=seed, dct_method="",
                                                max_upscale=1.0)  # full quality: windows keep their crop's size
-        from_pixels = multicrop.multicrop_example(tf.io.decode_jpeg(jpeg), config, augment=False, seed=seed)
+        from_pixels = multicrop.multicrop_example(tf.io.decode_jpeg(jpeg), config, augment="none", seed=seed)
         for a, b in zip(from_bytes, from_pixels):  # same windows (whole pixels of the decoded scale)
             assert float(tf.reduce_mean(tf.abs(a - b))) <= tolerance
 
@@ -115,7 +115,7 @@ def test_flipped_crops_are_the_mirror_images_of_the_crops():
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (40, 50, 3)), tf.uint8)
     config = MultiCropConfig.from_spec("8x16@0.3-1")                   # windows often touch an edge
     seed = tf.constant([5, 1], tf.int64)
-    plain = multicrop.multicrop_example(image, config, augment=False, seed=seed)
+    plain = multicrop.multicrop_example(image, config, augment="none", seed=seed)
     flipped = multicrop.multicrop_example(image, config, augment="device", seed=seed)  # the same windows, flipped
     mirrored = [not np.allclose(a, b, atol=1e-4) for a, b in zip(plain, flipped)]
     for a, b, m in zip(plain, flipped, mirrored):                      # the window flipped = the crop flipped
@@ -129,9 +129,9 @@ def test_same_seed_same_crops_other_seed_other_crops():
     def crops(dataset):
         return [c.numpy() for element in dataset for c in element]
 
-    seven = multicrop.multicrop(texture, config, augment=True, seed=7)
-    first, again = crops(seven), crops(multicrop.multicrop(texture, config, augment=True, seed=7))
-    other = crops(multicrop.multicrop(texture, config, augment=True, seed=8))
+    seven = multicrop.multicrop(texture, config, augment="host", seed=7)
+    first, again = crops(seven), crops(multicrop.multicrop(texture, config, augment="host", seed=7))
+    other = crops(multicrop.multicrop(texture, config, augment="host", seed=8))
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not any(np.array_equal(a, b) for a, b in zip(first, other))
     assert not any(np.array_equal(a, b) for a, b in zip(first, crops(seven))), "each epoch draws new crops"
@@ -141,20 +141,20 @@ def _rate(flags):
 
 def test_host_multicrop_grays_about_a_fifth_of_the_crops():
     images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i % 50) for i in range(200)]))
-    crops = next(iter(multicrop.multicrop(images, SMALL, augment=True, seed=3).batch(200)))
+    crops = next(iter(multicrop.multicrop(images, SMALL, augment="host", seed=3).batch(200)))
     gray = [tf.reduce_max(tf.abs(c - tf.reduce_mean(c, -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5 for c in crops]
     assert abs(_rate(tf.concat(gray, 0)) - 0.2) < 0.05   # 1000 crops: standard error 0.013
 
 def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
     images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i) for i in range(4)]))
-    crops = multicrop.batch_crops(multicrop.multicrop(images, SMALL, augment=False, seed=0), 2)
+    crops = multicrop.batch_crops(multicrop.multicrop(images, SMALL, augment="none", seed=0), 2)
     assert crops.options().threading.private_threadpool_size == max(4, runtime.usable_cores())
     assert multicrop.pipeline_options(cores=96).threading.private_threadpool_size == 96
     assert len(list(crops)) == 2                                   # and it runs
 
 @pytest.mark.slow
 def test_encoded_images_are_decoded_once_jpeg_or_png():
-    fn = tf.function(lambda b: multicrop.multicrop_example(b, SMALL, augment=True, seed=tf.constant([1, 2])))
+    fn = tf.function(lambda b: multicrop.multicrop_example(b, SMALL, augment="host", seed=tf.constant([1, 2])))
     graph = fn.get_concrete_function(tf.TensorSpec([], tf.string)).graph.as_graph_def()
     ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
     assert ops.count("DecodeImage") == 1                            # PNG/GIF/BMP: one full decode
