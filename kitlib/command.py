@@ -58,6 +58,19 @@ def require(config, *names):
         raise ValueError(f"{type(config).__name__} needs {', '.join(missing)} (on the command line: {flags})")
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiProcess:
+    """The fields of a command that can run as several processes (`kitlib.hosts`): one process per TPU
+    host of a pod slice or per GPU node. None: as the environment says (one process on a single host)."""
+    coordinator: str = setting(None, "HOST:PORT of process 0 for a multi-process run (with --num-processes "
+                               "and --process-id; a Cloud TPU pod slice needs none of the three)", metavar="HOST:PORT")
+    num_processes: int = setting(None, "processes of a multi-process run (one per host)")
+    process_id: int = setting(None, "this process's index, 0..num_processes-1 (process 0 writes and prints)")
+
+
+_PROCESS_FIELDS = tuple(f.name for f in dataclasses.fields(MultiProcess))
+
+
 # ============ the plan ============
 
 
@@ -94,7 +107,8 @@ class Plan:
         if self.reasons:
             lines.append("  chosen by the plan (a flag or config field overrides any line):")
             lines += [f"    {k} = {_short(getattr(self.settings, k))}: {why}" for k, why in self.reasons.items()]
-        given = [f"{k}={_short(v)}" for k, v in as_dict(self.settings).items() if k not in self.reasons]
+        given = [f"{k}={_short(v)}" for k, v in as_dict(self.settings).items()
+                 if k not in self.reasons and not (k in _PROCESS_FIELDS and v is None)]  # one process: unsaid
         lines.append("  given or default: " + ", ".join(given))
         return "\n".join(lines)
 
@@ -156,15 +170,36 @@ def runtime_for(config):
     if target:
         preflight.prepare_compile_only()
         return preflight.target_runtime(target)
-    return runtime.setup(allow_cpu=getattr(config, "allow_cpu", False),
-                         policy=getattr(config, "mixed_precision", "auto"), verbose=bool(getattr(config, "verbose", 1)))
+    rt = runtime.setup(allow_cpu=getattr(config, "allow_cpu", False),
+                       policy=getattr(config, "mixed_precision", "auto"), verbose=bool(getattr(config, "verbose", 1)),
+                       coordinator=getattr(config, "coordinator", None),
+                       num_processes=getattr(config, "num_processes", None),
+                       process_id=getattr(config, "process_id", None))
+    if rt.process_count > 1 and not isinstance(config, MultiProcess):
+        raise ValueError(
+            f"kitlib: {type(config).__name__} runs in one process, but this is process {rt.process_index} of "
+            f"{rt.process_count} (a multi-host launch). Run it on one host: e.g. copy the pretrained backbone.keras "
+            "to a single-host TPU VM, a Kaggle v5e-8 or a GPU machine and run it there.")
+    return rt
 
 
 def runtime_facts(rt):
-    """What a plan records of its runtime: Keras backend, devices, device kind, dtype policy."""
+    """What a plan records of its runtime: Keras backend, devices (over all processes), processes, device
+    kind, dtype policy."""
     from kitlib.compat import keras  # noqa: PLC0415
 
-    return dict(backend=keras.backend.backend(), devices=rt.num_devices, device_kind=rt.kind, policy=rt.policy)
+    return dict(backend=keras.backend.backend(), devices=rt.num_devices,
+                processes=getattr(rt, "process_count", 1), device_kind=rt.kind, policy=rt.policy)
+
+
+def agree(plan):
+    """Refuse a multi-process run whose processes planned differently (`kitlib.hosts.agree` on the record,
+    less the process's own index); a no-op on one process."""
+    from kitlib import hosts  # noqa: PLC0415
+
+    record = plan.record()
+    record["settings"].pop("process_id", None)
+    hosts.agree(record, f"the {plan.command} plan")
 
 
 # ============ seeds ============
@@ -173,7 +208,9 @@ def runtime_facts(rt):
 def resolve_seed(seed):
     """(seed, reason): the given seed and None, or one drawn at random and `SEED_REASON`."""
     if seed is None:
-        return secrets.randbelow(2**31), SEED_REASON
+        from kitlib import hosts  # noqa: PLC0415
+
+        return hosts.shared_seed(secrets.randbelow(2**31)), SEED_REASON  # process 0's on every process
     return int(seed), None
 
 
@@ -240,9 +277,12 @@ def execute(module, args, print_fn=print):
     (0 done; `kitlib.preflight.EXIT_DOES_NOT_FIT` for a preflight that does not fit)."""
     config = config_from_args(module.CONFIG, args)
     plan = module.plan(config)
-    if getattr(plan.settings, "verbose", 1):
+    agree(plan)
+    quiet = getattr(plan.rt, "process_index", 0) > 0  # several processes: process 0 prints for all
+    if getattr(plan.settings, "verbose", 1) and not quiet:
         print_fn(plan.describe())
-    result = module.run(plan)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull) if quiet else contextlib.nullcontext():
+        result = module.run(plan)
     if getattr(result, "fits", True) is False:
         from kitlib import preflight  # noqa: PLC0415
 

@@ -18,7 +18,7 @@ import random
 import re
 import sys
 
-from kitlib import compat
+from kitlib import compat, hosts
 from kitlib.compat import TF_INSTALL_HINT, keras
 
 # What the kit is tested on (.ci/stacks/: Kaggle's GPU and TPU images, Colab): name -> (lowest, highest),
@@ -128,17 +128,31 @@ def check_global_batch(global_batch, num_devices):
 class Runtime:
     """What `setup()` found and set.
 
-    kind: "TPU" | "GPU" | "CPU". devices: JAX devices. distribution: the `keras.distribution.DataParallel`
-    in force (None on one device). policy: the Keras dtype policy name set globally.
+    kind: "TPU" | "GPU" | "CPU". devices: JAX's devices, of every process (the global devices).
+    distribution: the `keras.distribution.DataParallel` in force (None on one device). policy: the Keras
+    dtype policy name set globally. process_index, process_count: this process of how many
+    (`kitlib.hosts`); local_devices: the devices this process feeds.
     """
     kind: str
     devices: tuple
     distribution: object
     policy: str
+    process_index: int = 0
+    process_count: int = 1
+    local_devices: tuple = None
 
     @property
     def num_devices(self):
         return len(self.devices)
+
+    @property
+    def num_local_devices(self):
+        return len(self.local_devices) if self.local_devices is not None else self.num_devices
+
+    def local_batch(self, global_batch):
+        """This process's rows of a global batch (ValueError when it does not split over the devices)."""
+        check_global_batch(global_batch, self.num_devices)
+        return global_batch // self.process_count
 
     def per_device_batch(self, global_batch):
         """Images per device for a global batch (ValueError when it does not split evenly)."""
@@ -147,15 +161,17 @@ class Runtime:
     def describe(self):
         platform = self.devices[0].device_kind if self.devices else "?"
         spread = "DataParallel" if self.distribution is not None else "no distribution"
-        return f"{self.num_devices} x {self.kind} ({platform}), {spread}, policy {self.policy}"
+        hosts = (f" over {self.process_count} processes (this is process {self.process_index}, "
+                 f"{self.num_local_devices} local)" if self.process_count > 1 else "")
+        return f"{self.num_devices} x {self.kind} ({platform}){hosts}, {spread}, policy {self.policy}"
 
     def as_dict(self):
         return {"backend": keras.backend.backend(), "kind": self.kind, "devices": self.num_devices,
-                "policy": self.policy}
+                "processes": self.process_count, "policy": self.policy}
 
 
 def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devices=None, marks=None,
-          host_threads=None):
+          host_threads=None, coordinator=None, num_processes=None, process_id=None):
     """Find the devices, put data parallelism and the precision policy in force; call it first.
 
     Args:
@@ -166,6 +182,8 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
         devices, marks: JAX devices and `accelerator_marks()` (default: this machine's; for tests).
         host_threads: TensorFlow threads per CPU op for the input pipeline (None: 1 with an
             accelerator, whose host only feeds it; TensorFlow's default otherwise).
+        coordinator, num_processes, process_id: join a multi-process run (`kitlib.hosts.join`; None: as the
+            environment says, one process on a single host). Only process 0 prints.
     Returns:
         `Runtime`.
     Raises:
@@ -175,17 +193,22 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
 
     from kitlib.compat import tf  # noqa: F401,PLC0415 - importing it keeps TensorFlow off the GPU (JAX's)
 
+    if devices is None:
+        hosts.join(coordinator, num_processes, process_id)
     devices = tuple(jax.devices() if devices is None else devices)
     kind = device_kind(devices[0].platform)
     warning = check_visible(kind, accelerator_marks() if marks is None else marks, allow_cpu)
     name = mixed_precision_policy(kind, gpu_float16) if policy == "auto" else policy
     keras.mixed_precision.set_global_policy(name)
-    distribution = keras.distribution.DataParallel(devices=list(devices)) if len(devices) > 1 else None
+    # the kit feeds each process its own rows of the global batch (kitlib.hosts): Keras must not re-shard them
+    distribution = (keras.distribution.DataParallel(devices=list(devices), auto_shard_dataset=False)
+                    if len(devices) > 1 else None)
     keras.distribution.set_distribution(distribution)
     if kind != "CPU" or host_threads is not None:
         configure_host_threads(1 if host_threads is None else host_threads, verbose=False)
-    result = Runtime(kind, devices, distribution, name)
-    if verbose:
+    local = tuple(d for d in devices if getattr(d, "process_index", 0) == jax.process_index())
+    result = Runtime(kind, devices, distribution, name, jax.process_index(), jax.process_count(), local)
+    if verbose and result.process_index == 0:
         if warning:
             print(warning)
         print(f"kitlib: running on {result.describe()} (Keras {keras.__version__} on JAX {jax.__version__})")

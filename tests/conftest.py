@@ -57,6 +57,45 @@ def run_on_devices(code, devices=8, timeout=600, env=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a test's jax.distributed coordinator)."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_processes(args, processes=2, devices=4, extra=None):
+    """Start ``python -m kitlib ARGS`` as `processes` local processes of one run (``--coordinator`` on a free
+    127.0.0.1 port, gloo collectives), each seeing `devices` simulated CPU devices, in a clean shell as a user
+    starts them. extra: {process_id: [flags]} added to that process's command. Returns the Popen objects."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    environ.update(TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=xla_flags(devices))
+    started = []
+    for i in range(processes):
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)]
+        started.append(subprocess.Popen([sys.executable, "-m", "kitlib", *args, *flags, *(extra or {}).get(i, [])],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+                                        cwd=REPO))
+    return started
+
+
+def finish_processes(started, timeout=300):
+    """Wait for `start_processes`'s processes; returns [(returncode, stdout, stderr)] in process order."""
+    results = []
+    for proc in started:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in started:
+                other.kill()
+            pytest.fail(f"a process of the multi-process run hung past {timeout} s")
+        results.append((proc.returncode, out, err))
+    return results
+
+
 def load_bench(name):
     """The script bench/<name>.py as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "bench", f"{name}.py"))

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from kitlib import hosts
 from kitlib.compat import keras
 
 
@@ -59,8 +60,9 @@ class CheckpointAndHistory(keras.callbacks.Callback):
         row = {k: float(v) for k, v in (logs or {}).items()}
         # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
         row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
-        append_history(self.history_path, row)
-        save_state(self.model, self.state_path, epoch + 1)
+        if hosts.is_writer():  # several processes: one writer (every variable is replicated on each)
+            append_history(self.history_path, row)
+            save_state(self.model, self.state_path, epoch + 1)
 
 
 def read_history(path):

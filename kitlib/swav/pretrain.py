@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from kitlib import command, preflight, runtime
+from kitlib import command, hosts, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import competition, tfrecords
@@ -33,10 +33,12 @@ AUGMENTATIONS = ("auto",) + multicrop.AUGMENT_MODES  # auto: device on a TPU/GPU
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(command.MultiProcess):
     """What one SwAV run asks for. Fields left None are chosen by `plan` from the data and the devices
     (`kitlib.swav.recipe.rule`: the paper's recipe at ImageNet-like scale, the small-data recipe below it);
-    any field given overrides the rule. Each field's help is its flag's (``python -m kitlib pretrain --help``)."""
+    any field given overrides the rule. Each field's help is its flag's (``python -m kitlib pretrain --help``).
+    The coordinator, num_processes and process_id fields (`kitlib.command.MultiProcess`) join a run of
+    several processes (`kitlib.hosts`)."""
     data_dir: str = setting(None, "folder holding train_tfrecords/ (competition layout)", flag="--data",
                             required=True)
     out_dir: str = setting(None, "output folder: config.json, checkpoints/, history.csv, backbone.keras; "
@@ -69,6 +71,9 @@ class PretrainConfig:
     queue_start_epoch: int = setting(None, "epoch the queue starts at")
     steps_per_execution: int = setting(1, "steps per compiled call (TPU: 32+)")
     max_steps_per_epoch: int = setting(None, "cap on steps per epoch (smoke runs); one pass over the data")
+    input_shares: int = setting(None, "input streams the global batch is made of, each reading every N-th "
+                                "TFRecord shard (default one per process; a 1-process run given the same "
+                                "number sees the same batches as that many processes)")
     knn_every: int = setting(0, "log kNN accuracy of frozen features on the labelled train split every N "
                              "epochs (0: off)")
     mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy")
@@ -91,9 +96,9 @@ class PretrainConfig:
 CONFIG = PretrainConfig
 
 
-def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None):
+def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None, processes=1):
     """`config` with every None/auto filled in for `num_images` images of `image_hw` (and `num_classes`
-    classes, when known) on `num_devices` of `kind`.
+    classes, when known) on `num_devices` of `kind` over `processes` processes.
 
     Returns:
         (resolved `PretrainConfig`, {field: why} for every field the rule filled, the recipe's regime).
@@ -124,7 +129,15 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
                          f"{batch}; lower --batch-size.")
     steps = max(1, min(steps, config.max_steps_per_epoch or steps))
     seed, seed_reason = command.resolve_seed(config.seed)
+    shares = config.input_shares or processes
+    if shares % processes or batch % shares:
+        raise ValueError(f"--input-shares {shares} must be a multiple of the {processes} process(es) and divide "
+                         f"the global batch {batch}")
+    if config.knn_every and processes > 1:
+        raise ValueError("--knn-every runs on one process: leave it 0 in a multi-process run and evaluate the "
+                         "exported backbone afterwards (python -m kitlib finetune, or kitlib.swav.evaluate)")
     derived = dict(
+        input_shares=(shares, "one per process" if config.input_shares is None else None),
         max_steps_per_epoch=(steps, "one pass over the data" if config.max_steps_per_epoch is None else None),
         final_lr=(merged.final_lr, None) if merged.final_lr is not None else (merged.base_lr * 1e-3, "base lr / 1000"),
         freeze_prototypes_niters=(merged.freeze_prototypes_niters, None) if merged.freeze_prototypes_niters
@@ -136,9 +149,15 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
     return dataclasses.replace(merged, **{k: v for k, (v, _) in derived.items()}), reasons, chosen.regime
 
 
-def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR):
+def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR,
+                     shares=1, owned=None):
     """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
-    [global_batch, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
+    [rows, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
+
+    The global batch is the concatenation of `shares` input streams of global_batch / shares rows each;
+    stream s reads every shares-th TFRecord shard from s (`kitlib.hosts.share_of`) with its own seed. A
+    process builds the streams it `owned` (its rows of the global batch, in order), so 2 processes owning
+    one stream each feed the same global batches as 1 process owning both.
 
     Args:
         files: TFRecord shards (``kitlib.data.tfrecords.list_tfrecords``). crops: spec or MultiCropConfig.
@@ -146,16 +165,29 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None,
         seed: int for a reproducible order and crops (None: shards interleaved as they stream in; the
             ``pretrain`` command always has one, drawn when not given).
         color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
+        shares: input streams of the global batch. owned: the streams this process builds (default all),
+            so rows = global_batch / shares * len(owned).
     """
+    from kitlib.compat import tf  # noqa: PLC0415
+
+    owned = list(range(shares) if owned is None else owned)
+    streams = [_stream(hosts.share_of(files, s, shares), crops, global_batch // shares, augmentation,
+                       None if seed is None else (seed + 1_000_003 * s) % 2**31, color_config) for s in owned]
+    if len(streams) == 1:
+        return streams[0].map(lambda *crops: (tuple(crops),))
+    joined = tf.data.Dataset.zip(tuple(streams))  # one element: each stream's tuple of crops
+    return joined.map(lambda *parts: (tuple(tf.concat(views, 0) for views in zip(*parts)),))
+
+
+def _stream(files, crops, batch, augmentation, seed, color_config):
+    """One input stream of `training_batches`: batches of `batch` images' crops from `files`."""
     # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
     records = tfrecords.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
     num_images = tfrecords.count_data_items(files)
     if num_images <= _CACHE_LIMIT:
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards
-    batches = multicrop.multicrop_batches(records.repeat(), _crop_config(crops), global_batch,
-                                          augment=augmentation,
-                                          shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
-    return batches.map(lambda *crops: (tuple(crops),))
+    return multicrop.multicrop_batches(records.repeat(), _crop_config(crops), batch, augment=augmentation,
+                                       shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
 
 
 def typical_image_hw(files, records=8):
@@ -249,7 +281,8 @@ def plan(config, rt=None):
     label_map = competition.split_paths(config.data_dir).label_map
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
     rt = rt or command.runtime_for(config)
-    settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes)
+    settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes,
+                                        getattr(rt, "process_count", 1))
     facts = dict(recipe=regime, num_images=num_images, image_hw=list(image_hw), num_classes=num_classes,
                  **command.runtime_facts(rt))
     return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
@@ -266,7 +299,8 @@ def run(plan, print_fn=print):
     if config.preflight:
         return run_preflight(plan, print_fn)
     _check_resumable(config.out_dir, plan.record())
-    plan.save(config.out_dir)
+    if hosts.is_writer():  # several processes: process 0 writes every file, the others wait where they read
+        plan.save(config.out_dir)
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         result = _train(config, plan.parts["files"], print_fn)
     if config.verbose:
@@ -298,30 +332,37 @@ def _train(config, files, print_fn):
         if config.verbose:
             print_fn(f"kitlib pretrain: resuming after epoch {epochs_done} "
                      f"(step {int(model.optimizer.iterations.numpy())}) from {state_path}")
+    hosts.agree({"epochs_done": epochs_done}, f"the checkpoint in {state_path}", fix=hosts.SHARED_OUT_FIX)
     os.makedirs(os.path.dirname(state_path), exist_ok=True)
     history_path = os.path.join(config.out_dir, "history.csv")
-    checkpoint.truncate_history(history_path, epochs_done)
+    if hosts.is_writer():
+        checkpoint.truncate_history(history_path, epochs_done)
     monitor = CollapseMonitor(model.ln_k, print_fn=print_fn)
     callbacks = [monitor] + _knn_monitors(config, files, net)
     callbacks.append(checkpoint.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
     if epochs_done < config.epochs:
+        per_process = config.input_shares // hosts.process_count()
+        owned = range(hosts.process_index() * per_process, (hosts.process_index() + 1) * per_process)
         batches = training_batches(files, config.crops, config.global_batch_size, config.augmentation,
-                                   seed=config.seed, color_config=color_config(config))
+                                   seed=config.seed, color_config=color_config(config),
+                                   shares=config.input_shares, owned=owned)
         model.fit(batches, epochs=config.epochs, initial_epoch=epochs_done,
                   steps_per_epoch=config.max_steps_per_epoch, callbacks=callbacks, verbose=config.verbose,
                   shuffle=False)  # tf.data shuffles; Keras 3.15 warns when told to shuffle a dataset
     if monitor.nan_epoch is not None:
         raise FloatingPointError(f"SwAV pretraining diverged (NaN loss) in epoch {monitor.nan_epoch + 1}; "
                                  f"the last good checkpoint is {state_path}. Lower base_lr and rerun.")
-    backbone_path = export_backbone(net, os.path.join(config.out_dir, "backbone.keras"))
+    backbone_path = os.path.join(config.out_dir, "backbone.keras")
+    hosts.barrier("pretrain: trained")  # the last epoch's history row and checkpoint are on disk
     history = checkpoint.read_history(history_path)
-    if not history:  # no epoch trained (epochs=0): the columns alone
-        with open(history_path, "w") as f:
-            f.write("epoch,loss\n")
+    if hosts.is_writer():
+        export_backbone(net, backbone_path)
+        if not history:  # no epoch trained (epochs=0): the columns alone
+            with open(history_path, "w") as f:
+                f.write("epoch,loss\n")
+    hosts.barrier("pretrain: exported")
     collapsed = bool(history) and abs(history[-1]["loss"] - model.ln_k) <= monitor.tolerance * model.ln_k
     return PretrainResult(model, net, history, backbone_path, model.ln_k, collapsed, config)
-
-
 
 
 def run_preflight(plan, print_fn=print):

@@ -1,0 +1,203 @@
+"""kitlib.hosts: joining a multi-process run, input shares, one writer, agreement, failure.
+
+The multi-process tests run the CLI as users launch it on a pod slice: two local processes of one run
+(``--coordinator 127.0.0.1:PORT``, gloo collectives), four simulated CPU devices each, against one process
+with eight."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kitlib import command, hosts, runtime
+from kitlib.swav import checkpoint, pretrain
+from tests.conftest import REPO, finish_processes, start_processes, xla_flags
+
+# ============ one process: what the environment and the flags ask for ============
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"ISTPUVM": "1", "TPU_PROCESS_ADDRESSES": "local"}, None),          # a Kaggle v5e-8: one host
+    ({"TPU_WORKER_HOSTNAMES": "t1k-w-0"}, None),                          # a single-host TPU VM
+    ({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1"}, {}),                    # a pod slice: JAX detects it
+    ({"SLURM_NTASKS": "4"}, {}), ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:8476", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     {"coordinator_address": "10.0.0.2:8476", "num_processes": 2, "process_id": 1}),
+])
+def test_the_environment_says_when_a_run_has_several_processes(environ, expected):
+    assert hosts.cluster_from_env(environ) == expected
+
+
+def test_the_flags_come_as_three_or_not_at_all():
+    assert hosts.cluster_from_flags() is None
+    assert hosts.cluster_from_flags("127.0.0.1:1234", 2, 1) == dict(coordinator_address="127.0.0.1:1234",
+                                                                    num_processes=2, process_id=1)
+    with pytest.raises(ValueError, match="--coordinator HOST:PORT, --num-processes N and --process-id I"):
+        hosts.cluster_from_flags("127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        hosts.cluster_from_flags("127.0.0.1", 2, 0)
+    with pytest.raises(ValueError, match="0..1"):
+        hosts.cluster_from_flags("127.0.0.1:1234", 2, 2)
+
+
+def test_on_one_process_everything_is_a_no_op():
+    assert hosts.join(environ={}) is False
+    assert (hosts.process_index(), hosts.process_count(), hosts.is_writer()) == (0, 1, True)
+    hosts.barrier("nothing to wait for")
+    hosts.agree({"anything": 1}, "a record")
+    assert hosts.shared_seed(1234) == 1234
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_input_shares_read_disjoint_shards_that_cover_the_data(count):
+    files = [f"/d/train_tfrecords/ld{i:02d}-25.tfrec" for i in range(7)]
+    shares = [hosts.share_of(files, i, count) for i in range(count)]
+    assert sorted(f for share in shares for f in share) == files
+    assert all(share for share in shares) and sum(map(len, shares)) == len(files)
+
+
+def test_fewer_shards_than_shares_is_one_line_naming_the_folder():
+    with pytest.raises(ValueError, match=r"/d/train_tfrecords: 2 TFRecord shard\(s\) for 4 input shares"):
+        hosts.share_of(["/d/train_tfrecords/a.tfrec", "/d/train_tfrecords/b.tfrec"], 0, 4)
+
+
+def test_the_digest_ignores_key_order_and_sees_every_value():
+    assert hosts.digest({"a": 1, "b": [1, 2]}) == hosts.digest({"b": [1, 2], "a": 1})
+    assert hosts.digest({"a": 1, "b": [1, 2]}) != hosts.digest({"a": 1, "b": [2, 1]})
+
+
+def test_a_command_built_for_one_process_refuses_a_multi_process_launch(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class OneProcess:
+        verbose: int = 0
+
+    @dataclasses.dataclass(frozen=True)
+    class Several(command.MultiProcess):
+        verbose: int = 0
+
+    two = runtime.Runtime("CPU", (), None, "float32", process_index=1, process_count=2, local_devices=())
+    monkeypatch.setattr(runtime, "setup", lambda **kwargs: two)
+    with pytest.raises(ValueError, match="OneProcess runs in one process, but this is process 1 of 2"):
+        command.runtime_for(OneProcess())
+    assert command.runtime_for(Several()) is two
+
+
+def test_the_plan_gives_one_input_share_per_process_and_refuses_what_cannot_split():
+    config = pretrain.PretrainConfig(data_dir="d", out_dir="o", seed=0, global_batch_size=32)
+    settings, reasons, _ = pretrain.resolve(config, 400, num_devices=8, image_hw=(64, 64), processes=2)
+    assert settings.input_shares == 2 and reasons["input_shares"] == "one per process"
+    settings, reasons, _ = pretrain.resolve(dataclasses.replace(config, input_shares=4), 400, 8, processes=2)
+    assert settings.input_shares == 4 and "input_shares" not in reasons
+    with pytest.raises(ValueError, match="multiple of the 2 process"):
+        pretrain.resolve(dataclasses.replace(config, input_shares=3), 400, 8, processes=2)
+    with pytest.raises(ValueError, match="--knn-every runs on one process"):
+        pretrain.resolve(dataclasses.replace(config, knn_every=1), 400, 8, processes=2)
+
+
+def test_a_process_owning_one_share_gets_its_rows_of_the_global_batch(sample_dir):
+    from kitlib.data import tfrecords
+
+    files = tfrecords.list_tfrecords(sample_dir)
+    args = dict(crops="2x32@0.3-1,1x16@0.1-0.3", global_batch=8, seed=3)
+    whole = next(iter(pretrain.training_batches(files, **args, shares=2)))[0]
+    second = next(iter(pretrain.training_batches(files, **args, shares=2, owned=[1])))[0]
+    assert [tuple(v.shape) for v in whole] == [(8, 32, 32, 3), (8, 32, 32, 3), (8, 16, 16, 3)]
+    for view_whole, view_second in zip(whole, second):
+        np.testing.assert_allclose(view_second.numpy(), view_whole.numpy()[4:], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_process_that_is_not_the_writer_writes_nothing(tmp_path, sample_dir, monkeypatch):
+    monkeypatch.setattr(hosts, "is_writer", lambda: False)
+    out = tmp_path / "run"
+    config = pretrain.PretrainConfig.smoke(data_dir=sample_dir, out_dir=str(out), epochs=1, max_steps_per_epoch=1,
+                                           verbose=0)
+    result = pretrain.run(pretrain.plan(config))
+    assert len(result.history) == 0  # it reads the writer's history.csv, which no writer wrote here
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+# ============ several processes (the CLI, 2 x 4 simulated devices against 1 x 8) ============
+
+_RUN = ["pretrain", "--smoke", "--epochs", "3", "--seed", "0", "--verbose", "2"]
+
+
+def _one_process(args, devices=8):
+    environ = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    environ.update(TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=xla_flags(devices))
+    done = subprocess.run([sys.executable, "-m", "kitlib", *args], capture_output=True, text=True, env=environ,
+                          cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _weights(path):
+    from kitlib.models import backbones
+
+    return [np.asarray(w) for w in backbones.load(str(path)).get_weights()]
+
+
+@pytest.mark.slow
+@pytest.mark.matrix
+def test_two_processes_train_to_the_same_history_as_one_process_on_eight_devices(tmp_path, sample_dir):
+    single, multi = tmp_path / "one", tmp_path / "two"
+    _one_process([*_RUN, "--data", sample_dir, "--out", str(single), "--input-shares", "2"])
+    results = finish_processes(start_processes([*_RUN, "--data", sample_dir, "--out", str(multi)]))
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    (_, out0, _), (_, out1, _) = results
+    assert "8 x CPU (cpu) over 2 processes (this is process 0, 4 local)" in out0 and "Epoch 3/3" in out0
+    assert out1 == ""                                                   # process 0 prints for both
+    one, two = checkpoint.read_history(single / "history.csv"), checkpoint.read_history(multi / "history.csv")
+    assert [r["epoch"] for r in two] == [1, 2, 3]
+    for key in ("loss", "usage_entropy", "lr"):
+        np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-4)
+    for a, b in zip(_weights(multi / "backbone.keras"), _weights(single / "backbone.keras")):  # 9 Adam steps of
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float noise: ~1e-4; another seed moves them ~0.1
+    record = json.loads((multi / "config.json").read_text())
+    assert record["facts"]["devices"] == 8 and record["facts"]["processes"] == 2
+    assert record["settings"]["input_shares"] == 2
+    written = sorted(str(p.relative_to(multi)) for p in multi.rglob("*") if p.is_file())
+    assert written == ["backbone.keras", "checkpoints/state.npz", "config.json", "history.csv"]  # once, no tmp
+
+
+@pytest.mark.slow
+def test_processes_that_planned_differently_refuse_to_run(tmp_path, sample_dir):
+    started = start_processes([*_RUN, "--data", sample_dir, "--out", str(tmp_path / "run")],
+                              extra={1: ["--temperature", "0.2"]})
+    for rc, _, err in finish_processes(started):
+        assert rc != 0 and "the pretrain plan of process(es) 1 differs from process 0's" in err, err[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_run_everywhere_and_a_rerun_resumes(tmp_path, sample_dir):
+    out = tmp_path / "run"
+    args = ["pretrain", "--smoke", "--epochs", "12", "--seed", "0", "--verbose", "0", "--data", sample_dir,
+            "--out", str(out)]
+    started = start_processes(args)
+    history, deadline = out / "history.csv", time.time() + 300
+    while len(checkpoint.read_history(history)) < 2 and time.time() < deadline:
+        assert all(p.poll() is None for p in started), "a process ended before it was killed"
+        time.sleep(0.2)
+    started[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    results = finish_processes(started, timeout=120)
+    assert time.time() - killed < 60                                    # no hang: heartbeats end the run
+    assert all(rc != 0 for rc, _, _ in results)
+    with np.load(out / "checkpoints" / "state.npz") as state:           # the last checkpoint is whole
+        done = int(state["epochs_done"])
+    assert 2 <= done < 12
+    results = finish_processes(start_processes(args[:-4] + ["--verbose", "1", "--data", sample_dir,
+                                                            "--out", str(out)]))
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert f"resuming after epoch {done}" in results[0][1]
+    assert [r["epoch"] for r in checkpoint.read_history(history)] == list(range(1, 13))
