@@ -76,16 +76,37 @@ def main(argv=None):
         module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
-        code = command.execute(module, args) if hasattr(module, "CONFIG") else module.run_args(args)
-    except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
-        print(err, file=sys.stderr)
-        return 3
-    except USER_ERRORS as err:
-        if not (raised_by_kitlib(err) or (isinstance(err, OSError) and err.filename)):
-            raise
-        print(f"kitlib {argv[0]}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    return 0 if code is None else int(code)
+        try:
+            code = command.execute(module, args) if hasattr(module, "CONFIG") else module.run_args(args)
+        except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
+            print(err, file=sys.stderr)
+            code = 3
+        except USER_ERRORS as err:
+            if not (raised_by_kitlib(err) or (isinstance(err, OSError) and err.filename)):
+                raise
+            print(f"kitlib {argv[0]}: error: {one_line(err)}", file=sys.stderr)
+            code = 2
+    except BaseException:
+        _end_fast(1, with_traceback=True)
+        raise
+    code = 0 if code is None else int(code)
+    if code:
+        _end_fast(code)
+    return code
+
+
+def _end_fast(code, with_traceback=False):
+    """In a run of several processes, a process that fails exits at once (a normal exit would wait minutes at
+    JAX's shutdown barrier for the others): its heartbeats stop and `kitlib.hosts.HEARTBEAT_S` later the
+    coordination service ends every other process too. On one process: nothing (the caller returns or raises)."""
+    from kitlib import hosts  # noqa: PLC0415
+
+    if hosts.process_count() > 1:
+        if with_traceback:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def raised_by_kitlib(err):

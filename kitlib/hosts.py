@@ -22,9 +22,12 @@ The output folder must be one folder that every process sees (a shared disk or a
 host), so that all resume from the same checkpoint. On one process every function here is a no-op.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 HEARTBEAT_S = 20          # seconds without a heartbeat after which JAX ends the run on every host
 _ENV_TRIPLE = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -129,6 +132,24 @@ def barrier(name):
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def writer_folder(out_dir):
+    """Yields `out_dir` on process 0, a fresh temporary folder (deleted after) on any other.
+
+    Every process runs the same saving code into the folder it is given: reading weights that live on
+    all processes' devices (a checkpoint, an export) is a collective every process must join, so a
+    save that only process 0 runs waits for the others for ever; this way one copy lands in `out_dir`.
+    """
+    if is_writer():
+        yield out_dir
+        return
+    own = tempfile.mkdtemp(prefix=f"kitlib-process{process_index()}-")
+    try:
+        yield own
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def digest(record):

@@ -66,13 +66,14 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_processes(args, processes=2, devices=4, extra=None):
+def start_processes(args, processes=2, devices=4, extra=None, env=None):
     """Start ``python -m kitlib ARGS`` as `processes` local processes of one run (``--coordinator`` on a free
     127.0.0.1 port, gloo collectives), each seeing `devices` simulated CPU devices, in a clean shell as a user
-    starts them. extra: {process_id: [flags]} added to that process's command. Returns the Popen objects."""
+    starts them. extra: {process_id: [flags]} added to that process's command; env: variables added to all
+    (e.g. TMPDIR). Returns the Popen objects."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    environ.update(TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=xla_flags(devices))
+    environ.update(TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=xla_flags(devices), **(env or {}))
     started = []
     for i in range(processes):
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)]

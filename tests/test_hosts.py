@@ -55,6 +55,17 @@ def test_on_one_process_everything_is_a_no_op():
     assert hosts.shared_seed(1234) == 1234
 
 
+def test_the_writer_saves_into_the_folder_and_any_other_process_into_its_own_deleted_after(tmp_path, monkeypatch):
+    with hosts.writer_folder(str(tmp_path / "out")) as folder:
+        assert folder == str(tmp_path / "out")
+    monkeypatch.setattr(hosts, "process_index", lambda: 1)
+    monkeypatch.setattr(hosts, "is_writer", lambda: False)
+    with hosts.writer_folder(str(tmp_path / "out")) as folder:
+        assert folder != str(tmp_path / "out") and os.path.isdir(folder) and "process1" in folder
+        open(os.path.join(folder, "classifier.keras"), "w").close()
+    assert not os.path.exists(folder) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_input_shares_read_disjoint_shards_that_cover_the_data(count):
     files = [f"/d/train_tfrecords/ld{i:02d}-25.tfrec" for i in range(7)]
@@ -138,6 +149,11 @@ def _one_process(args, devices=8):
     return done
 
 
+def _kit_lines(out):
+    """stdout lines that are not gloo's own ("[Gloo] Rank 1 is connected to 1 peer ranks", jax 0.10)."""
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+
+
 def _weights(path):
     from kitlib.models import backbones
 
@@ -154,11 +170,14 @@ def test_two_processes_train_to_the_same_history_as_one_process_on_eight_devices
         assert rc == 0, err[-3000:]
     (_, out0, _), (_, out1, _) = results
     assert "8 x CPU (cpu) over 2 processes (this is process 0, 4 local)" in out0 and "Epoch 3/3" in out0
-    assert out1 == ""                                                   # process 0 prints for both
+    assert _kit_lines(out1) == []                   # process 0 prints for both (gloo's own lines aside)
     one, two = checkpoint.read_history(single / "history.csv"), checkpoint.read_history(multi / "history.csv")
     assert [r["epoch"] for r in two] == [1, 2, 3]
-    for key in ("loss", "usage_entropy", "lr"):
+    for key in ("loss", "lr"):
         np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-4)
+    # usage entropy counts each crop's argmax prototype: near-ties flip under another reduction order
+    # (one process on 8 vs on 4 devices: 0.04 nats apart by epoch 3, loss within 1e-6)
+    np.testing.assert_allclose([r["usage_entropy"] for r in two], [r["usage_entropy"] for r in one], atol=0.1)
     for a, b in zip(_weights(multi / "backbone.keras"), _weights(single / "backbone.keras")):  # 9 Adam steps of
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float noise: ~1e-4; another seed moves them ~0.1
     record = json.loads((multi / "config.json").read_text())
@@ -166,6 +185,45 @@ def test_two_processes_train_to_the_same_history_as_one_process_on_eight_devices
     assert record["settings"]["input_shares"] == 2
     written = sorted(str(p.relative_to(multi)) for p in multi.rglob("*") if p.is_file())
     assert written == ["backbone.keras", "checkpoints/state.npz", "config.json", "history.csv"]  # once, no tmp
+
+
+@pytest.mark.slow
+@pytest.mark.matrix
+def test_two_processes_finetune_and_predict_as_one_process_on_eight_devices(tmp_path, sample_dir):
+    from kitlib.bit import export
+    from kitlib.models import standin
+
+    backbone = standin.make_tiny_backbone(str(tmp_path / "backbone.keras"))
+    tune = ["finetune", "--smoke", "--data", sample_dir, "--backbone", backbone, "--steps", "8", "--evaluations", "2",
+            "--seed", "0", "--verbose", "2"]
+    single, multi, scratch = tmp_path / "one", tmp_path / "two", tmp_path / "tmp"
+    scratch.mkdir()
+    _one_process([*tune, "--out", str(single)])
+    results = finish_processes(start_processes([*tune, "--out", str(multi)], env={"TMPDIR": str(scratch)}))
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert "Epoch 2/2" in results[0][1] and _kit_lines(results[1][1]) == []
+    one, two = (checkpoint.read_history(d / "history.csv") for d in (single, multi))
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-4)
+    for key in ("accuracy", "val_accuracy"):  # counts of argmax hits: one flip on a near-tie is 1/64 or 1/25
+        np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], atol=1 / 24)
+    for a, b in zip(*(export.load_classifier(d).model.get_weights() for d in (single, multi))):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+    record = json.loads((multi / "finetune.json").read_text())
+    assert record["facts"]["processes"] == 2 and abs(record["val_accuracy"] - one[-1]["val_accuracy"]) < 1 / 24
+    assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in single.iterdir())  # written once
+    assert list(scratch.iterdir()) == []                # process 1's checkpoints and export: its own, deleted
+
+    predict = ["predict", "--data", sample_dir, "--model", str(multi)]
+    _one_process([*predict, "--out", str(tmp_path / "p1" / "submission.csv")])
+    results = finish_processes(start_processes([*predict, "--out", str(tmp_path / "p2" / "submission.csv")]))
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert _kit_lines(results[1][1]) == []
+    alone, shared = ((tmp_path / p / "submission.csv").read_text().splitlines() for p in ("p1", "p2"))
+    assert [r.split(",")[0] for r in shared] == [r.split(",")[0] for r in alone]       # ids and order
+    assert sum(a != b for a, b in zip(alone, shared)) <= 1                             # labels (a near-tie aside)
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["submission.config.json", "submission.csv"]
 
 
 @pytest.mark.slow

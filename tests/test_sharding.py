@@ -20,3 +20,22 @@ def test_predict_padded_returns_the_real_rows_of_one_compiled_shape():
     assert out.shape == (3, 2) and out.dtype == np.float32
     np.testing.assert_allclose(out, np.stack([batch.sum(1)] * 2, axis=1), rtol=1e-6)
     assert sharding.shard_batch(batch) is batch  # no distribution: unchanged
+
+
+def test_undistributed_clears_the_distribution_inside_and_gives_it_back():
+    import jax
+
+    distribution = keras.distribution.DataParallel(devices=jax.devices()[:1])
+    keras.distribution.set_distribution(distribution)
+    try:
+        with sharding.undistributed():
+            assert keras.distribution.distribution() is None and sharding.device_count() == 1
+        assert keras.distribution.distribution() is distribution
+        try:
+            with sharding.undistributed():
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        assert keras.distribution.distribution() is distribution  # also after an error
+    finally:
+        keras.distribution.set_distribution(None)

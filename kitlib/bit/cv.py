@@ -66,6 +66,9 @@ def plan(config, rt=None):
     """
     command.require(config, "data_dir", "backbone", "out_dir")
     rt = rt or command.runtime_for(config)
+    if getattr(rt, "process_count", 1) > 1:
+        raise ValueError("kitlib cv runs in one process (its folds are short runs one host trains well): launch "
+                         "it on one host, or run `finetune` with --coordinator ... for one long multi-host run")
     seed, seed_reason = command.resolve_seed(config.seed)
     reasons = {"seed": seed_reason} if seed_reason else {}
     saved = os.path.join(config.out_dir, kfold.FOLDS_FILE)

@@ -23,11 +23,12 @@ import os
 
 import numpy as np
 
+from kitlib import hosts, runtime
 from kitlib.compat import keras
 from kitlib.locations import KAGGLE_INPUT
 from kitlib.models.precision import (rebuild, register_kit_layers,
                                      with_dtype_policy)
-from kitlib.sharding import predict_padded, rows_per_pass
+from kitlib.sharding import predict_padded, rows_per_pass, undistributed
 
 META_FILE = "classifier.json"
 MODEL_FILE = "classifier.keras"
@@ -51,9 +52,10 @@ def save_classifier(model, out_dir, class_names, image_size, from_logits=True):
     probe = model(np.zeros([1, image_size, image_size, 3], np.float32), training=False)
     if probe.shape[-1] != len(class_names):
         raise ValueError(f"the model outputs {probe.shape[-1]} classes but {len(class_names)} class names were given")
-    portable = with_dtype_policy(model, "float32")
-    if portable is model:  # already float32: an uncompiled copy, so neither optimizer nor loss is saved
-        portable = rebuild(model)
+    with undistributed():  # a host copy: nothing to agree across processes before its weights arrive
+        portable = with_dtype_policy(model, "float32")
+        if portable is model:  # already float32: an uncompiled copy, so neither optimizer nor loss is saved
+            portable = rebuild(model)
     os.makedirs(out_dir, exist_ok=True)
     portable.save(os.path.join(out_dir, MODEL_FILE))
     meta = {"class_names": class_names, "image_size": int(image_size),
@@ -90,7 +92,10 @@ class Classifier:
                 f"{out_dir}: {META_FILE} is there but {os.path.basename(model_path)} is not (a classifier "
                 "exported by an older kit holds saved_model/ instead); fine-tune again with this kit")
         register_kit_layers()
-        self.model = keras.saving.load_model(model_path, compile=False)
+        # several processes: a variable's initial value must agree on all before the saved weights replace
+        # it, so every process draws the same (then the caller's random state is back)
+        with runtime.seeded(0 if hosts.process_count() > 1 else None):
+            self.model = keras.saving.load_model(model_path, compile=False)
 
     def predict_proba(self, images, batch_size=64):
         """Class probabilities for float images [N, S, S, 3] in [0, 1]; returns float32 numpy [N, C].

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import os
 
-from kitlib import command, preflight, runtime
+from kitlib import command, hosts, preflight, runtime
 from kitlib.bit import export, hyperrule, inputs, losses, training
 from kitlib.command import setting
 from kitlib.compat import tf
@@ -31,9 +31,10 @@ from kitlib.models import hub
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(command.MultiProcess):
     """What one fine-tuning run asks for; fields left None are chosen by `plan` (the BiT-HyperRule, the
-    devices). Each field's help is its flag's (``python -m kitlib finetune --help``)."""
+    devices). Each field's help is its flag's (``python -m kitlib finetune --help``). Several processes
+    (`kitlib.command.MultiProcess`): each decodes only its rows of every global batch."""
     data_dir: str = setting(None, "folder with train_tfrecords/, or train.csv + train_images/, or one sub-folder "
                             "per class; or tfds:NAME", flag="--data", required=True)
     backbone: str = setting(None, "a .keras backbone or pretrain output folder, a BiT .npz, a BiT SavedModel "
@@ -169,6 +170,10 @@ def plan(config, rt=None, source=None):
     command.require(config, "data_dir", "backbone", "out_dir")
     rt = rt or command.runtime_for(config)
     runtime.check_global_batch(config.global_batch_size, rt.num_devices)
+    processes = getattr(rt, "process_count", 1)
+    if processes > 1 and (config.global_batch_size // processes) % 2:
+        raise ValueError(f"--batch-size {config.global_batch_size} gives each of {processes} processes an odd "
+                         f"number of rows; MixUp pairs neighbouring rows: use a multiple of {2 * rt.num_devices}")
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
     seed, seed_reason = command.resolve_seed(config.seed)
     if source is None:
@@ -199,12 +204,14 @@ def run(plan):
     config, source, rule = plan.settings, plan.parts["source"], plan.parts["rule"]
     if config.preflight:
         return run_preflight(plan)
-    plan.save(config.out_dir)
+    if hosts.is_writer():  # several processes: process 0 writes, the others wait where they read
+        plan.save(config.out_dir)
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         model, history, evaluation = _fit_and_evaluate(config, source, rule)
-    export.save_classifier(model, config.out_dir, source.class_names, rule.crop)
-    command.write_json(os.path.join(config.out_dir, "finetune.json"),
-                       _add_results(plan.record(), history, evaluation))
+    with hosts.writer_folder(config.out_dir) as out_dir:  # each process exports (a collective), one keeps it
+        export.save_classifier(model, out_dir, source.class_names, rule.crop)
+        command.write_json(os.path.join(out_dir, "finetune.json"), _add_results(plan.record(), history, evaluation))
+    hosts.barrier("finetune: exported")
     if config.verbose:
         if evaluation is not None:
             print(f"validation accuracy {evaluation['accuracy']:.4f}\n{evaluation['report']}")
@@ -225,10 +232,15 @@ def _fit_and_evaluate(config, source, rule):
     num_classes = len(source.class_names)
     model = training.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
     training.compile_classifier(model, rule, config.loss_fn(), config.steps_per_execution)
-    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed)
+    rows = rule.batch_size // hosts.process_count()  # this process's rows of every global batch
+    mine = (hosts.process_index() * rows, (hosts.process_index() + 1) * rows)
+    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed,
+                                         rows=mine if hosts.process_count() > 1 else None)
     val_batches = (inputs.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
                    if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
-    history = training.train(model, rule, train_batches, val_batches, config.out_dir, config.evaluations,
+    val_rows = val_batches if val_batches is None or hosts.process_count() == 1 else val_batches.map(
+        lambda *batch: tuple(part[mine[0]:mine[1]] for part in batch))  # fit's validation: its rows too
+    history = training.train(model, rule, train_batches, val_rows, config.out_dir, config.evaluations,
                              config.verbose, config.restore_best,
                              validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
     evaluation = training.report(model, val_batches, source.class_names) if val_batches is not None else None

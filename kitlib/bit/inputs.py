@@ -44,8 +44,20 @@ def sample_beta(alpha, seed=None):
     return tf.cast(tf.where(total > 0, g1 / tf.where(total > 0, total, 1.0), 0.5), tf.float32)
 
 
+def mixup_partners(batch_size):
+    """The MixUp partner of each row: its neighbour (0<->1, 2<->3, ...; an odd last row is its own).
+
+    Pairs of neighbours, rather than the batch reversed, keep every pair inside any even-sized run of
+    rows: a process that feeds its rows of the global batch (`kitlib.hosts`) mixes exactly the pairs a
+    single process would. The shuffle before batching makes neighbours as random a pairing as any.
+    """
+    partners = np.arange(batch_size) ^ 1
+    return np.where(partners < batch_size, partners, np.arange(batch_size))
+
+
 def mixup(images, labels, alpha, seed=None):
-    """Mix each example with the batch reversed: x' = lam x + (1 - lam) x[::-1], same for labels.
+    """Mix each example with its neighbour (`mixup_partners`): x' = lam x + (1 - lam) x[partner], same for
+    labels.
 
     One lam ~ Beta(alpha, alpha) per batch (``sample_beta``), as in BiT's input pipeline.
 
@@ -63,8 +75,10 @@ def mixup(images, labels, alpha, seed=None):
         return images, labels
     lam = sample_beta(alpha, seed)
     lam_x, lam_y = tf.cast(lam, images.dtype), tf.cast(lam, labels.dtype)
-    images = lam_x * images + (1 - lam_x) * tf.reverse(images, axis=[0])
-    labels = lam_y * labels + (1 - lam_y) * tf.reverse(labels, axis=[0])
+    partners = tf.bitwise.bitwise_xor(tf.range(tf.shape(images)[0]), 1)
+    partners = tf.where(partners < tf.shape(images)[0], partners, tf.range(tf.shape(images)[0]))
+    images = lam_x * images + (1 - lam_x) * tf.gather(images, partners)
+    labels = lam_y * labels + (1 - lam_y) * tf.gather(labels, partners)
     return images, labels
 
 
@@ -101,11 +115,13 @@ def preprocess_eval(image, crop):
     return tf.clip_by_value(tf.image.resize(_to_unit_float(image), [crop, crop]), 0.0, 1.0)
 
 
-def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0):
+def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0, rows=None):
     """Endless training batches: shuffle, augment, batch (static shapes), MixUp when the rule says so.
 
     Deterministic given ``seed``: the shuffle is seeded, and each example's crop/flip and each batch's
-    MixUp lambda use stateless ops seeded by (seed, position in the stream).
+    MixUp lambda use stateless ops seeded by (seed, position in the stream). With ``rows`` a process keeps
+    only its rows of every global batch, dropped before decoding (each process decodes its own share), and
+    gets exactly those rows of the batches one process would make.
 
     Args:
         dataset: ``tf.data.Dataset`` of kit dicts with "image" (uint8 [H, W, 3], or the encoded bytes
@@ -114,10 +130,16 @@ def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0):
         rule: a ``HyperRule`` (resize, crop, batch_size = the GLOBAL batch, mixup_alpha).
         num_classes: C, for one-hot labels.
         seed: int.
+        rows: (start, stop), even, of the global batch's rows (None: all: one process).
     Returns:
-        Dataset of (images [B, crop, crop, 3] float32 in [0, 1], labels [B, C] float32).
+        Dataset of (images [b, crop, crop, 3] float32 in [0, 1], labels [b, C] float32), b = stop - start
+        (B without ``rows``).
     """
     seed = int(seed)
+    start, stop = (0, rule.batch_size) if rows is None else rows
+    if (start % 2 or stop % 2) and stop - start != rule.batch_size:
+        raise ValueError(f"a process's rows {start}..{stop} of the global batch {rule.batch_size} must start and "
+                         "end even (MixUp pairs neighbours): use a global batch divisible by 2 x the processes")
 
     def prepare(index, example):
         image = preprocess_train(example["image"], rule.resize, rule.crop,
@@ -128,9 +150,11 @@ def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0):
         images, labels = batch
         return mixup(images, labels, rule.mixup_alpha, seed=tf.stack([tf.constant(seed + 1, tf.int64), index]))
 
-    batches = (dataset.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
-               .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(rule.batch_size, drop_remainder=True))  # static shapes: one compiled step
+    batches = dataset.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
+    if stop - start != rule.batch_size:  # this process's rows only, before any decoding
+        batches = batches.filter(lambda index, _: (index % rule.batch_size >= start) & (index % rule.batch_size < stop))
+    batches = (batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(stop - start, drop_remainder=True))  # static shapes: one compiled step
     if rule.mixup_alpha > 0:
         batches = batches.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)

@@ -17,15 +17,17 @@ import time
 
 import numpy as np
 
-from kitlib import command, preflight, sharding
+from kitlib import command, hosts, preflight, sharding
 from kitlib.bit import ensemble, export, submission, tta
 from kitlib.command import setting
 from kitlib.data import competition, sources
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig:
-    """What one prediction asks for (``python -m kitlib predict --help`` shows each field as a flag)."""
+class PredictConfig(command.MultiProcess):
+    """What one prediction asks for (``python -m kitlib predict --help`` shows each field as a flag). Several
+    processes (`kitlib.command.MultiProcess`): each reads the test images, the devices of all share each
+    batch, and process 0 writes the submission."""
     data_dir: str = setting(None, "data dir with test_images/ or test_tfrecords/ (the competition layout), a "
                             "folder of images, or a *.tfrec glob", flag="--data", required=True)
     model: tuple[str, ...] = setting(None, "classifier folder(s) (finetune --out) or cv folder(s) (cv --out, its folds "
@@ -148,10 +150,15 @@ def run(plan):
         if config.verbose:
             print(line)
     mixed = np.tensordot(plan.parts["weights"], np.stack(probs), 1).astype(np.float32)
-    prediction = submission.write_checked(ids, mixed, config.out, config.sample_submission,
-                                          plan.facts["class_names"], views, time.perf_counter() - start,
+    seconds, names = time.perf_counter() - start, plan.facts["class_names"]
+    if not hosts.is_writer():  # several processes: process 0 writes the submission for all
+        hosts.barrier("predict: written")
+        return submission.Prediction(list(ids), mixed, mixed.argmax(axis=1), tuple(names), views,
+                                     os.fspath(config.out), seconds)
+    prediction = submission.write_checked(ids, mixed, config.out, config.sample_submission, names, views, seconds,
                                           config.verbose)
     command.write_json(record_path(config.out), plan.record())
+    hosts.barrier("predict: written")
     return prediction
 
 

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from kitlib import sharding
+from kitlib import hosts, sharding
 from kitlib.bit import losses
 from kitlib.compat import keras
 from kitlib.data import tfrecords
@@ -89,14 +89,16 @@ def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verb
     """
     os.makedirs(out_dir, exist_ok=True)
     epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, evaluations)
-    callbacks = training_callbacks(out_dir, "val_accuracy" if val_batches is not None else "accuracy")
-    with tfrecords.explain_errors():
-        history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
-                            verbose=verbose, shuffle=False)  # tf.data shuffles; Keras 3.15 warns otherwise
-    best = best_checkpoint_path(out_dir)
-    if restore_best and os.path.isfile(best):
-        model.load_weights(best)
+    # several processes: each checkpoints (saving is a collective), process 0 into out_dir
+    with hosts.writer_folder(out_dir) as own_dir:
+        callbacks = training_callbacks(own_dir, "val_accuracy" if val_batches is not None else "accuracy")
+        with tfrecords.explain_errors():
+            history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
+                                verbose=verbose, shuffle=False)  # tf.data shuffles; Keras 3.15 warns otherwise
+        best = best_checkpoint_path(own_dir)
+        if restore_best and os.path.isfile(best):
+            model.load_weights(best)
     return history
 
 
@@ -115,7 +117,7 @@ def predict_batches(model, batches):
         for batch in batches:
             images, onehot = np.asarray(batch[0]), np.asarray(batch[1])
             keep = np.asarray(batch[2]) > 0 if len(batch) > 2 else np.ones(len(images), bool)
-            out = np.asarray(model.predict_on_batch(sharding.shard_batch(images)), np.float32)
+            out = sharding.predict_padded(model, images, sharding.rows_per_pass(len(images)))
             logits.append(out[keep])
             labels.append(np.argmax(onehot[keep], axis=-1))
     return np.concatenate(logits), np.concatenate(labels)

@@ -15,12 +15,12 @@ def _batch(b=4, c=5, size=6):
     return images, labels
 
 
-def test_mixup_partner_is_the_reversed_batch_with_one_lambda_per_batch():
-    images, labels = _batch(b=4)  # classes 0,1,2,3 against reversed 3,2,1,0: all pairs distinct
+def test_mixup_partner_is_the_neighbour_with_one_lambda_per_batch():
+    images, labels = _batch(b=4)  # classes 0,1,2,3 against neighbours 1,0,3,2: all pairs distinct
     mixed_x, mixed_y = inputs.mixup(images, labels, alpha=0.4, seed=3)
     lam = mixed_y.numpy()[np.arange(4), np.arange(4)]  # weight on each example's own class
     assert np.allclose(lam, lam[0])  # one lambda for the whole batch
-    expected = lam[0] * images + (1 - lam[0]) * images[::-1]
+    expected = lam[0] * images + (1 - lam[0]) * tf.gather(images, [1, 0, 3, 2])
     np.testing.assert_allclose(mixed_x.numpy(), expected.numpy(), atol=1e-6)
     again_x, _ = inputs.mixup(images, labels, alpha=0.4, seed=3)  # stateless: same seed, same lambda
     np.testing.assert_array_equal(again_x.numpy(), mixed_x.numpy())
@@ -119,3 +119,20 @@ def test_random_flip_and_crop_vary_between_calls_unless_seeded():
     assert len({inputs.preprocess_train(image, 40, 32).numpy().tobytes() for _ in range(8)}) > 1
     assert len({inputs.preprocess_train(image, 40, 32, seed=[5, 1]).numpy().tobytes() for _ in range(3)}) == 1
     assert len({inputs.preprocess_train(image, 40, 32, seed=[5, i]).numpy().tobytes() for i in range(8)}) > 1
+
+
+def test_mixup_partners_pair_neighbours_and_keep_an_odd_last_row_alone():
+    assert inputs.mixup_partners(6).tolist() == [1, 0, 3, 2, 5, 4]
+    assert inputs.mixup_partners(5).tolist() == [1, 0, 3, 2, 4]
+
+
+def test_a_process_gets_its_rows_of_the_batches_one_process_makes():
+    rule = hyperrule.HyperRule((40, 56), 50_000, batch_size=8, resolution=(36, 32))  # MixUp on
+    whole = [(x.numpy(), y.numpy()) for x, y in inputs.train_dataset(_dict_dataset(), rule, 3, seed=2).take(3)]
+    for start, stop in ((0, 4), (4, 8), (2, 6)):
+        part = inputs.train_dataset(_dict_dataset(), rule, 3, seed=2, rows=(start, stop)).take(3)
+        for (x, y), (wx, wy) in zip(part, whole):
+            np.testing.assert_allclose(x.numpy(), wx[start:stop], atol=1e-6)
+            np.testing.assert_allclose(y.numpy(), wy[start:stop], atol=1e-6)
+    with pytest.raises(ValueError, match="must start and end even"):
+        inputs.train_dataset(_dict_dataset(), rule, 3, rows=(1, 5))
