@@ -7,6 +7,7 @@ with eight."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,8 +151,15 @@ def _one_process(args, devices=8):
 
 
 def _kit_lines(out):
-    """stdout lines that are not gloo's own ("[Gloo] Rank 1 is connected to 1 peer ranks", jax 0.10)."""
-    return [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+    """stdout lines that are not gloo's own ("[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of
+    connected peer ranks is : 1", jax 0.10; its threads' lines can come cut in two)."""
+    gloo = "[Gloo] Rank 0 is connected to 0 peer ranks. Expected number of connected peer ranks is : 0"
+
+    def glooish(line):
+        shape = re.sub(r"\d+", "0", line.strip())
+        return "Gloo" in line or "peer ranks" in line or shape in gloo
+
+    return [line for line in out.splitlines() if line.strip() and not glooish(line)]
 
 
 def _processes_until_losses_match(args, out, reference, env=None):
@@ -193,8 +201,11 @@ def test_two_processes_train_to_the_same_history_as_one_process_on_eight_devices
     # usage entropy counts each crop's argmax prototype: near-ties flip under another reduction order
     # (one process on 8 vs on 4 devices: 0.04 nats apart by epoch 3, loss within 1e-6)
     np.testing.assert_allclose([r["usage_entropy"] for r in two], [r["usage_entropy"] for r in one], atol=0.1)
-    for a, b in zip(_weights(multi / "backbone.keras"), _weights(single / "backbone.keras")):  # 9 Adam steps of
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float noise: ~1e-4; another seed moves them ~0.1
+    # 9 Adam steps: each moves a weight by up to ~lr (3e-3) whatever the gradient's size, so roundoff in a
+    # near-zero gradient can move it a step the other way: 1e-4 typical, 1.6e-3 seen on the AVX2-capped leg;
+    # another seed (or other data) moves the weights ~0.1, and the losses above are the sharp check
+    for a, b in zip(_weights(multi / "backbone.keras"), _weights(single / "backbone.keras")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=5e-3)
     record = json.loads((multi / "config.json").read_text())
     assert record["facts"]["devices"] == 8 and record["facts"]["processes"] == 2
     assert record["settings"]["input_shares"] == 2
