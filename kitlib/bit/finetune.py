@@ -232,10 +232,9 @@ def _fit_and_evaluate(config, source, rule):
     num_classes = len(source.class_names)
     model = training.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
     training.compile_classifier(model, rule, config.loss_fn(), config.steps_per_execution)
-    rows = rule.batch_size // hosts.process_count()  # this process's rows of every global batch
+    rows = rule.batch_size // hosts.process_count()  # this process's rows of every global batch (one: all)
     mine = (hosts.process_index() * rows, (hosts.process_index() + 1) * rows)
-    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed,
-                                         rows=mine if hosts.process_count() > 1 else None)
+    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed, rows=mine)
     val_batches = (inputs.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
                    if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
     val_rows = val_batches if val_batches is None or hosts.process_count() == 1 else val_batches.map(

@@ -45,14 +45,16 @@ def sample_beta(alpha, seed=None):
 
 
 def mixup_partners(batch_size):
-    """The MixUp partner of each row: its neighbour (0<->1, 2<->3, ...; an odd last row is its own).
+    """The MixUp partner of each row, int32 [batch_size]: its neighbour (0<->1, 2<->3, ...; an odd last row
+    is its own). ``batch_size``: an int or a scalar tensor (inside ``tf.data``).
 
     Pairs of neighbours, rather than the batch reversed, keep every pair inside any even-sized run of
     rows: a process that feeds its rows of the global batch (`kitlib.hosts`) mixes exactly the pairs a
     single process would. The shuffle before batching makes neighbours as random a pairing as any.
     """
-    partners = np.arange(batch_size) ^ 1
-    return np.where(partners < batch_size, partners, np.arange(batch_size))
+    rows = tf.range(batch_size, dtype=tf.int32)
+    partners = tf.bitwise.bitwise_xor(rows, 1)
+    return tf.where(partners < tf.cast(batch_size, tf.int32), partners, rows)
 
 
 def mixup(images, labels, alpha, seed=None):
@@ -75,8 +77,7 @@ def mixup(images, labels, alpha, seed=None):
         return images, labels
     lam = sample_beta(alpha, seed)
     lam_x, lam_y = tf.cast(lam, images.dtype), tf.cast(lam, labels.dtype)
-    partners = tf.bitwise.bitwise_xor(tf.range(tf.shape(images)[0]), 1)
-    partners = tf.where(partners < tf.shape(images)[0], partners, tf.range(tf.shape(images)[0]))
+    partners = mixup_partners(tf.shape(images)[0])
     images = lam_x * images + (1 - lam_x) * tf.gather(images, partners)
     labels = lam_y * labels + (1 - lam_y) * tf.gather(labels, partners)
     return images, labels

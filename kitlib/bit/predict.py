@@ -150,16 +150,17 @@ def run(plan):
         if config.verbose:
             print(line)
     mixed = np.tensordot(plan.parts["weights"], np.stack(probs), 1).astype(np.float32)
-    seconds, names = time.perf_counter() - start, plan.facts["class_names"]
-    if not hosts.is_writer():  # several processes: process 0 writes the submission for all
-        hosts.barrier("predict: written")
-        return submission.Prediction(list(ids), mixed, mixed.argmax(axis=1), tuple(names), views,
-                                     os.fspath(config.out), seconds)
-    prediction = submission.write_checked(ids, mixed, config.out, config.sample_submission, names, views, seconds,
-                                          config.verbose)
-    command.write_json(record_path(config.out), plan.record())
+    seconds = time.perf_counter() - start
+    # several processes: each writes and checks the same submission (so each returns the same rows), process 0
+    # into --out's folder, any other into a folder of its own deleted after
+    out = os.fspath(config.out)
+    with hosts.writer_folder(os.path.dirname(out)) as folder:
+        written = os.path.join(folder, os.path.basename(out))
+        prediction = submission.write_checked(ids, mixed, written, config.sample_submission,
+                                              plan.facts["class_names"], views, seconds, config.verbose)
+        command.write_json(record_path(written), plan.record())
     hosts.barrier("predict: written")
-    return prediction
+    return dataclasses.replace(prediction, path=out)
 
 
 def run_preflight(plan, print_fn=print):

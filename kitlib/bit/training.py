@@ -87,9 +87,8 @@ def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verb
     Returns:
         the Keras ``History``.
     """
-    os.makedirs(out_dir, exist_ok=True)
     epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, evaluations)
-    # several processes: each checkpoints (saving is a collective), process 0 into out_dir
+    # several processes: each checkpoints (saving is a collective), process 0 into out_dir (made by the callbacks)
     with hosts.writer_folder(out_dir) as own_dir:
         callbacks = training_callbacks(own_dir, "val_accuracy" if val_batches is not None else "accuracy")
         with tfrecords.explain_errors():
