@@ -4,7 +4,7 @@
             and one line of help, which is both the flag's help and the field's documentation.
     plan    ``plan(config, rt=None) -> Plan``: reads the data and the devices, resolves every value, gives the
             reason for each value it chose, and builds what the run needs (a data source, a rule). Nothing is
-            trained or written.
+            written (pretrain's time budget trains a throwaway copy of the model for a few timed steps).
     run     ``run(plan)``: does the work with what the plan holds (it rebuilds nothing the plan has) and saves
             ``plan.record()`` as ``config.json``, the same schema for every command.
 

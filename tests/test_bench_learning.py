@@ -1,6 +1,8 @@
-"""bench/learning.py's parts: a real image set written in the competition layout and read back, raw pixels
+"""bench/learning.py's parts: real image sets written in the competition layout and read back, raw pixels
 scored, and the paper-recipe comparison run at the rule run's budget (the accuracies themselves are printed
 by the bench, never tested)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -37,6 +39,8 @@ def test_the_paper_recipe_runs_at_the_rule_runs_budget(learning):
     rule = pretrain.resolve(pretrain.PretrainConfig(data_dir="d", out_dir="o", seed=0), 1_797, 1, "CPU", (32, 32), 10)[0]
     paper = learning.paper_config(rule, 32)
     assert (paper.epochs, paper.global_batch_size, paper.prototypes, paper.seed) == (rule.epochs, 64, 100, 0)
+    timed = learning.paper_config(dataclasses.replace(rule, epochs=None), 32)  # the default: the same time budget
+    assert (timed.epochs, timed.budget_minutes) == (None, rule.budget_minutes) and rule.budget_minutes > 0
     assert (paper.optimizer, paper.backbone, paper.crops) == ("lars", "small_cnn", "2x32@0.14-1,6x14@0.05-0.14")
     assert (paper.color_strength, paper.blur_p, paper.hidden_dim) == (1.0, 0.5, 2048)
     assert paper.base_lr == pytest.approx(recipe.default_learning_rate("lars", 64))

@@ -19,7 +19,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # inputs are [0, 1]; the backbone standar
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_CNN_WIDTHS = (32, 64, 128)       # CPU tests and demos: three stride-2 conv blocks
 SMALL_CNN_BN_MOMENTUM = 0.9            # PyTorch's 0.1: moving statistics settle within a short run
-KIT_NAMES = ("small_cnn", "small_cnn_grid", "resnet50")
+KIT_NAMES = ("small_cnn", "small_cnn_grid", "small_cnn_pyramid", "resnet50")
 
 
 @keras.saving.register_keras_serializable(package="kitlib")
@@ -42,6 +42,21 @@ class GridPool(keras.layers.Layer):
         return (input_shape[0], 4 * input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="kitlib")
+class PyramidPool(GridPool):
+    """A two-level spatial pyramid (He et al. 2014) of a feature map, [N, h, w, C] -> [N, 5 C]: the global
+    average, then the 2 x 2 quadrant averages scaled by 1/2, so that the four quadrants together weigh as much
+    as the global level in a dot product or a cosine. Global pooling keeps texture and colour wherever they
+    sit; the quadrants keep where a stroke sits. Which of the two carries the class depends on the data, so
+    the features keep both, and training (or a kNN, or a linear head) uses whichever does."""
+
+    def call(self, x):
+        return keras.ops.concatenate([keras.ops.mean(x, axis=(1, 2)), 0.5 * super().call(x)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 5 * input_shape[-1])
+
+
 def _standardize(inputs):
     return keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD],
                                       name="standardize")(inputs)
@@ -52,7 +67,9 @@ def build(name="resnet50"):
 
     Args:
         name: "resnet50" (keras.applications, F = 2048, SwAV's), "small_cnn" (3 conv-BN-ReLU blocks,
-            F = 128: CPU tests and demos), or a BiT name such as "BiT-M-R50x1" (GroupNorm + WS).
+            global average pooling, F = 128: CPU tests and demos), "small_cnn_grid" (the same, its 2 x 2
+            quadrants: F = 512), "small_cnn_pyramid" (both: F = 640, the small-data recipe's), or a BiT name
+            such as "BiT-M-R50x1" (GroupNorm + WS).
     Returns:
         keras.Model; BatchNorm (where there is any) follows the ``training`` argument.
     """
@@ -74,8 +91,8 @@ def build(name="resnet50"):
             x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
             x = keras.layers.BatchNormalization(momentum=SMALL_CNN_BN_MOMENTUM)(x)
             x = keras.layers.ReLU()(x)
-        features = (GridPool(name="features")(x) if name == "small_cnn_grid"
-                    else keras.layers.GlobalAveragePooling2D(name="features")(x))
+        pool = dict(small_cnn_grid=GridPool, small_cnn_pyramid=PyramidPool).get(name, keras.layers.GlobalAveragePooling2D)
+        features = pool(name="features")(x)
     return keras.Model(inputs, features, name=name)
 
 

@@ -14,14 +14,12 @@ the plan is made for that TPU and ``run`` compiles its train step there instead 
 import dataclasses
 import os
 
-import numpy as np
-
 from kitlib import command, hosts, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import competition, tfrecords
 from kitlib.models import backbones, precision
-from kitlib.swav import checkpoint, color, geometry, multicrop, recipe
+from kitlib.swav import budget, checkpoint, color, geometry, multicrop, recipe, survey
 from kitlib.swav.model import SwAVModel
 from kitlib.swav.monitors import CollapseMonitor
 from kitlib.swav.optim import OPTIMIZERS, WarmupCosine, build_optimizer
@@ -43,7 +41,10 @@ class PretrainConfig(command.MultiProcess):
                             required=True)
     out_dir: str = setting(None, "output folder: config.json, checkpoints/, history.csv, backbone.keras; "
                            "resumed when rerun", flag="--out", required=True)
-    epochs: int = setting(None, "passes over the data (0: export the random-init backbone)")
+    epochs: int = setting(None, "passes over the data (0: export the random-init backbone); wins over a budget")
+    budget_minutes: float = setting(None, "size the run to about this many minutes of this machine: the plan times "
+                                    "a few steps, then fixes the epochs (and the small recipe's crop size); 0: "
+                                    "epochs from the image count")
     global_batch_size: int = setting(None, "global batch: images per step over all devices (a multiple of "
                                      "the device count)", flag="--batch-size")
     backbone: str = setting(None, "the backbone to train", choices=backbones.KIT_NAMES)
@@ -98,7 +99,8 @@ CONFIG = PretrainConfig
 
 def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), num_classes=None, processes=1):
     """`config` with every None/auto filled in for `num_images` images of `image_hw` (and `num_classes`
-    classes, when known) on `num_devices` of `kind` over `processes` processes.
+    classes, when known) on `num_devices` of `kind` over `processes` processes; the epochs as the image
+    count estimates them (`plan` then times the budget: `kitlib.swav.budget`).
 
     Returns:
         (resolved `PretrainConfig`, {field: why} for every field the rule filled, the recipe's regime).
@@ -150,7 +152,7 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
 
 
 def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR,
-                     shares=1, owned=None):
+                     shares=1, owned=None, cache=True):
     """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
     [rows, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
 
@@ -166,40 +168,29 @@ def training_batches(files, crops, global_batch, augmentation="host", seed=None,
             ``pretrain`` command always has one, drawn when not given).
         color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
         shares: input streams of the global batch. owned: the streams this process builds (default all),
-            so rows = global_batch / shares * len(owned).
+            so rows = global_batch / shares * len(owned). cache: keep small sets' encoded records in memory
+            (False for a few steps, which would leave the cache half-filled).
     """
     from kitlib.compat import tf  # noqa: PLC0415
 
     owned = list(range(shares) if owned is None else owned)
     streams = [_stream(hosts.share_of(files, s, shares), crops, global_batch // shares, augmentation,
-                       None if seed is None else (seed + 1_000_003 * s) % 2**31, color_config) for s in owned]
+                       None if seed is None else (seed + 1_000_003 * s) % 2**31, color_config, cache) for s in owned]
     if len(streams) == 1:
         return streams[0].map(lambda *crops: (tuple(crops),))
     joined = tf.data.Dataset.zip(tuple(streams))  # one element: each stream's tuple of crops
     return joined.map(lambda *parts: (tuple(tf.concat(views, 0) for views in zip(*parts)),))
 
 
-def _stream(files, crops, batch, augmentation, seed, color_config):
+def _stream(files, crops, batch, augmentation, seed, color_config, cache):
     """One input stream of `training_batches`: batches of `batch` images' crops from `files`."""
     # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
     records = tfrecords.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
     num_images = tfrecords.count_data_items(files)
-    if num_images <= _CACHE_LIMIT:
+    if cache and num_images <= _CACHE_LIMIT:
         records = records.cache()  # encoded bytes: small, and spares re-reading the shards
     return multicrop.multicrop_batches(records.repeat(), _crop_config(crops), batch, augment=augmentation,
                                        shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
-
-
-def typical_image_hw(files, records=8):
-    """(height, width) of a typical training image: the median over the first `records` records."""
-    from kitlib.compat import tf  # noqa: PLC0415
-
-    shapes = [tf.image.extract_jpeg_shape(ex["image"]).numpy()[:2] if tf.io.is_jpeg(ex["image"])
-              else tf.shape(tf.io.decode_image(ex["image"], channels=3, expand_animations=False)).numpy()[:2]
-              for ex in tfrecords.load_dataset(files, labeled=False, decode=False, ordered=True).take(records)]
-    if not shapes:
-        raise tfrecords.DataError(f"{files[0]}: no image records to read the image size from")
-    return tuple(int(v) for v in np.median(np.array(shapes), axis=0))
 
 
 def random_init_backbone(name, seed):
@@ -264,20 +255,21 @@ def _build_model(config, net):
 
 
 def plan(config, rt=None):
-    """The run ``run`` will do: `config` resolved from the data and the devices (nothing trained or written).
+    """The run ``run`` will do: `config` resolved from the data and the devices (nothing is written; with a
+    time budget, a throwaway copy of the model is timed for a few steps: `kitlib.swav.budget`).
 
     Args:
         config: `PretrainConfig`.
         rt: a `kitlib.runtime.Runtime` (None: `kitlib.command.runtime_for(config)`: this machine's devices,
             or the preflight target's).
     Returns:
-        a `kitlib.command.Plan`: ``settings`` the resolved config, ``reasons`` the rule's choices,
-        ``facts`` the data and devices, ``parts["files"]`` the training shards.
+        a `kitlib.command.Plan`: ``settings`` the resolved config, ``reasons`` the rule's choices, ``facts`` the
+        data, the devices and the budget's timings, ``parts["files"]`` the training shards.
     """
     command.require(config, "data_dir", "out_dir")
     files = tfrecords.list_tfrecords(config.data_dir)
     num_images = tfrecords.count_data_items(files)
-    image_hw = typical_image_hw(files)
+    image_hw = survey.typical_image_hw(files)
     label_map = competition.split_paths(config.data_dir).label_map
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
     rt = rt or command.runtime_for(config)
@@ -285,7 +277,22 @@ def plan(config, rt=None):
                                         getattr(rt, "process_count", 1))
     facts = dict(recipe=regime, num_images=num_images, image_hw=list(image_hw), num_classes=num_classes,
                  **command.runtime_facts(rt))
+    if config.epochs is None and settings.budget_minutes:
+        settings, budget_facts = budget.size_run(settings, reasons, regime, min(image_hw),
+                                                 lambda crops: _time_steps(settings, files, crops),
+                                                 getattr(rt, "process_count", 1))
+        facts.update(budget=budget_facts)
     return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
+
+
+def _time_steps(config, files, crops):
+    """`kitlib.swav.budget.time_steps` of the run's model and input at multi-crop `crops` (a throwaway copy)."""
+    timed = dataclasses.replace(config, crops=crops, epochs=2, warmup_epochs=1)
+    with runtime.seeded(config.seed):
+        model = _build_model(timed, backbones.build(config.backbone))
+        batches = training_batches(files, crops, config.global_batch_size, config.augmentation, seed=config.seed,
+                                   color_config=color_config(config), shares=config.input_shares, cache=False)
+        return budget.time_steps(model, batches, config.steps_per_execution)
 
 
 def run(plan, print_fn=print):

@@ -16,11 +16,13 @@ PAPER_PROTOTYPES = 3000     # K on ImageNet (1000 classes, 1.28 M images)
 PROTOTYPES_PER_CLASS = 10   # community guidance for small data: K ≈ 10 x the number of classes
 LARGE_MIN_IMAGES = 10_000   # from here on (with large images) the paper's recipe
 LARGE_MIN_SIDE = 128        # images smaller than this get the small-image backbone whatever their number
-SMALL_MAX_CROP = 64         # small-data crops: at most 64 px (a few thousand images, minutes on a CPU)
-SMALL_IMAGES_SEEN = 150_000  # small-data epochs: about this many images in all (bench/README.md, Learning)
-SMALL_EPOCH_RANGE = (20, 400)
+SMALL_MAX_CROP = 64         # small-data crops: at most 64 px, and smaller where the budget needs it
+SMALL_MIN_CROP = 32         # ... but not below 32 px (a digit or a leaf spot is still legible)
+SMALL_IMAGES_SEEN = 150_000  # small-data runs: the crop is lowered until the budget affords this many images
+SMALL_EPOCH_RANGE = (20, 400)  # the image-count estimate's bounds; a budget above 400 epochs stops at 400
+SMALL_BUDGET_MINUTES = 10.0  # small-data runs are sized to this much of the machine they run on
 SMALL_LR = 3e-3             # Adam (bench/README.md, Learning: higher collapsed, lower was slower)
-GRID_MAX_SIDE = 48          # images this small keep a 2 x 2 grid of features (`backbones.GridPool`)
+LARGE_AREA_MAX_SIDE = 48    # images this small get crops of large areas (the paper's small windows are a few px)
 SMALL_MIN_COLOUR_IMAGES = 1_000  # below this many images: crops only, no colour distortion
 
 
@@ -56,6 +58,7 @@ class Recipe:
     epsilon: Choice
     queue_length: Choice
     queue_start_epoch: Choice
+    budget_minutes: Choice
 
     def choices(self):
         """{field: `Choice`} for every setting of the recipe."""
@@ -119,11 +122,33 @@ def paper(global_batch):
         queue_length=Choice(queue_length, f"a queue of {queue_length} features (the paper's 3840 at batch 256): a "
                             f"batch of {global_batch} is small against K = 3000" if queue
                             else "no queue: the batch alone spreads over the prototypes"),
-        queue_start_epoch=Choice(15, "the paper's epoch 15"))
+        queue_start_epoch=Choice(15, "the paper's epoch 15"),
+        budget_minutes=Choice(0.0, "0: the paper's epochs, not a time (give --budget-minutes to size them to one)"))
+
+
+def crop_sides(side):
+    """The big-crop sides the small recipe may use for images of `side` px, largest first: the image size
+    (rounded to 16, at most SMALL_MAX_CROP) down to SMALL_MIN_CROP in steps of 16 (`kitlib.swav.budget`
+    takes the largest the budget affords)."""
+    top = min(SMALL_MAX_CROP, _round_to(side, 16))
+    return list(range(top, min(top, SMALL_MIN_CROP) - 1, -16))
+
+
+def small_crops(crop, side):
+    """The small recipe's multi-crop at big-crop side `crop` for images of `side` px, as a `Choice`: 2 big
+    crops and 4 half-size ones, over larger areas on tiny images."""
+    top = crop_sides(side)[0]
+    where = ("the images" if crop >= side else f"lowered from {top} px: the budget affords more images seen so"
+             if crop < top else "detail beyond is slow on a CPU")
+    large = side <= LARGE_AREA_MAX_SIDE
+    spec = f"2x{crop}@0.5-1,4x{crop // 2}@0.2-0.5" if large else f"2x{crop}@0.3-1,4x{crop // 2}@0.1-0.3"
+    return Choice(spec, f"{crop} px big crops ({where}), half-size small crops; " + (
+        "large areas (50-100 %, 20-50 %): the paper's 5-14 % windows of a small image are a few pixels" if large
+        else "areas 30-100 % and 10-30 %, wider than the paper's small crops"))
 
 
 def _small(num_images, side, global_batch, num_classes):
-    crop = min(SMALL_MAX_CROP, _round_to(side, 16))
+    crop = crop_sides(side)[0]
     epochs = int(min(max(SMALL_IMAGES_SEEN / num_images, SMALL_EPOCH_RANGE[0]), SMALL_EPOCH_RANGE[1]))
     if num_classes:
         prototypes = suggest_num_prototypes(num_classes)
@@ -131,19 +156,13 @@ def _small(num_images, side, global_batch, num_classes):
     else:
         prototypes = min(PAPER_PROTOTYPES, max(10, num_images // 50))
         k_reason = "no label map: about 50 images per prototype"
-    grid = side <= GRID_MAX_SIDE
     colour = num_images >= SMALL_MIN_COLOUR_IMAGES
     return Recipe(
         "small",
-        backbone=Choice("small_cnn_grid", "a 3-block CNN whose features average each quadrant of the last map: on "
-                        f"images of <= {GRID_MAX_SIDE} px where a stroke sits is much of the content") if grid else
-        Choice("small_cnn", "a 3-block CNN with global average pooling: on larger images texture and colour carry "
-               "the class"),
-        crops=Choice(f"2x{crop}@0.5-1,4x{crop // 2}@0.2-0.5" if grid else f"2x{crop}@0.3-1,4x{crop // 2}@0.1-0.3",
-                     f"{crop} px big crops ({'the images' if crop >= side else 'detail beyond is slow on a CPU'}), "
-                     "half-size small crops; " + (
-                         "large areas (50-100 %, 20-50 %): the paper's 5-14 % windows of a small image are a few "
-                         "pixels" if grid else "areas 30-100 % and 10-30 %, wider than the paper's small crops")),
+        backbone=Choice("small_cnn_pyramid", "a 3-block CNN whose features keep the global average of the last map "
+                        "and its 2 x 2 quadrants: texture and colour, and where a stroke sits, whichever the class "
+                        "lives in"),
+        crops=small_crops(crop, side),
         prototypes=Choice(prototypes, f"K = {prototypes}: {k_reason} (community guidance; the paper finds K robust "
                           "within an order of magnitude)"),
         hidden_dim=Choice(512, "a 512-wide head for a small backbone"),
@@ -151,7 +170,8 @@ def _small(num_images, side, global_batch, num_classes):
         base_lr=Choice(SMALL_LR, f"Adam {SMALL_LR:g}: higher collapsed to ln K, lower learned several times slower"),
         final_lr=Choice(SMALL_LR * 1e-3, "base lr / 1000"),
         warmup_epochs=Choice(1, "one epoch"),
-        epochs=Choice(epochs, f"~{SMALL_IMAGES_SEEN:,} images seen in all (minutes on a CPU at 32 px)"),
+        epochs=Choice(epochs, f"~{SMALL_IMAGES_SEEN:,} images seen, estimated from the image count (the budget, "
+                      "when it is timed, sets them instead)"),
         color_strength=Choice(0.5, "half-strength jitter: small crops of small images keep little colour evidence")
         if colour else Choice(0.0, f"crops only below {SMALL_MIN_COLOUR_IMAGES:,} images: on a few hundred images "
                               "colour jitter kept the loss at ln K"),
@@ -159,7 +179,9 @@ def _small(num_images, side, global_batch, num_classes):
         blur_p=Choice(0.0, "no blur: at 32-64 px a blur erases the strokes and veins the features need"),
         epsilon=Choice(0.05, "the paper's"),
         queue_length=Choice(0, "no queue: a short run on small data (the paper starts its queue at epoch 15)"),
-        queue_start_epoch=Choice(0, "unused without a queue"))
+        queue_start_epoch=Choice(0, "unused without a queue"),
+        budget_minutes=Choice(SMALL_BUDGET_MINUTES, f"about {SMALL_BUDGET_MINUTES:g} minutes of this machine: the "
+                              "plan times a few steps, then fixes the crop size and the epochs"))
 
 
 def rule(num_images, image_hw, global_batch, num_classes=None):
@@ -175,10 +197,14 @@ def rule(num_images, image_hw, global_batch, num_classes=None):
     if num_images < 1 or global_batch < 1 or min(image_hw) < 1:
         raise ValueError(f"rule needs positive sizes; got num_images={num_images}, image_hw={image_hw}, "
                          f"global_batch={global_batch}")
-    side = min(image_hw)
-    if num_images >= LARGE_MIN_IMAGES and side >= LARGE_MIN_SIDE:
+    if regime_of(num_images, image_hw) == "paper":
         return paper(global_batch)
-    return _small(num_images, side, global_batch, num_classes)
+    return _small(num_images, min(image_hw), global_batch, num_classes)
+
+
+def regime_of(num_images, image_hw):
+    """"paper" for ImageNet-like data (many large images), else "small": the recipe `rule` follows."""
+    return "paper" if num_images >= LARGE_MIN_IMAGES and min(image_hw) >= LARGE_MIN_SIDE else "small"
 
 
 BATCH_REASON = "64 below 10,000 images (enough steps per epoch), the paper's 256 above"

@@ -28,24 +28,33 @@ def test_cassava_at_batch_256_gets_the_paper_queue():
     assert recipe.rule(21_397, (600, 800), 512).settings["queue_length"] == 4096  # whole batches
 
 
-@pytest.mark.parametrize("num_images, hw, batch, classes, backbone, crops, k, epochs, colour", [
-    (1_797, (32, 32), 64, 10, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 100, 83, 0.5),    # digits
-    (200, (32, 32), 64, 2, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 20, 400, 0.0),       # faces: crops only
-    (1_560, (32, 32), 64, 13, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 130, 96, 0.5),    # photo tiles
-    (100, (256, 340), 32, 5, "small_cnn", "2x64@0.3-1,4x32@0.1-0.3", 50, 400, 0.0),          # the Cassava sample
-    (5_000, (25, 25), 64, None, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 100, 30, 0.5),  # no label map
-    (50_000, (32, 32), 256, None, "small_cnn_grid", "2x32@0.5-1,4x16@0.2-0.5", 1000, 20, 0.5),  # many, small
-    (300, (64, 96), 64, None, "small_cnn", "2x64@0.3-1,4x32@0.1-0.3", 10, 400, 0.0),         # K's floor
+@pytest.mark.parametrize("num_images, hw, batch, classes, crops, k, epochs, colour", [
+    (1_797, (32, 32), 64, 10, "2x32@0.5-1,4x16@0.2-0.5", 100, 83, 0.5),     # digits
+    (200, (32, 32), 64, 2, "2x32@0.5-1,4x16@0.2-0.5", 20, 400, 0.0),        # faces: crops only
+    (1_560, (32, 32), 64, 13, "2x32@0.5-1,4x16@0.2-0.5", 130, 96, 0.5),     # photo tiles
+    (100, (256, 340), 32, 5, "2x64@0.3-1,4x32@0.1-0.3", 50, 400, 0.0),      # the Cassava sample
+    (5_000, (25, 25), 64, None, "2x32@0.5-1,4x16@0.2-0.5", 100, 30, 0.5),   # no label map
+    (50_000, (32, 32), 256, None, "2x32@0.5-1,4x16@0.2-0.5", 1000, 20, 0.5),  # many, small
+    (300, (64, 96), 64, None, "2x64@0.3-1,4x32@0.1-0.3", 10, 400, 0.0),     # K's floor
 ])
-def test_small_data_table(num_images, hw, batch, classes, backbone, crops, k, epochs, colour):
+def test_small_data_table(num_images, hw, batch, classes, crops, k, epochs, colour):
     chosen = recipe.rule(num_images, hw, batch, classes)
     s = chosen.settings
     assert chosen.regime == "small"
-    assert (s["backbone"], s["crops"], s["prototypes"], s["epochs"], s["color_strength"]) == (
-        backbone, crops, k, epochs, colour)
+    assert (s["crops"], s["prototypes"], s["epochs"], s["color_strength"]) == (crops, k, epochs, colour)
+    assert (s["backbone"], s["budget_minutes"]) == ("small_cnn_pyramid", recipe.SMALL_BUDGET_MINUTES)
     assert (s["optimizer"], s["base_lr"], s["queue_length"], s["blur_p"]) == ("adam", 3e-3, 0, 0.0)
     assert s["gray_p"] == (0.2 if colour else 0.0)
     assert set(chosen.reasons) == set(s) and all(chosen.reasons.values())
+
+
+def test_the_budget_may_lower_the_crop_from_the_image_size_to_32_px():
+    assert recipe.crop_sides(340) == [64, 48, 32] and recipe.crop_sides(96) == [64, 48, 32]
+    assert recipe.crop_sides(50) == [48, 32] and recipe.crop_sides(32) == [32] and recipe.crop_sides(20) == [16]
+    lowered = recipe.small_crops(48, 96)
+    assert lowered.value == "2x48@0.3-1,4x24@0.1-0.3" and "budget" in lowered.reason
+    assert "the images" in recipe.small_crops(32, 32).reason and "slow" in recipe.small_crops(64, 96).reason
+    assert recipe.rule(21_397, (600, 800), 256).settings["budget_minutes"] == 0.0  # the paper's epochs
 
 
 def test_the_papers_k_at_scale_whatever_the_classes():
@@ -75,7 +84,7 @@ def test_resolve_fills_what_was_not_given_and_keeps_what_was():
     config, reasons, regime = pretrain.resolve(given, 1_797, 1, "CPU", (32, 32), num_classes=10)
     assert (config.prototypes, config.crops) == (50, "2x64@0.3-1,2x32@0.1-0.3")
     assert (config.backbone, config.optimizer, config.global_batch_size, config.epochs) == (
-        "small_cnn_grid", "adam", 64, 83)
+        "small_cnn_pyramid", "adam", 64, 83)
     assert regime == "small" and "prototypes" not in reasons and "backbone" in reasons
     assert (config.max_steps_per_epoch, config.freeze_prototypes_niters) == (28, 28)  # one epoch
     assert config.final_lr == pytest.approx(3e-6)

@@ -1,0 +1,173 @@
+"""A pretraining run sized to a wall-clock budget on the machine it runs on, instead of to an image count.
+
+A 64 px image costs a small CNN about four times a 32 px one, and one CPU core is not another, so a fixed
+number of images seen is minutes on one machine and half an hour on the next. `kitlib.swav.pretrain.plan`
+therefore times the run's own train step (`time_steps`: a throwaway copy of the model, a few steps of the
+real input pipeline) and `fit` fixes the epochs from what it measured:
+
+    epochs = floor((0.95 B - t_probe - t_compile) / (S * t_step))       within [1, max_epochs]
+
+with B the budget in seconds (5 % left for checkpoints and the export), t_probe the time the timing itself
+took, t_compile the compile the run will do again, S the steps per epoch and t_step the measured seconds per step. Given several crop sizes
+(largest first), it keeps the largest at which the budget affords ``images_wanted`` images seen (or the
+epoch cap), timing the next smaller one only when it does not. The timing is the machine as it is while
+planning: work started beside the run afterwards slows it past the budget.
+"""
+
+import dataclasses
+import os
+import time
+
+from kitlib import command
+from kitlib.swav import geometry, recipe
+
+BUDGET_USE = 0.95      # the share of the budget planned for steps: checkpoints and the export take the rest
+SKIP_STEPS = 3         # steps not timed: the compile, then the input pipeline filling its buffers
+TIMED_STEPS = 10       # steps timed ...
+MAX_TIMED_SECONDS = 20.0  # ... or fewer when these seconds are up (a large model on a CPU)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One timed crop size.
+
+    Attributes:
+        crops: the multi-crop spec timed. crop: its big crops' side (px).
+        compile_seconds: the first step (compile + input start). step_seconds: seconds per step after it.
+        probe_seconds: wall time of the whole timing. epochs: epochs the budget affords at this size.
+        images_seen: epochs x images per epoch.
+    """
+    crops: str
+    crop: int
+    compile_seconds: float
+    step_seconds: float
+    probe_seconds: float
+    epochs: int
+    images_seen: int
+
+
+def affordable_epochs(budget_seconds, step_seconds, steps_per_epoch, overhead_seconds, max_epochs):
+    """floor((budget * BUDGET_USE - overhead) / (steps_per_epoch * step_seconds)), within [1, max_epochs]."""
+    if step_seconds <= 0 or steps_per_epoch < 1:
+        raise ValueError(f"need a positive step time and steps per epoch, got {step_seconds}, {steps_per_epoch}")
+    fit = int((budget_seconds * BUDGET_USE - overhead_seconds) // (steps_per_epoch * step_seconds))
+    return max(1, min(max_epochs, fit))
+
+
+def fit(candidates, measure, budget_minutes, steps_per_epoch, global_batch, max_epochs, images_wanted):
+    """The largest crop size the budget affords, and its epochs.
+
+    Args:
+        candidates: [(crop side, multi-crop spec)], largest first (one entry: only the epochs are sized).
+        measure: spec -> (compile_seconds, step_seconds, probe_seconds), e.g. `time_steps` of the run's model.
+        budget_minutes: B / 60. steps_per_epoch: S. global_batch: images per step.
+        max_epochs: the epoch cap. images_wanted: images seen that make a smaller crop not worth it.
+    Returns:
+        (the chosen `Timing`, [every `Timing` made], largest first).
+    """
+    if not candidates:
+        raise ValueError("fit needs at least one crop size")
+    timings, spent = [], 0.0
+    for crop, spec in candidates:
+        compile_s, step_s, probe_s = measure(spec)
+        spent += probe_s
+        epochs = affordable_epochs(budget_minutes * 60, step_s, steps_per_epoch, spent + compile_s, max_epochs)
+        timings.append(Timing(spec, crop, compile_s, step_s, probe_s, epochs, epochs * steps_per_epoch * global_batch))
+        if timings[-1].images_seen >= images_wanted or epochs >= max_epochs:
+            break
+    return timings[-1], timings
+
+
+def estimate_seconds(timing, steps_per_epoch, spent_seconds):
+    """The run's wall time as planned: the timing already spent, the compile again, then the steps."""
+    return spent_seconds + timing.compile_seconds + timing.epochs * steps_per_epoch * timing.step_seconds
+
+
+def describe(chosen, timings, budget_minutes, steps_per_epoch):
+    """One line for the plan's ``epochs`` reason: what was timed and what the budget affords."""
+    spent = sum(t.probe_seconds for t in timings)
+    tried = "; ".join(f"{t.crop} px: {t.step_seconds:.3g} s per step, {t.images_seen:,} images seen" for t in timings)
+    minutes = estimate_seconds(chosen, steps_per_epoch, spent) / 60
+    return (f"the {budget_minutes:g}-minute budget on this machine (timed {tried}; {steps_per_epoch} steps per "
+            f"epoch): about {minutes:.1f} minutes in all")
+
+
+def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIMED_STEPS,
+               max_seconds=MAX_TIMED_SECONDS):
+    """Fit `model` on `batches` for `skip` + `steps` compiled calls (fewer once `max_seconds` of timed calls
+    are up) and time them.
+
+    Args:
+        model: a compiled Keras model, thrown away afterwards (its weights move).
+        batches: the run's input (a tf.data.Dataset of its batches, endless).
+        steps_per_execution: the model's steps per compiled call (a callback sees one call, and the index of
+            its last step).
+    Returns:
+        (compile_seconds: the first call, step_seconds: mean seconds per step after `skip` calls,
+         probe_seconds: wall time of it all).
+    """
+    from kitlib.compat import keras  # noqa: PLC0415
+
+    stamps = []  # (time, steps done) after each call
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None:
+                float(loss)  # waits for the step: JAX dispatches asynchronously
+            stamps.append((time.perf_counter(), batch + 1))
+            if len(stamps) > skip and stamps[-1][0] - stamps[skip - 1][0] >= max_seconds:
+                self.model.stop_training = True
+
+    start = time.perf_counter()
+    model.fit(batches, epochs=1, steps_per_epoch=(skip + steps) * steps_per_execution, callbacks=[Clock()],
+              verbose=0, shuffle=False)
+    probe = time.perf_counter() - start
+    if len(stamps) <= skip:
+        raise RuntimeError(f"timing the train step: {len(stamps)} calls ran, {skip + 1} needed")
+    (t0, n0), (t1, n1) = stamps[skip - 1], stamps[-1]
+    return stamps[0][0] - start, (t1 - t0) / (n1 - n0), probe
+
+
+RESUMED = "resumed: as the budget set it when this run started (config.json)"
+
+
+def size_run(config, reasons, regime, side, time_crops, processes=1, print_fn=print):
+    """A resolved `kitlib.swav.pretrain.PretrainConfig` with the epochs (and the small recipe's crop) its
+    ``budget_minutes`` afford on this machine; `reasons` is updated in place.
+
+    Args:
+        config: resolved, with ``epochs`` from the image count. reasons: the plan's {field: why}.
+        regime: the recipe's ("small" | "paper"). side: the images' shorter side.
+        time_crops: spec -> `time_steps` of the run's model at that multi-crop.
+        processes: the run's process count (several: not timed, the image-count epochs stay).
+    Returns:
+        (config, the budget's facts for the record: minutes, timed, timings).
+    """
+    saved = command.read_record(config.out_dir) or {}
+    if saved.get("facts", {}).get("budget") and os.path.isdir(os.path.join(config.out_dir, "checkpoints")):
+        keep = {k: saved["settings"][k] for k in ("epochs", "crops", "warmup_epochs") if k in reasons}
+        reasons.update({k: RESUMED for k in keep})  # a resumed run keeps its schedule
+        return dataclasses.replace(config, **keep), saved["facts"]["budget"]
+    not_timed = ("preflight: this machine is not the target" if config.preflight else
+                 "several processes" if processes > 1 else None)
+    if not_timed:
+        reasons["epochs"] = reasons.get("epochs", "") + f" ({not_timed}: the budget is not timed)"
+        return config, dict(minutes=config.budget_minutes, timed=False)
+    candidates = [(geometry.parse_multicrop_spec(config.crops).size_crops[0], config.crops)]
+    if regime == "small" and "crops" in reasons:  # the rule's crop: the largest size the budget affords
+        candidates = [(c, recipe.small_crops(c, side).value) for c in recipe.crop_sides(side)]
+    if config.verbose:
+        print_fn(f"kitlib pretrain: timing a few train steps for the {config.budget_minutes:g}-minute budget ...")
+    steps = config.max_steps_per_epoch
+    chosen, timings = fit(candidates, time_crops, config.budget_minutes, steps, config.global_batch_size,
+                          recipe.SMALL_EPOCH_RANGE[1] if regime == "small" else config.epochs,
+                          recipe.SMALL_IMAGES_SEEN)
+    changed = dict(epochs=chosen.epochs, crops=chosen.crops)
+    reasons["epochs"] = describe(chosen, timings, config.budget_minutes, steps)
+    if chosen.crops != config.crops:
+        reasons["crops"] = recipe.small_crops(chosen.crop, side).reason
+    if "warmup_epochs" in reasons:  # the rule's warmup: at most 10 % of the run
+        changed["warmup_epochs"] = min(config.warmup_epochs, chosen.epochs // 10)
+    return dataclasses.replace(config, **changed), dict(minutes=config.budget_minutes, timed=True,
+                                                        timings=[dataclasses.asdict(t) for t in timings])
