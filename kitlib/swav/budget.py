@@ -5,10 +5,11 @@ number of images seen is minutes on one machine and half an hour on the next. `k
 therefore times the run's own train step (`time_steps`: a throwaway copy of the model, a few steps of the
 real input pipeline) and `fit` fixes the epochs from what it measured:
 
-    epochs = floor((0.95 B - t_probe - t_compile) / (S * t_step))       within [1, max_epochs]
+    epochs = floor((0.95 B - t_probe - t_compile) / (S * t_step + t_epoch))       within [1, max_epochs]
 
-with B the budget in seconds (5 % left for checkpoints and the export), t_probe the time the timing itself
-took, t_compile the compile the run will do again, S the steps per epoch and t_step the measured seconds per step. Given several crop sizes
+with B the budget in seconds (5 % left for the export and the rest), t_probe the time the timing itself
+took, t_compile the compile the run will do again, S the steps per epoch, t_step the measured seconds per
+step and t_epoch the measured seconds of an epoch's checkpoint (hundreds of short epochs add up). Given several crop sizes
 (largest first), it keeps the largest at which the budget affords ``images_wanted`` images seen (or the
 epoch cap), timing the next smaller one only when it does not. The timing is the machine as it is while
 planning: work started beside the run afterwards slows it past the budget.
@@ -16,10 +17,11 @@ planning: work started beside the run afterwards slows it past the budget.
 
 import dataclasses
 import os
+import tempfile
 import time
 
 from kitlib import command
-from kitlib.swav import geometry, recipe
+from kitlib.swav import checkpoint, geometry, recipe
 
 BUDGET_USE = 0.95      # the share of the budget planned for steps: checkpoints and the export take the rest
 SKIP_STEPS = 3         # steps not timed: the compile, then the input pipeline filling its buffers
@@ -34,23 +36,25 @@ class Timing:
     Attributes:
         crops: the multi-crop spec timed. crop: its big crops' side (px).
         compile_seconds: the first step (compile + input start). step_seconds: seconds per step after it.
-        probe_seconds: wall time of the whole timing. epochs: epochs the budget affords at this size.
-        images_seen: epochs x images per epoch.
+        probe_seconds: wall time of the whole timing. epoch_seconds: one epoch's checkpoint.
+        epochs: epochs the budget affords at this size. images_seen: epochs x images per epoch.
     """
     crops: str
     crop: int
     compile_seconds: float
     step_seconds: float
     probe_seconds: float
+    epoch_seconds: float
     epochs: int
     images_seen: int
 
 
-def affordable_epochs(budget_seconds, step_seconds, steps_per_epoch, overhead_seconds, max_epochs):
-    """floor((budget * BUDGET_USE - overhead) / (steps_per_epoch * step_seconds)), within [1, max_epochs]."""
+def affordable_epochs(budget_seconds, step_seconds, steps_per_epoch, overhead_seconds, max_epochs, epoch_seconds=0.0):
+    """floor((budget * BUDGET_USE - overhead) / (steps_per_epoch * step_seconds + epoch_seconds)), within
+    [1, max_epochs]."""
     if step_seconds <= 0 or steps_per_epoch < 1:
         raise ValueError(f"need a positive step time and steps per epoch, got {step_seconds}, {steps_per_epoch}")
-    fit = int((budget_seconds * BUDGET_USE - overhead_seconds) // (steps_per_epoch * step_seconds))
+    fit = int((budget_seconds * BUDGET_USE - overhead_seconds) // (steps_per_epoch * step_seconds + epoch_seconds))
     return max(1, min(max_epochs, fit))
 
 
@@ -59,7 +63,8 @@ def fit(candidates, measure, budget_minutes, steps_per_epoch, global_batch, max_
 
     Args:
         candidates: [(crop side, multi-crop spec)], largest first (one entry: only the epochs are sized).
-        measure: spec -> (compile_seconds, step_seconds, probe_seconds), e.g. `time_steps` of the run's model.
+        measure: spec -> (compile_seconds, step_seconds, probe_seconds, epoch_seconds): `time_steps` of the
+            run's model, and its checkpoint timed.
         budget_minutes: B / 60. steps_per_epoch: S. global_batch: images per step.
         max_epochs: the epoch cap. images_wanted: images seen that make a smaller crop not worth it.
     Returns:
@@ -69,24 +74,27 @@ def fit(candidates, measure, budget_minutes, steps_per_epoch, global_batch, max_
         raise ValueError("fit needs at least one crop size")
     timings, spent = [], 0.0
     for crop, spec in candidates:
-        compile_s, step_s, probe_s = measure(spec)
+        compile_s, step_s, probe_s, epoch_s = measure(spec)
         spent += probe_s
-        epochs = affordable_epochs(budget_minutes * 60, step_s, steps_per_epoch, spent + compile_s, max_epochs)
-        timings.append(Timing(spec, crop, compile_s, step_s, probe_s, epochs, epochs * steps_per_epoch * global_batch))
+        epochs = affordable_epochs(budget_minutes * 60, step_s, steps_per_epoch, spent + compile_s, max_epochs, epoch_s)
+        timings.append(Timing(spec, crop, compile_s, step_s, probe_s, epoch_s, epochs,
+                              epochs * steps_per_epoch * global_batch))
         if timings[-1].images_seen >= images_wanted or epochs >= max_epochs:
             break
     return timings[-1], timings
 
 
 def estimate_seconds(timing, steps_per_epoch, spent_seconds):
-    """The run's wall time as planned: the timing already spent, the compile again, then the steps."""
-    return spent_seconds + timing.compile_seconds + timing.epochs * steps_per_epoch * timing.step_seconds
+    """The run's wall time as planned: the timing already spent, the compile again, then the epochs."""
+    per_epoch = steps_per_epoch * timing.step_seconds + timing.epoch_seconds
+    return spent_seconds + timing.compile_seconds + timing.epochs * per_epoch
 
 
 def describe(chosen, timings, budget_minutes, steps_per_epoch):
     """One line for the plan's ``epochs`` reason: what was timed and what the budget affords."""
     spent = sum(t.probe_seconds for t in timings)
     tried = "; ".join(f"{t.crop} px: {t.step_seconds:.3g} s per step, {t.images_seen:,} images seen" for t in timings)
+    tried += f"; a checkpoint {chosen.epoch_seconds:.2g} s per epoch"
     minutes = estimate_seconds(chosen, steps_per_epoch, spent) / 60
     return (f"the {budget_minutes:g}-minute budget on this machine (timed {tried}; {steps_per_epoch} steps per "
             f"epoch): about {minutes:.1f} minutes in all")
@@ -95,7 +103,7 @@ def describe(chosen, timings, budget_minutes, steps_per_epoch):
 def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIMED_STEPS,
                max_seconds=MAX_TIMED_SECONDS):
     """Fit `model` on `batches` for `skip` + `steps` compiled calls (fewer once `max_seconds` of timed calls
-    are up) and time them.
+    are up) and time them, then time one epoch's checkpoint of it (`kitlib.swav.checkpoint.save_state`).
 
     Args:
         model: a compiled Keras model, thrown away afterwards (its weights move).
@@ -104,7 +112,7 @@ def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIM
             its last step).
     Returns:
         (compile_seconds: the first call, step_seconds: mean seconds per step after `skip` calls,
-         probe_seconds: wall time of it all).
+         probe_seconds: wall time of it all, epoch_seconds: the checkpoint).
     """
     from kitlib.compat import keras  # noqa: PLC0415
 
@@ -122,11 +130,14 @@ def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIM
     start = time.perf_counter()
     model.fit(batches, epochs=1, steps_per_epoch=(skip + steps) * steps_per_execution, callbacks=[Clock()],
               verbose=0, shuffle=False)
-    probe = time.perf_counter() - start
     if len(stamps) <= skip:
         raise RuntimeError(f"timing the train step: {len(stamps)} calls ran, {skip + 1} needed")
     (t0, n0), (t1, n1) = stamps[skip - 1], stamps[-1]
-    return stamps[0][0] - start, (t1 - t0) / (n1 - n0), probe
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = time.perf_counter()
+        checkpoint.save_state(model, os.path.join(tmp, "state.npz"), 1)
+        epoch = time.perf_counter() - saved
+    return stamps[0][0] - start, (t1 - t0) / (n1 - n0), time.perf_counter() - start, epoch
 
 
 RESUMED = "resumed: as the budget set it when this run started (config.json)"

@@ -17,17 +17,19 @@ def test_affordable_epochs_is_the_budget_left_over_the_epoch_time():
     assert budget.affordable_epochs(600, 0.2, 50, 30, 400) == 54
     assert budget.affordable_epochs(600, 0.2, 50, 30, 40) == 40        # the cap
     assert budget.affordable_epochs(600, 100.0, 50, 30, 400) == 1      # not even one epoch: one
+    assert budget.affordable_epochs(600, 0.2, 50, 30, 400, epoch_seconds=2.0) == 45  # 540 s / (10 s + 2 s)
     with pytest.raises(ValueError, match="positive"):
         budget.affordable_epochs(600, 0.0, 50, 30, 400)
 
 
 def _measure(step_seconds):
-    """A fake `time_steps`: each crop spec's step time from the table, 2 s compile, 5 s of timing."""
+    """A fake `time_steps`: each crop spec's step time from the table, 2 s compile, 5 s of timing, no
+    checkpoint time."""
     calls = []
 
     def measure(spec):
         calls.append(spec)
-        return 2.0, step_seconds[spec], 5.0
+        return 2.0, step_seconds[spec], 5.0, 0.0
 
     return measure, calls
 
@@ -52,6 +54,8 @@ def test_describe_says_what_was_timed_and_the_estimate():
     assert line.startswith("the 10-minute budget on this machine") and "64 px: 0.4 s per step" in line
     estimate = budget.estimate_seconds(chosen, 60, 10.0)
     assert estimate <= 600 and f"about {estimate / 60:.1f} minutes" in line
+    slower = dataclasses.replace(chosen, epoch_seconds=1.0)  # each epoch's checkpoint counts
+    assert budget.estimate_seconds(slower, 60, 10.0) == pytest.approx(estimate + chosen.epochs)
 
 
 def test_time_steps_times_a_real_fit_and_stops_when_the_seconds_are_up():
@@ -59,13 +63,13 @@ def test_time_steps_times_a_real_fit_and_stops_when_the_seconds_are_up():
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     model.compile(optimizer="sgd", loss="mse")
     data = tf.data.Dataset.from_tensors((np.ones((8, 4), np.float32), np.ones((8, 1), np.float32))).repeat()
-    compile_s, step_s, probe_s = budget.time_steps(model, data, skip=2, steps=5)
-    assert 0 < step_s < compile_s <= probe_s
+    compile_s, step_s, probe_s, epoch_s = budget.time_steps(model, data, skip=2, steps=5)
+    assert 0 < step_s < compile_s <= probe_s and 0 < epoch_s < probe_s
     assert int(model.optimizer.iterations.numpy()) == 7
     budget.time_steps(model, data, skip=2, steps=50, max_seconds=0.0)  # the first timed step is past 0 s
     assert int(model.optimizer.iterations.numpy()) == 7 + 3
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)  # one callback per 4 steps
-    compile_s, step_s, _ = budget.time_steps(model, data, steps_per_execution=4, skip=2, steps=3)
+    compile_s, step_s, _, _ = budget.time_steps(model, data, steps_per_execution=4, skip=2, steps=3)
     assert int(model.optimizer.iterations.numpy()) == 4 * 5 and 0 < step_s < compile_s
 
 

@@ -23,13 +23,13 @@ from tests.conftest import REPO  # noqa: E402
 
 @pytest.mark.slow
 def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(sample_dir, tmp_path):
-    # the rule's recipe for the sample (small CNN, 64 px crops, K = 50, Adam, crops only) at 40 epochs of
-    # batch 32; kNN on 100 images varies with the seed: measured (random init -> SwAV) 0.68 -> 0.77 at
-    # seed 0, 0.60 -> 0.75 at seed 1, 0.52 -> 0.73 at seed 2
+    # the rule's recipe for the sample (small CNN with pyramid features, 64 px crops, K = 50, Adam, crops
+    # only) at 40 epochs of batch 32; kNN on 100 images varies with the seed: measured (random init -> SwAV)
+    # 0.51 -> 0.67 at seed 0, 0.52 -> 0.71 at seed 1, 0.51 -> 0.72 at seed 2 (0.95 at the rule's 400 epochs)
     seed = 1
     result = _pretrain(pretrain.PretrainConfig.smoke(data_dir=sample_dir, out_dir=str(tmp_path), seed=seed,
                                                              verbose=0))
-    assert (result.config.backbone, result.config.prototypes, result.config.optimizer) == ("small_cnn", 50, "adam")
+    assert (result.config.backbone, result.config.prototypes, result.config.optimizer) == ("small_cnn_pyramid", 50, "adam")
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 40 and result.ln_k == pytest.approx(math.log(50))
     assert losses[-1] < 0.75 * result.ln_k and not result.collapsed  # well below the floor
@@ -39,7 +39,7 @@ def test_the_smoke_preset_learns_on_the_sample_and_exports_the_trained_backbone(
     x0, y = evaluate.extract_features(random_init, labelled, image_size=64)
     x1, _ = evaluate.extract_features(result.backbone, labelled, image_size=64)
     knn_random, knn_swav = evaluate.knn_accuracy(x0, y), evaluate.knn_accuracy(x1, y)
-    assert knn_swav > max(0.70, knn_random + 0.08), (knn_random, knn_swav)
+    assert knn_swav > max(0.65, knn_random + 0.10), (knn_random, knn_swav)
 
     loaded = backbones.load(result.backbone_path)  # the exported file is the trained backbone
     images = np.random.default_rng(0).random((3, 64, 64, 3)).astype(np.float32)
