@@ -202,10 +202,13 @@ def test_two_processes_train_to_the_same_history_as_one_process_on_eight_devices
     # (one process on 8 vs on 4 devices: 0.04 nats apart by epoch 3, loss within 1e-6)
     np.testing.assert_allclose([r["usage_entropy"] for r in two], [r["usage_entropy"] for r in one], atol=0.1)
     # 9 Adam steps: each moves a weight by up to ~lr (3e-3) whatever the gradient's size, so roundoff in a
-    # near-zero gradient can move it a step the other way: 1e-4 typical, 1.6e-3 seen on the AVX2-capped leg;
-    # another seed (or other data) moves the weights ~0.1, and the losses above are the sharp check
+    # near-zero gradient can move it steps the other way: 1e-4 typical, 1.6e-3 seen on the AVX2-capped leg,
+    # 1.4e-2 on 4 of 128 weights on jax 0.10 with the pyramid features. So: every weight within the 2 x 9
+    # steps two opposite runs could part by, nearly all within 5e-3; another seed (or other data) moves the
+    # weights ~0.1, and the losses above are the sharp check
     for a, b in zip(_weights(multi / "backbone.keras"), _weights(single / "backbone.keras")):
-        np.testing.assert_allclose(a, b, rtol=0, atol=5e-3)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2 * 9 * 3e-3)
+        assert np.mean(np.abs(a - b) > 5e-3) <= 0.05, np.abs(a - b).max()
     record = json.loads((multi / "config.json").read_text())
     assert record["facts"]["devices"] == 8 and record["facts"]["processes"] == 2
     assert record["settings"]["input_shares"] == 2
