@@ -165,9 +165,11 @@ def size_run(config, reasons, regime, side, time_crops, processes=1, print_fn=pr
     if not_timed:
         reasons["epochs"] = reasons.get("epochs", "") + f" ({not_timed}: the budget is not timed)"
         return config, dict(minutes=config.budget_minutes, timed=False)
+    choices = {}  # big-crop side -> the recipe's `Choice` of its crops, when the rule chose the crop
     candidates = [(geometry.parse_multicrop_spec(config.crops).size_crops[0], config.crops)]
     if regime == "small" and "crops" in reasons:  # the rule's crop: the largest size the budget affords
-        candidates = [(c, recipe.small_crops(c, side).value) for c in recipe.crop_sides(side)]
+        choices = {c: recipe.small_crops(c, side) for c in recipe.crop_sides(side)}
+        candidates = [(c, choice.value) for c, choice in choices.items()]
     if config.verbose:
         print_fn(f"kitlib pretrain: timing a few train steps for the {config.budget_minutes:g}-minute budget ...")
     steps = config.max_steps_per_epoch
@@ -177,7 +179,7 @@ def size_run(config, reasons, regime, side, time_crops, processes=1, print_fn=pr
     changed = dict(epochs=chosen.epochs, crops=chosen.crops)
     reasons["epochs"] = describe(chosen, timings, config.budget_minutes, steps)
     if chosen.crops != config.crops:
-        reasons["crops"] = recipe.small_crops(chosen.crop, side).reason
+        reasons["crops"] = choices[chosen.crop].reason
     if "warmup_epochs" in reasons:  # the rule's warmup: at most 10 % of the run
         changed["warmup_epochs"] = min(config.warmup_epochs, chosen.epochs // 10)
     return dataclasses.replace(config, **changed), dict(minutes=config.budget_minutes, timed=True,

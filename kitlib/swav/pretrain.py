@@ -273,14 +273,14 @@ def plan(config, rt=None):
     label_map = competition.split_paths(config.data_dir).label_map
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
     rt = rt or command.runtime_for(config)
+    processes = getattr(rt, "process_count", 1)
     settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes,
-                                        getattr(rt, "process_count", 1))
+                                        processes)
     facts = dict(recipe=regime, num_images=num_images, image_hw=list(image_hw), num_classes=num_classes,
                  **command.runtime_facts(rt))
     if config.epochs is None and settings.budget_minutes:
         settings, budget_facts = budget.size_run(settings, reasons, regime, min(image_hw),
-                                                 lambda crops: _time_steps(settings, files, crops),
-                                                 getattr(rt, "process_count", 1))
+                                                 lambda crops: _time_steps(settings, files, crops), processes)
         facts.update(budget=budget_facts)
     return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
 

@@ -197,14 +197,10 @@ def rule(num_images, image_hw, global_batch, num_classes=None):
     if num_images < 1 or global_batch < 1 or min(image_hw) < 1:
         raise ValueError(f"rule needs positive sizes; got num_images={num_images}, image_hw={image_hw}, "
                          f"global_batch={global_batch}")
-    if regime_of(num_images, image_hw) == "paper":
+    side = min(image_hw)
+    if num_images >= LARGE_MIN_IMAGES and side >= LARGE_MIN_SIDE:
         return paper(global_batch)
-    return _small(num_images, min(image_hw), global_batch, num_classes)
-
-
-def regime_of(num_images, image_hw):
-    """"paper" for ImageNet-like data (many large images), else "small": the recipe `rule` follows."""
-    return "paper" if num_images >= LARGE_MIN_IMAGES and min(image_hw) >= LARGE_MIN_SIDE else "small"
+    return _small(num_images, side, global_batch, num_classes)
 
 
 BATCH_REASON = "64 below 10,000 images (enough steps per epoch), the paper's 256 above"
