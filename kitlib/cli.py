@@ -10,7 +10,6 @@ printed as one line ``kitlib <command>: error: <what, where, and the fix>``; 3 a
 see (the fix to install); 4 a ``--preflight`` run that does not fit the TPU. A traceback means a kit bug.
 """
 
-import argparse
 import importlib
 import os
 import sys
@@ -46,8 +45,10 @@ def _available():
 
 def build_parser(commands=None):
     """The top-level parser with one sub-parser per available command."""
+    from kitlib.checks import Parser  # noqa: PLC0415
+
     commands = _available() if commands is None else commands
-    parser = argparse.ArgumentParser(prog="python -m kitlib", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m kitlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -57,7 +58,14 @@ def build_parser(commands=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """``python -m kitlib ARGV``; returns the exit code (a flag the parser refuses: 2, its one line printed)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as end:  # argparse's own exit: --help (0) or a refused flag (2, one line already printed)
+        return 0 if end.code is None else end.code
+
+
+def _main(argv):
     commands = _available()
     parser = build_parser(commands)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
@@ -66,8 +74,9 @@ def main(argv=None):
         parser.print_help()
         return 0 if argv else 2
     module = importlib.import_module(commands[argv[0]][0])
-    sub = argparse.ArgumentParser(prog=f"python -m kitlib {argv[0]}", description=commands[argv[0]][1])
-    from kitlib import command  # noqa: PLC0415
+    from kitlib import checks, command  # noqa: PLC0415
+
+    sub = checks.Parser(prog=f"python -m kitlib {argv[0]}", description=commands[argv[0]][1])
     from kitlib.runtime import AcceleratorNotVisible  # noqa: PLC0415
 
     if hasattr(module, "CONFIG"):

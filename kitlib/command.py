@@ -19,35 +19,108 @@ repeated with ``--seed``.
 
 import argparse
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import json
 import os
 import secrets
 import typing
 
+from kitlib import checks
+
 SEED_REASON = "none given: drawn at random (recorded here; pass --seed to repeat the run)"
 _SMOKE_HELP = "the CI smoke preset ({name}.smoke: a short run a CPU finishes in seconds); other flags override it"
 
 
-def setting(default=None, help="", *, flag=None, choices=None, metavar=None, nargs=None, type=None, cli=True,
-            required=False):
-    """A config field: its default and its one-line help (the flag's help and the field's reason).
+def setting(default=None, help="", *, valid=None, flag=None, choices=None, metavar=None, nargs=None, type=None,
+            cli=True, required=False):
+    """A config field: its default, its one-line help (the flag's help and the field's reason) and its valid values.
 
     Args:
-        default: the value when none is given; None where the plan chooses it.
+        default: the value when none is given; None where the plan chooses it (None is never a falsy value's
+            stand-in: 0 is a value, checked like any other).
         help: one line saying what the field is.
-        flag: the command-line flag (default ``--field-name``). choices, metavar, nargs, type: as argparse's
-            (type default: from the field's annotation). cli: False for fields with no flag.
+        valid: a `kitlib.checks.Valid` (``checks.integer(1)``, ``checks.fraction()``, ...): the values the flag
+            and the field accept; both refuse any other at once, in one line. choices: shorthand for
+            ``checks.one_of(choices)``.
+        flag: the command-line flag (default ``--field-name``). metavar, nargs, type: as argparse's (type
+            default: from the field's annotation). cli: False for fields with no flag.
         required: the flag must be given on the command line (the plan refuses a config without it).
     """
-    meta = dict(help=help, flag=flag, choices=choices, metavar=metavar, nargs=nargs, type=type, cli=cli,
-                required=required)
+    if valid is None and choices is not None:
+        valid = checks.one_of(choices)
+    meta = dict(help=help, valid=valid, flag=flag, choices=choices, metavar=metavar, nargs=nargs, type=type,
+                cli=cli, required=required)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def help_of(config_cls, name):
-    """The help line of field `name` of `config_cls`."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}[name]
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The base of every command's config: constructing one checks every field against its `setting`'s kind
+    and valid values (`kitlib.checks.SettingError`, one line naming the field, or the flag under the command
+    line). Paths are stored as strings and lists as tuples. A subclass with a ``__post_init__`` of its own
+    calls ``super().__post_init__()``."""
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def check_fields(config):
+    """Normalise (os.PathLike -> str, list -> tuple) and check every field of `config` (see `Config`)."""
+    hints = _hints(type(config))
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), _type_of(field, hints)
+        if isinstance(value, list):
+            value = tuple(value)
+        if kind is str:
+            value = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value) \
+                if isinstance(value, tuple) else (os.fspath(value) if isinstance(value, os.PathLike) else value)
+        if value is not getattr(config, field.name):
+            object.__setattr__(config, field.name, value)
+        why = checks.problem(value, kind, field.metadata.get("valid"))
+        if why:
+            shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+            where = (f"{spell(config, field.name)} {shown}" if _ON_COMMAND_LINE.get()
+                     else f"{type(config).__name__}({field.name}={value!r})")
+            about = field.metadata.get("help", "")
+            raise checks.SettingError(f"{where}: {why}" + (f" ({about})" if about else ""))
+
+
+@functools.cache
+def _hints(config_cls):
+    return typing.get_type_hints(config_cls)
+
+
+# ============ names in the user's words ============
+
+_ON_COMMAND_LINE = contextvars.ContextVar("kitlib_on_command_line", default=False)
+
+
+def spell(config, name):
+    """How the user wrote field `name` of `config` (a config or its class): its flag (``--batch-size``) while
+    ``python -m kitlib`` runs, else the field's name (``global_batch_size``). Messages of checks that span
+    fields (warmup against epochs, a batch against the devices) use it, so each user reads their own words."""
+    if not _ON_COMMAND_LINE.get():
+        return name
+    cls = config if isinstance(config, type) else type(config)
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    return _flag(field) if field is not None and field.metadata.get("cli", True) else name
+
+
+def on_command_line():
+    """True while ``python -m kitlib`` runs a command (messages then name flags, not fields)."""
+    return _ON_COMMAND_LINE.get()
+
+
+@contextlib.contextmanager
+def command_line():
+    """Inside the block, `spell` and the field checks name flags: the messages a command-line user reads."""
+    token = _ON_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_COMMAND_LINE.reset(token)
 
 
 def require(config, *names):
@@ -58,14 +131,23 @@ def require(config, *names):
         raise ValueError(f"{type(config).__name__} needs {', '.join(missing)} (on the command line: {flags})")
 
 
-@dataclasses.dataclass(frozen=True)
-class MultiProcess:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultiProcess(Config):
     """The fields of a command that can run as several processes (`kitlib.hosts`): one process per TPU
-    host of a pod slice or per GPU node. None: as the environment says (one process on a single host)."""
+    host of a pod slice or per GPU node. None: as the environment says (one process on a single host).
+    Keyword-only: a subclass's own fields come first, so ``FinetuneConfig(data, backbone, out)`` means them."""
     coordinator: str = setting(None, "HOST:PORT of process 0 for a multi-process run (with --num-processes "
-                               "and --process-id; a Cloud TPU pod slice needs none of the three)", metavar="HOST:PORT")
-    num_processes: int = setting(None, "processes of a multi-process run (one per host)")
-    process_id: int = setting(None, "this process's index, 0..num_processes-1 (process 0 writes and prints)")
+                               "and --process-id; a Cloud TPU pod slice needs none of the three)", metavar="HOST:PORT",
+                               valid=checks.host_port())
+    num_processes: int = setting(None, "processes of a multi-process run (one per host)", valid=checks.integer(1))
+    process_id: int = setting(None, "this process's index, 0..num_processes-1 (process 0 writes and prints)",
+                              valid=checks.integer(0))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if None not in (self.num_processes, self.process_id) and self.process_id >= self.num_processes:
+            raise checks.SettingError(f"{spell(self, 'process_id')} {self.process_id} must be below "
+                                      f"{spell(self, 'num_processes')} {self.num_processes}")
 
 
 _PROCESS_FIELDS = tuple(f.name for f in dataclasses.fields(MultiProcess))
@@ -241,20 +323,27 @@ def _type_of(field, hints):
 
 
 def add_arguments(parser, config_cls):
-    """One flag per field of `config_cls` (help from the field, default shown), plus ``--smoke`` when the
-    config has a smoke preset. Only flags given on the command line reach the namespace (see `config_from_args`)."""
-    hints = typing.get_type_hints(config_cls)
+    """One flag per field of `config_cls` (help from the field, default and valid values shown), plus ``--smoke``
+    when the config has a smoke preset. Each flag's value is converted and checked as it is parsed (a bad one is
+    the parser's one-line error, before anything runs). Only flags given on the command line reach the
+    namespace (see `config_from_args`)."""
+    hints = _hints(config_cls)
     for field in dataclasses.fields(config_cls):
         meta = field.metadata
         if not meta.get("cli", True):
             continue
         kind = meta.get("type") or _type_of(field, hints)
         shown = "chosen by the plan" if field.default is None else json.dumps(json_ready(field.default))
-        kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} (default: {shown})")
+        valid = meta.get("valid")
+        accepts = f"; valid: {valid.describe}" if valid is not None else ""
+        kwargs = dict(dest=field.name, default=argparse.SUPPRESS,
+                      help=f"{meta.get('help', '')} (default: {shown}{accepts})".replace("%", "%%"))
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
         else:
-            kwargs.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"),
+            choices = meta.get("choices")
+            metavar = meta.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
+            kwargs.update(type=checks.parse_as(kind, valid, meta.get("help", "")), metavar=metavar,
                           nargs=meta.get("nargs"))
             kwargs["required"] = meta.get("required", False)
         parser.add_argument(_flag(field), **{k: v for k, v in kwargs.items() if v is not None})
@@ -274,9 +363,15 @@ def config_from_args(config_cls, args):
 
 def execute(module, args, print_fn=print):
     """``python -m kitlib <command>``: flags -> config -> plan (printed once) -> run; returns the exit code
-    (0 done; `kitlib.preflight.EXIT_DOES_NOT_FIT` for a preflight that does not fit)."""
-    config = config_from_args(module.CONFIG, args)
-    plan = module.plan(config)
+    (0 done; `kitlib.preflight.EXIT_DOES_NOT_FIT` for a preflight that does not fit). Messages name flags,
+    not fields (`command_line`)."""
+    with command_line():
+        config = config_from_args(module.CONFIG, args)
+        plan = module.plan(config)
+        return _execute_plan(module, plan, print_fn)
+
+
+def _execute_plan(module, plan, print_fn):
     agree(plan)
     quiet = getattr(plan.rt, "process_index", 0) > 0  # several processes: process 0 prints for all
     if getattr(plan.settings, "verbose", 1) and not quiet:

@@ -21,6 +21,8 @@ import json
 import os
 import time
 
+from kitlib import checks, command
+from kitlib.bit import tta
 from kitlib.command import setting
 
 DEMO_PRETRAIN_EPOCHS = 40
@@ -37,15 +39,16 @@ def _save(figure, path):
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(command.Config):
     """What the demo asks for (``python -m kitlib demo --help`` shows each field as a flag)."""
     data_dir: str = setting(None, "competition-layout folder (the bundled sample when not given)", flag="--data")
     out_dir: str = setting("runs/demo", "output folder: pretrain/, finetune/, submission.csv, the plots",
                            flag="--out")
-    pretrain_epochs: int = setting(DEMO_PRETRAIN_EPOCHS, "SwAV epochs")
-    finetune_steps: int = setting(DEMO_FINETUNE_STEPS, "fine-tuning steps")
-    tta: str = setting(DEMO_TTA, "test-time augmentation views of the submission")
-    seed: int = setting(0, "seed of all three steps")
+    pretrain_epochs: int = setting(DEMO_PRETRAIN_EPOCHS, "SwAV epochs", valid=checks.integer(0))
+    finetune_steps: int = setting(DEMO_FINETUNE_STEPS, "fine-tuning steps", valid=checks.integer(2))
+    tta: str = setting(DEMO_TTA, "test-time augmentation views of the submission",
+                       valid=checks.satisfies(tta.parse_tta, "a preset or comma list of views"))
+    seed: int = setting(0, "seed of all three steps", valid=checks.integer(0))
     allow_cpu: bool = setting(False, "run on the CPU even where a TPU/GPU exists that JAX cannot see")
     verbose: int = setting(1, "0 silent, 1 each step's plan and a line per epoch", choices=(0, 1))
 

@@ -81,6 +81,10 @@ def device_kind(platform):
     return "CPU"
 
 
+# what a config's mixed_precision may name: auto (`mixed_precision_policy`) or one of Keras's floating policies
+POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+
+
 def mixed_precision_policy(kind, gpu_float16=False):
     """The Keras policy name for a device kind: bfloat16 on TPU (native, no loss scaling), float16 on
     GPU only when asked (Keras then scales the loss), float32 on CPU (mixed precision is slower there)."""
@@ -115,12 +119,13 @@ def check_visible(kind, marks, allow_cpu=False):
     return None
 
 
-def check_global_batch(global_batch, num_devices):
-    """The per-device batch; ValueError naming both numbers when the global batch does not split evenly."""
+def check_global_batch(global_batch, num_devices, name="the global batch"):
+    """The per-device batch; ValueError naming both numbers (and the batch by `name`, the user's flag or field)
+    when the global batch does not split evenly."""
     if global_batch < 1 or global_batch % num_devices:
         raise ValueError(
-            f"the global batch {global_batch} does not split evenly over {num_devices} device(s): use a multiple "
-            f"of {num_devices} (e.g. {max(1, round(global_batch / num_devices)) * num_devices}).")
+            f"{name} {global_batch} does not split evenly over {num_devices} device(s): use a multiple "
+            f"of {num_devices} (e.g. {name} {max(1, round(global_batch / num_devices)) * num_devices}).")
     return global_batch // num_devices
 
 

@@ -85,8 +85,8 @@ def test_a_batch_that_does_not_split_over_eight_devices_is_one_line(tmp_path, sa
     done = _kitlib("pretrain", "--data", sample_dir, "--out", str(tmp_path / "o"), "--batch-size", "12",
                    XLA_FLAGS=xla_flags(8))
     assert done.returncode == 2
-    assert _error_line(done.stderr) == ("kitlib pretrain: error: the global batch 12 does not split evenly over 8 "
-                                        "device(s): use a multiple of 8 (e.g. 16).")
+    assert _error_line(done.stderr) == ("kitlib pretrain: error: --batch-size 12 does not split evenly over 8 "
+                                        "device(s): use a multiple of 8 (e.g. --batch-size 16).")
 
 def test_an_error_from_inside_a_library_keeps_its_traceback(tmp_path, monkeypatch):
     (tmp_path / "kit_probe_cmd.py").write_text(textwrap.dedent("""

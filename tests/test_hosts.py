@@ -109,17 +109,18 @@ def test_the_plan_gives_one_input_share_per_process_and_refuses_what_cannot_spli
     assert settings.input_shares == 4 and "input_shares" not in reasons
     with pytest.raises(ValueError, match="multiple of the 2 process"):
         pretrain.resolve(dataclasses.replace(config, input_shares=3), 400, 8, processes=2)
-    with pytest.raises(ValueError, match="--knn-every runs on one process"):
+    with pytest.raises(ValueError, match="knn_every runs on one process"):
         pretrain.resolve(dataclasses.replace(config, knn_every=1), 400, 8, processes=2)
 
 
 def test_a_process_owning_one_share_gets_its_rows_of_the_global_batch(sample_dir):
     from kitlib.data import tfrecords
+    from kitlib.swav import multicrop
 
     files = tfrecords.list_tfrecords(sample_dir)
     args = dict(crops="2x32@0.3-1,1x16@0.1-0.3", global_batch=8, seed=3)
-    whole = next(iter(pretrain.training_batches(files, **args, shares=2)))[0]
-    second = next(iter(pretrain.training_batches(files, **args, shares=2, owned=[1])))[0]
+    whole = next(iter(multicrop.training_batches(files, **args, shares=2)))[0]
+    second = next(iter(multicrop.training_batches(files, **args, shares=2, owned=[1])))[0]
     assert [tuple(v.shape) for v in whole] == [(8, 32, 32, 3), (8, 32, 32, 3), (8, 16, 16, 3)]
     for view_whole, view_second in zip(whole, second):
         np.testing.assert_allclose(view_second.numpy(), view_whole.numpy()[4:], atol=1e-6)

@@ -14,17 +14,18 @@ import os
 
 import numpy as np
 
-from kitlib import command
+from kitlib import checks, command
 from kitlib.command import setting
 
 
 @dataclasses.dataclass(frozen=True)
-class CleanLabelsConfig:
+class CleanLabelsConfig(command.Config):
     """What ``python -m kitlib clean-labels`` asks for (each field is a flag)."""
     oof: str = setting(None, "a cv run's oof.csv, or its folder", required=True)
     out: str = setting(None, "the suspects CSV to write (image_id,label,oof_label,confidence)", required=True)
-    threshold: float = setting(0.9, "OOF probability of another class above which a label is suspect")
-    seed: int = setting(0, "unused: the selection is deterministic (recorded)")
+    threshold: float = setting(0.9, "OOF probability of another class above which a label is suspect",
+                               valid=checks.fraction())
+    seed: int = setting(0, "unused: the selection is deterministic (recorded)", valid=checks.integer(0))
     verbose: int = setting(1, "0 silent, 1 the count per class", choices=(0, 1))
 
     @classmethod

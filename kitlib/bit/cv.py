@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from kitlib import command
-from kitlib.bit import export, finetune, submission
+from kitlib import checks, command
+from kitlib.bit import export, finetune, submission, tta
 from kitlib.command import setting
 from kitlib.data import folds as kfold
 from kitlib.data import tfrecords
@@ -36,8 +36,10 @@ CV_FILE = "cv.json"
 class CVConfig(finetune.FinetuneConfig):
     """What a k-fold run asks for: every `kitlib.bit.finetune.FinetuneConfig` field (applied to each fold; the
     folds replace ``val_fraction``), and the number of folds."""
-    folds: int = setting(5, "K: stratified folds at image level (every image validates in exactly one)")
-    oof_tta: str = setting("none", "test-time views of the OOF predictions (none: validation's own preprocessing)")
+    folds: int = setting(5, "K: stratified folds at image level (every image validates in exactly one)",
+                         valid=checks.integer(2, 1000))
+    oof_tta: str = setting("none", "test-time views of the OOF predictions (none: validation's own preprocessing)",
+                           valid=checks.satisfies(tta.parse_tta, "a preset or comma list of views"))
 
     @classmethod
     def smoke(cls, **overrides):

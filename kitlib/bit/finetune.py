@@ -22,7 +22,7 @@ import dataclasses
 import math
 import os
 
-from kitlib import command, hosts, preflight, runtime
+from kitlib import checks, command, hosts, preflight, runtime
 from kitlib.bit import export, hyperrule, inputs, losses, training
 from kitlib.command import setting
 from kitlib.compat import tf
@@ -43,27 +43,33 @@ class FinetuneConfig(command.MultiProcess):
     out_dir: str = setting(None, "output folder: classifier, config.json, history, checkpoints", flag="--out",
                            required=True)
     global_batch_size: int = setting(512, "GLOBAL batch, a multiple of the device count (the rule scales steps by "
-                                     "512/B and the lr by B/512)", flag="--batch-size")
-    steps: int = setting(None, "training steps (the rule's when not given; its phases keep their fractions)")
+                                     "512/B and the lr by B/512)", flag="--batch-size", valid=checks.positive())
+    steps: int = setting(None, "training steps (the rule's when not given; its phases keep their fractions)",
+                         valid=checks.integer(2))
     loss: str = setting("ce", "ce, or bitempered for noisy labels (Amid et al. 2019)", choices=losses.LOSSES)
-    label_smoothing: float = setting(0.0, "label smoothing epsilon in [0, 1)")
-    t1: float = setting(losses.T1_CASSAVA, "bi-tempered t1 (< 1: a bounded loss)")
-    t2: float = setting(losses.T2_CASSAVA, "bi-tempered t2 (> 1: a heavy-tailed softmax)")
-    val_fraction: float = setting(0.2, "share held out for validation and the best checkpoint, in [0, 1)")
-    base_lr: float = setting(hyperrule.BASE_LR, "learning rate at batch 512 (BiT: 0.003)")
+    label_smoothing: float = setting(0.0, "label smoothing epsilon in [0, 1)", valid=checks.fraction())
+    t1: float = setting(losses.T1_CASSAVA, "bi-tempered t1 (< 1: a bounded loss)",
+                        valid=checks.number(0, 1, lo_open=True))
+    t2: float = setting(losses.T2_CASSAVA, "bi-tempered t2 (> 1: a heavy-tailed softmax)", valid=checks.number(1, 10))
+    val_fraction: float = setting(0.2, "share held out for validation and the best checkpoint, in [0, 1)",
+                                  valid=checks.fraction())
+    base_lr: float = setting(hyperrule.BASE_LR, "learning rate at batch 512 (BiT: 0.003)",
+                             valid=checks.number(0, checks.MAX_LEARNING_RATE, lo_open=True))
     resolution: tuple[int, int] = setting(None, "(resize, crop) in place of the rule's, e.g. 160 128 on a CPU",
-                                          nargs=2, metavar=("RESIZE", "CROP"))
-    evaluations: int = setting(10, "about how many validation rounds the run has")
+                                          nargs=2, metavar=("RESIZE", "CROP"), valid=checks.integer(8, 4096))
+    evaluations: int = setting(10, "about how many validation rounds the run has", valid=checks.integer(1, 10_000))
     seed: int = setting(None, "seed of the split (TFRecords), shuffle, crops, flips and MixUp (drawn and recorded "
-                        "when not given)")
+                        "when not given)", valid=checks.integer(0))
     tfds_data_dir: str = setting(None, "where a tfds:NAME dataset is prepared")
     exclude: str = setting(None, "a CSV of image ids to leave out of training (clean-labels' suspects.csv)")
     relabel: bool = setting(False, "with --exclude: train on those images with their OOF label instead")
     extra_data: str = setting(None, "a data folder added to training only, never to validation (pseudo-label's "
                               "output)")
-    steps_per_execution: int = setting(None, "steps per compiled call (up to 32 on TPU, 1 elsewhere when not given)")
+    steps_per_execution: int = setting(None, "steps per compiled call (up to 32 on TPU, 1 elsewhere when not given)",
+                                       valid=checks.integer(1, 10_000))
     restore_best: bool = setting(True, "end with the best-validation weights (else the last ones)")
-    mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy")
+    mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy",
+                                   valid=checks.one_of(runtime.POLICIES))
     allow_cpu: bool = setting(False, "run on the CPU even where a TPU/GPU exists that JAX cannot see")
     preflight: str = setting(None, "train nothing: compile this run's step for this TPU and report memory per chip, "
                              "FLOPs and a speed bound (OUT/preflight.json; exit 4 when it does not fit)",
@@ -71,19 +77,10 @@ class FinetuneConfig(command.MultiProcess):
     verbose: int = setting(1, "0 silent, 1 progress bar, 2 one line per round", choices=(0, 1, 2))
 
     def __post_init__(self):
-        for name in ("data_dir", "backbone", "out_dir"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, os.fspath(getattr(self, name)))
-        if self.resolution is not None:
-            object.__setattr__(self, "resolution", tuple(int(v) for v in self.resolution))
-            if len(self.resolution) != 2:
-                raise ValueError(f"resolution is (resize, crop), got {self.resolution}")
-        if self.global_batch_size < 1 or (self.steps is not None and self.steps < 2) or self.evaluations < 1:
-            raise ValueError(f"need global_batch_size >= 1, steps >= 2 (or None) and evaluations >= 1; got "
-                             f"{self.global_batch_size}, {self.steps}, {self.evaluations}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        self.loss_fn()  # unknown loss, bad temperatures or smoothing: refused before any data is read
+        super().__post_init__()  # every field against its valid values; paths as strings, lists as tuples
+        if self.resolution is not None and (len(self.resolution) != 2 or self.resolution[1] > self.resolution[0]):
+            raise checks.SettingError(f"{command.spell(self, 'resolution')} {self.resolution}: give (resize, crop) "
+                                      "with crop <= resize, e.g. 160 128")
 
     @classmethod
     def smoke(cls, **overrides):
@@ -169,10 +166,10 @@ def plan(config, rt=None, source=None):
     """
     command.require(config, "data_dir", "backbone", "out_dir")
     rt = rt or command.runtime_for(config)
-    runtime.check_global_batch(config.global_batch_size, rt.num_devices)
+    runtime.check_global_batch(config.global_batch_size, rt.num_devices, command.spell(config, "global_batch_size"))
     processes = getattr(rt, "process_count", 1)
     if processes > 1 and (config.global_batch_size // processes) % 2:
-        raise ValueError(f"--batch-size {config.global_batch_size} gives each of {processes} processes an odd "
+        raise ValueError(f"{command.spell(config, 'global_batch_size')} {config.global_batch_size} gives each of {processes} processes an odd "
                          f"number of rows; MixUp pairs neighbouring rows: use a multiple of {2 * rt.num_devices}")
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
     seed, seed_reason = command.resolve_seed(config.seed)

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from kitlib import command, hosts, preflight, sharding
+from kitlib import checks, command, hosts, preflight, runtime, sharding
 from kitlib.bit import ensemble, export, submission, tta
 from kitlib.command import setting
 from kitlib.data import competition, sources
@@ -34,22 +34,24 @@ class PredictConfig(command.MultiProcess):
                                      "averaged); several: an ensemble", nargs="+", required=True)
     out: str = setting(None, "the CSV to write, e.g. submission.csv", required=True)
     tta: str = setting(tta.DEFAULT_TTA, f"preset ({', '.join(tta.TTA_PRESETS)}) or comma list of views "
-                       f"({', '.join(tta.VIEWS)}); probabilities are averaged over the views")
+                       f"({', '.join(tta.VIEWS)}); probabilities are averaged over the views",
+                       valid=checks.satisfies(tta.parse_tta, "a preset or comma list of views"))
     kind: str = setting("auto", "read test_images/ or test_tfrecords/ (auto: test_images/ when present)",
                         flag="--source", choices=sources.TEST_SOURCE_KINDS)
     batch_size: int = setting(submission.DEFAULT_BATCH_SIZE, "images per forward pass (rounded up to a multiple "
-                              "of the devices)")
+                              "of the devices)", valid=checks.positive())
     sample_submission: str = setting("auto", "sample_submission.csv to match ids and order (auto: "
                                      "DATA/sample_submission.csv when present; none: no check)")
     check_labels: bool = setting(True, "refuse a model whose class names differ from the data's label map")
     weights: str = setting("equal", "member weights: equal, or oof (fitted on the cv members' out-of-fold "
                            "predictions; never worse on OOF than the best member)", choices=("equal", "oof"))
     budget_for: int = setting(None, "estimate the time for this many images (Cassava's hidden test: ~15000) from "
-                              "the measured cost, and refuse over the 9-hour limit")
+                              "the measured cost, and refuse over the 9-hour limit", valid=checks.positive())
     force: bool = setting(False, "with --budget-for: write the submission even over the limit")
-    seed: int = setting(0, "seed of any random draw (the TTA views are deterministic)")
+    seed: int = setting(0, "seed of any random draw (the TTA views are deterministic)", valid=checks.integer(0))
     allow_cpu: bool = setting(False, "predict on the CPU even where a TPU/GPU exists that JAX cannot see")
-    mixed_precision: str = setting("float32", "the Keras policy (the classifier is saved in float32)")
+    mixed_precision: str = setting("float32", "the Keras policy (the classifier is saved in float32)",
+                                   valid=checks.one_of(runtime.POLICIES))
     preflight: str = setting(None, "predict nothing: compile the forward pass for this TPU and report memory per "
                              "chip, FLOPs and a time bound (preflight.json beside --out; exit 4 when it does "
                              "not fit)", choices=tuple(preflight.TARGETS), metavar="TARGET")
@@ -58,6 +60,7 @@ class PredictConfig(command.MultiProcess):
     def __post_init__(self):
         if isinstance(self.model, (str, os.PathLike)):  # one folder given as a string
             object.__setattr__(self, "model", (os.fspath(self.model),))
+        super().__post_init__()
 
     @classmethod
     def smoke(cls, **overrides):

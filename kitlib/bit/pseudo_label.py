@@ -15,33 +15,35 @@ import os
 
 import numpy as np
 
-from kitlib import command
+from kitlib import checks, command, runtime
 from kitlib.bit import ensemble, export, tta
 from kitlib.command import setting
 from kitlib.data import competition, sources, tfrecords, writing
 
 
 @dataclasses.dataclass(frozen=True)
-class PseudoLabelConfig:
+class PseudoLabelConfig(command.Config):
     """What ``python -m kitlib pseudo-label`` asks for (each field is a flag)."""
     model: tuple[str, ...] = setting(None, "classifier or cv folder(s); several are averaged", nargs="+",
                                      required=True)
     images: str = setting(None, "the unlabelled images: a folder of JPEGs, a folder of *.tfrec shards or a glob",
                           required=True)
     out: str = setting(None, "the data folder to write (competition layout), for --extra-data", required=True)
-    threshold: float = setting(0.9, "the top probability an image needs to be kept")
-    tta: str = setting("flip", "test-time views averaged for the pseudo-labels")
-    batch_size: int = setting(32, "images per forward pass")
-    seed: int = setting(0, "unused: the predictions are deterministic (recorded)")
+    threshold: float = setting(0.9, "the top probability an image needs to be kept",
+                               valid=checks.number(0, 1, lo_open=True))
+    tta: str = setting("flip", "test-time views averaged for the pseudo-labels",
+                       valid=checks.satisfies(tta.parse_tta, "a preset or comma list of views"))
+    batch_size: int = setting(32, "images per forward pass", valid=checks.positive())
+    seed: int = setting(0, "unused: the predictions are deterministic (recorded)", valid=checks.integer(0))
     allow_cpu: bool = setting(False, "predict on the CPU even where a TPU/GPU exists that JAX cannot see")
-    mixed_precision: str = setting("float32", "the Keras policy (the classifiers are saved in float32)")
+    mixed_precision: str = setting("float32", "the Keras policy (the classifiers are saved in float32)",
+                                   valid=checks.one_of(runtime.POLICIES))
     verbose: int = setting(1, "0 silent, 1 progress and the count per class", choices=(0, 1))
 
     def __post_init__(self):
         if isinstance(self.model, (str, os.PathLike)):
             object.__setattr__(self, "model", (os.fspath(self.model),))
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        super().__post_init__()
 
     @classmethod
     def smoke(cls, **overrides):

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from kitlib import checks, command
 from kitlib.command import setting
 from kitlib.data import competition
 from kitlib.data.tfrecords import CLASS_NAMES
@@ -173,12 +174,14 @@ def make_sample(out_dir, train_per_class=TRAIN_PER_CLASS, num_test=NUM_TEST, see
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(command.Config):
     """What ``python -m kitlib make-sample`` asks for (each field is a flag)."""
     out_dir: str = setting("data/sample", "output folder", flag="--out")
-    train_per_class: int = setting(TRAIN_PER_CLASS, "train images per class", flag="--per-class")
-    num_test: int = setting(NUM_TEST, "number of test images", flag="--test")
-    seed: int = setting(SEED, "seed of the drawings and the image ids (the bundled sample's is 2020)")
+    train_per_class: int = setting(TRAIN_PER_CLASS, "train images per class", flag="--per-class",
+                                   valid=checks.positive())
+    num_test: int = setting(NUM_TEST, "number of test images", flag="--test", valid=checks.positive())
+    seed: int = setting(SEED, "seed of the drawings and the image ids (the bundled sample's is 2020)",
+                        valid=checks.integer(0))
     verbose: int = setting(1, "0 silent, 1 progress", choices=(0, 1))
 
     @classmethod

@@ -25,6 +25,7 @@ import re
 import struct
 import sys
 
+from kitlib import command
 from kitlib.compat import tf
 from kitlib.data.competition import split_paths
 
@@ -137,7 +138,8 @@ def split_files(filenames, val_fraction, seed=0):
         return files, []
     if len(files) < 2:
         raise DataError(f"cannot split {len(files)} shard(s) at file level; write more, smaller shards "
-                        "(write_tfrecords(..., shard_size=...)) or use val_fraction=0")
+                        "(write_tfrecords(..., shard_size=...)) or hold none out: "
+                        + ("--val-fraction 0" if command.on_command_line() else "val_fraction=0"))
     n_val = min(len(files) - 1, max(1, round(len(files) * val_fraction)))
     train, val = train_test_split(files, test_size=n_val, random_state=seed)
     return sorted(train), sorted(val)

@@ -26,13 +26,14 @@ moved into place only when complete.
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import zipfile
 
-from kitlib import __version__
+from kitlib import __version__, checks
 from kitlib.data.layout import check_layout, describe_layout
 from kitlib.kaggle.api import (KAGGLE_URL, KaggleCommandError,
                                authenticated_api, call_api, explain_api_error,
@@ -308,6 +309,18 @@ COMMANDS = {"download": cmd_download, "publish-kit": cmd_publish_kit, "push": cm
             "output": cmd_output}
 
 
+_POLL_SECONDS = checks.number(0, 3600)  # an hour apart is still a poll; 0 polls at once (scripts, tests)
+_TIMEOUT_SECONDS = checks.number(0, checks.MAX_MINUTES * 60)
+
+
+def _regex(text):
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise ValueError(f"{text!r} is not a regular expression ({err})") from None
+    return True
+
+
 def add_arguments(parser):
     """The ``kaggle`` sub-commands."""
     sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
@@ -347,14 +360,17 @@ def add_arguments(parser):
     p = sub.add_parser("status", help="a kernel run's state (--wait: until it ends)")
     p.add_argument("kernel", metavar="KERNEL", help="owner/slug, a slug, or a kit notebook number (01)")
     p.add_argument("--wait", action="store_true", help="poll until the run completes or fails")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--interval", type=checks.parse_as(float, _POLL_SECONDS, "seconds between polls"), default=30.0,
+                   help=f"seconds between polls (default 30; valid: {_POLL_SECONDS.describe})")
+    p.add_argument("--timeout", type=checks.parse_as(float, _TIMEOUT_SECONDS, "seconds to wait"), default=None,
+                   help=f"give up waiting after this many seconds (valid: {_TIMEOUT_SECONDS.describe})")
     p.add_argument("--owner", default=None, help="your Kaggle user name (default: from the credentials)")
 
     p = sub.add_parser("output", help="fetch a kernel run's output files")
     p.add_argument("kernel", metavar="KERNEL", help="owner/slug, a slug, or a kit notebook number (01)")
     p.add_argument("--out", required=True, help="folder to create; must be new or empty")
-    p.add_argument("--pattern", default=None, help="only files whose name matches this regex")
+    p.add_argument("--pattern", default=None, help="only files whose name matches this regex",
+                   type=checks.parse_as(str, checks.satisfies(_regex, "a Python regular expression"), "file names"))
     p.add_argument("--owner", default=None, help="your Kaggle user name (default: from the credentials)")
 
 
@@ -369,8 +385,6 @@ def run_args(args, get_api=authenticated_api):
 
 def main(argv=None, get_api=authenticated_api):
     """``python -m kitlib kaggle`` without the top-level CLI (for tests and scripts)."""
-    import argparse  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(prog="python -m kitlib kaggle")
+    parser = checks.Parser(prog="python -m kitlib kaggle")
     add_arguments(parser)
     return run_args(parser.parse_args(argv), get_api)

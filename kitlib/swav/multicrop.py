@@ -14,13 +14,15 @@ Cassava image decodes at 400x300, ImageNet's size); records are shuffled encoded
 private thread pool (`pipeline_options`). Figures: bench/README.md.
 """
 
+from kitlib import hosts
 from kitlib.compat import tf
+from kitlib.data import tfrecords
 from kitlib.data.tfrecords import AUTOTUNE
 from kitlib.runtime import usable_cores
 from kitlib.swav.color import SWAV_COLOR
 from kitlib.swav.color_host import augment_crops, split_seed
-from kitlib.swav.geometry import (CROP_RATIO, SWAV_PAPER, _resized_window,
-                                  _uniform, _unit, sample_crop_boxes)
+from kitlib.swav.geometry import (CROP_RATIO, SWAV_PAPER, MultiCropConfig, _resized_window,
+                                  _uniform, _unit, parse_multicrop_spec, sample_crop_boxes)
 
 # where SwAV's colour distortion runs: host (tf.data), device (the compiled step), none (crops only)
 AUGMENT_MODES = ("host", "device", "none")
@@ -269,3 +271,53 @@ def window_stats(config, image_size, draws=2000, ratio=CROP_RATIO, seed=0):
         area = (h * w / float(image_size[0] * image_size[1])).numpy()
         stats[f"{size} px crops"] = {"area": area, "aspect": (w / h).numpy(), "scale": (lo, hi)}
     return stats
+
+
+# ============ batches of a data folder's shards ============
+
+_CACHE_LIMIT = 5_000  # cache encoded records in memory below this many images
+
+
+def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=SWAV_COLOR,
+                     shares=1, owned=None, cache=True):
+    """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
+    [rows, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
+
+    The global batch is the concatenation of `shares` input streams of global_batch / shares rows each;
+    stream s reads every shares-th TFRecord shard from s (`kitlib.hosts.share_of`) with its own seed. A
+    process builds the streams it `owned` (its rows of the global batch, in order), so 2 processes owning
+    one stream each feed the same global batches as 1 process owning both.
+
+    Args:
+        files: TFRecord shards (``kitlib.data.tfrecords.list_tfrecords``). crops: spec or MultiCropConfig.
+        global_batch: images per step over all devices. augmentation: "host" | "device" | "none".
+        seed: int for a reproducible order and crops (None: shards interleaved as they stream in; the
+            ``pretrain`` command always has one, drawn when not given).
+        color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
+        shares: input streams of the global batch. owned: the streams this process builds (default all),
+            so rows = global_batch / shares * len(owned). cache: keep small sets' encoded records in memory
+            (False for a few steps, which would leave the cache half-filled).
+    """
+    owned = list(range(shares) if owned is None else owned)
+    streams = [_stream(hosts.share_of(files, s, shares), crops, global_batch // shares, augmentation,
+                       None if seed is None else (seed + 1_000_003 * s) % 2**31, color_config, cache) for s in owned]
+    if len(streams) == 1:
+        return streams[0].map(lambda *crops: (tuple(crops),))
+    joined = tf.data.Dataset.zip(tuple(streams))  # one element: each stream's tuple of crops
+    return joined.map(lambda *parts: (tuple(tf.concat(views, 0) for views in zip(*parts)),))
+
+
+def _stream(files, crops, batch, augmentation, seed, color_config, cache):
+    """One input stream of `training_batches`: batches of `batch` images' crops from `files`."""
+    # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
+    records = tfrecords.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
+    num_images = tfrecords.count_data_items(files)
+    if cache and num_images <= _CACHE_LIMIT:
+        records = records.cache()  # encoded bytes: small, and spares re-reading the shards
+    return multicrop_batches(records.repeat(), crop_config(crops), batch, augment=augmentation,
+                                       shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
+
+
+def crop_config(crops):
+    """`crops` as a `kitlib.swav.geometry.MultiCropConfig` (a spec string parsed)."""
+    return crops if isinstance(crops, MultiCropConfig) else parse_multicrop_spec(crops)

@@ -14,7 +14,7 @@ the plan is made for that TPU and ``run`` compiles its train step there instead 
 import dataclasses
 import os
 
-from kitlib import command, hosts, preflight, runtime
+from kitlib import checks, command, hosts, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import competition, tfrecords
@@ -24,7 +24,6 @@ from kitlib.swav.model import SwAVModel
 from kitlib.swav.monitors import CollapseMonitor
 from kitlib.swav.optim import OPTIMIZERS, WarmupCosine, build_optimizer
 
-_CACHE_LIMIT = 5_000  # cache encoded records in memory below this many images
 # settings that fix variable shapes: a checkpoint cannot be resumed if one of them changed
 _SHAPE_KEYS = ("backbone", "prototypes", "hidden_dim", "output_dim", "queue_length", "optimizer")
 AUGMENTATIONS = ("auto",) + multicrop.AUGMENT_MODES  # auto: device on a TPU/GPU, host on a CPU
@@ -41,50 +40,65 @@ class PretrainConfig(command.MultiProcess):
                             required=True)
     out_dir: str = setting(None, "output folder: config.json, checkpoints/, history.csv, backbone.keras; "
                            "resumed when rerun", flag="--out", required=True)
-    epochs: int = setting(None, "passes over the data (0: export the random-init backbone); wins over a budget")
+    epochs: int = setting(None, "passes over the data (0: export the random-init backbone); wins over a budget",
+                          valid=checks.integer(0))
     budget_minutes: float = setting(None, "size the run to about this many minutes of this machine: the plan times "
                                     "a few steps, then fixes the epochs (and the small recipe's crop size); 0: "
-                                    "epochs from the image count")
+                                    "epochs from the image count", valid=checks.number(0, checks.MAX_MINUTES))
     global_batch_size: int = setting(None, "global batch: images per step over all devices (a multiple of "
-                                     "the device count)", flag="--batch-size")
+                                     "the device count)", flag="--batch-size", valid=checks.positive())
     backbone: str = setting(None, "the backbone to train", choices=backbones.KIT_NAMES)
-    prototypes: int = setting(None, "K, the number of prototypes")
-    crops: str = setting(None, "multi-crop spec COUNTxSIZE@MIN-MAX,... (big crops first)")
+    prototypes: int = setting(None, "K, the number of prototypes", valid=checks.positive())
+    crops: str = setting(None, "multi-crop spec COUNTxSIZE@MIN-MAX,... (big crops first)",
+                         valid=checks.satisfies(geometry.parse_multicrop_spec, "a spec COUNTxSIZE@MIN-MAX,..."))
     augmentation: str = setting("auto", "colour distortion where: host (tf.data), device (in the compiled "
                                 "step), none (crops only), auto (device on TPU/GPU, host on CPU)",
                                 choices=AUGMENTATIONS)
-    color_strength: float = setting(None, "colour-jitter strength s (SwAV 1.0)")
-    gray_p: float = setting(None, "probability of a grey crop (SwAV 0.2)")
-    blur_p: float = setting(None, "probability of a blurred crop (SwAV 0.5)")
-    hidden_dim: int = setting(None, "projection head's hidden width")
-    output_dim: int = setting(128, "projection head's output width (the prototypes' dimension)")
+    color_strength: float = setting(None, "colour-jitter strength s (SwAV 1.0)", valid=checks.number(0, 4))
+    gray_p: float = setting(None, "probability of a grey crop (SwAV 0.2)", valid=checks.probability())
+    blur_p: float = setting(None, "probability of a blurred crop (SwAV 0.5)", valid=checks.probability())
+    hidden_dim: int = setting(None, "projection head's hidden width", valid=checks.positive())
+    output_dim: int = setting(128, "projection head's output width (the prototypes' dimension)",
+                              valid=checks.positive())
     optimizer: str = setting(None, "the optimizer", choices=OPTIMIZERS)
-    base_lr: float = setting(None, "peak learning rate")
-    final_lr: float = setting(None, "final learning rate of the cosine (base lr / 1000 when not given)")
-    warmup_epochs: int = setting(None, "epochs of linear warmup")
-    weight_decay: float = setting(1e-6, "weight decay (skipped for BN and biases with LARS/SGD)")
-    temperature: float = setting(0.1, "tau, the softmax temperature of the swapped prediction")
-    epsilon: float = setting(None, "epsilon, the entropy weight of Sinkhorn-Knopp")
-    sinkhorn_iters: int = setting(3, "Sinkhorn-Knopp iterations")
+    base_lr: float = setting(None, "peak learning rate",
+                             valid=checks.number(0, checks.MAX_LEARNING_RATE, lo_open=True))
+    final_lr: float = setting(None, "final learning rate of the cosine (base lr / 1000 when not given)",
+                              valid=checks.number(0, checks.MAX_LEARNING_RATE))
+    warmup_epochs: int = setting(None, "epochs of linear warmup", valid=checks.integer(0))
+    weight_decay: float = setting(1e-6, "weight decay (skipped for BN and biases with LARS/SGD)",
+                                  valid=checks.number(0, 1, hi_open=True))
+    temperature: float = setting(0.1, "tau, the softmax temperature of the swapped prediction",
+                                 valid=checks.number(0, 10, lo_open=True))
+    epsilon: float = setting(None, "epsilon, the entropy weight of Sinkhorn-Knopp", valid=checks.number(1e-3, 10))
+    sinkhorn_iters: int = setting(3, "Sinkhorn-Knopp iterations", valid=checks.integer(1, 10_000))
     freeze_prototypes_niters: int = setting(None, "steps with frozen prototypes (one epoch when not given)",
-                                            flag="--freeze-prototypes-iters")
-    queue_length: int = setting(None, "features kept from earlier batches for the codes (0: no queue)")
-    queue_start_epoch: int = setting(None, "epoch the queue starts at")
-    steps_per_execution: int = setting(1, "steps per compiled call (TPU: 32+)")
-    max_steps_per_epoch: int = setting(None, "cap on steps per epoch (smoke runs); one pass over the data")
+                                            flag="--freeze-prototypes-iters", valid=checks.integer(0))
+    queue_length: int = setting(None, "features kept from earlier batches for the codes (0: no queue)",
+                                valid=checks.integer(0))
+    queue_start_epoch: int = setting(None, "epoch the queue starts at", valid=checks.integer(0))
+    steps_per_execution: int = setting(1, "steps per compiled call (TPU: 32+)", valid=checks.integer(1, 10_000))
+    max_steps_per_epoch: int = setting(None, "cap on steps per epoch (smoke runs); one pass over the data",
+                                       valid=checks.positive())
     input_shares: int = setting(None, "input streams the global batch is made of, each reading every N-th "
                                 "TFRecord shard (default one per process; a 1-process run given the same "
-                                "number sees the same batches as that many processes)")
+                                "number sees the same batches as that many processes)", valid=checks.positive())
     knn_every: int = setting(0, "log kNN accuracy of frozen features on the labelled train split every N "
-                             "epochs (0: off)")
-    mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy")
-    seed: int = setting(None, "seed of the init, the order and the crops (drawn and recorded when not given)")
+                             "epochs (0: off)", valid=checks.integer(0))
+    mixed_precision: str = setting("auto", "auto (bfloat16 on TPU, float32 elsewhere) or a Keras policy",
+                                   valid=checks.one_of(runtime.POLICIES))
+    seed: int = setting(None, "seed of the init, the order and the crops (drawn and recorded when not given)",
+                        valid=checks.integer(0))
     allow_cpu: bool = setting(False, "train on the CPU even where a TPU/GPU exists that JAX cannot see")
     preflight: str = setting(None, "train nothing: compile this run's step for this TPU with libtpu's "
                              "compile-only client and report memory per chip, FLOPs and a speed bound "
                              "(OUT/preflight.json; exit 4 when it does not fit)", choices=tuple(preflight.TARGETS),
                              metavar="TARGET")
     verbose: int = setting(1, "0 silent, 1 progress bar, 2 a line per epoch", choices=(0, 1, 2))
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_warmup(self)
 
     @classmethod
     def smoke(cls, **overrides):
@@ -107,10 +121,9 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
     Raises:
         ValueError for a global batch that does not split over the devices or gives no step.
     """
-    if config.augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")
-    batch = config.global_batch_size or recipe.default_global_batch(num_images, num_devices)
-    runtime.check_global_batch(batch, num_devices)
+    batch = recipe.default_global_batch(num_images, num_devices) if config.global_batch_size is None \
+        else config.global_batch_size
+    runtime.check_global_batch(batch, num_devices, command.spell(config, "global_batch_size"))
     chosen = recipe.rule(num_images, image_hw, batch, num_classes)
     filled = {k: c for k, c in chosen.choices().items() if getattr(config, k) is None}
     values = {k: c.value for k, c in filled.items()}
@@ -128,16 +141,17 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
     steps = num_images // batch
     if steps < 1 and merged.epochs > 0:
         raise ValueError(f"{config.data_dir}: {num_images} training images give no full batch of "
-                         f"{batch}; lower --batch-size.")
-    steps = max(1, min(steps, config.max_steps_per_epoch or steps))
+                         f"{batch}; lower {command.spell(config, 'global_batch_size')}.")
+    steps = max(1, steps if config.max_steps_per_epoch is None else min(steps, config.max_steps_per_epoch))
     seed, seed_reason = command.resolve_seed(config.seed)
-    shares = config.input_shares or processes
+    shares = processes if config.input_shares is None else config.input_shares
     if shares % processes or batch % shares:
-        raise ValueError(f"--input-shares {shares} must be a multiple of the {processes} process(es) and divide "
-                         f"the global batch {batch}")
+        raise ValueError(f"{command.spell(config, 'input_shares')} {shares} must be a multiple of the {processes} "
+                         f"process(es) and divide the global batch {batch}")
     if config.knn_every and processes > 1:
-        raise ValueError("--knn-every runs on one process: leave it 0 in a multi-process run and evaluate the "
-                         "exported backbone afterwards (python -m kitlib finetune, or kitlib.swav.evaluate)")
+        raise ValueError(f"{command.spell(config, 'knn_every')} runs on one process: leave it 0 in a multi-process "
+                         "run and evaluate the exported backbone afterwards (python -m kitlib finetune, or "
+                         "kitlib.swav.evaluate)")
     derived = dict(
         input_shares=(shares, "one per process" if config.input_shares is None else None),
         max_steps_per_epoch=(steps, "one pass over the data" if config.max_steps_per_epoch is None else None),
@@ -151,46 +165,12 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
     return dataclasses.replace(merged, **{k: v for k, (v, _) in derived.items()}), reasons, chosen.regime
 
 
-def training_batches(files, crops, global_batch, augmentation="host", seed=None, color_config=color.SWAV_COLOR,
-                     shares=1, owned=None, cache=True):
-    """Endless multi-crop batches of the training shards: ((crop_1, ..., crop_V),) with each crop
-    [rows, S_v, S_v, 3] float32 in [0, 1] — the 1-tuple is Keras's "inputs only" element.
-
-    The global batch is the concatenation of `shares` input streams of global_batch / shares rows each;
-    stream s reads every shares-th TFRecord shard from s (`kitlib.hosts.share_of`) with its own seed. A
-    process builds the streams it `owned` (its rows of the global batch, in order), so 2 processes owning
-    one stream each feed the same global batches as 1 process owning both.
-
-    Args:
-        files: TFRecord shards (``kitlib.data.tfrecords.list_tfrecords``). crops: spec or MultiCropConfig.
-        global_batch: images per step over all devices. augmentation: "host" | "device" | "none".
-        seed: int for a reproducible order and crops (None: shards interleaved as they stream in; the
-            ``pretrain`` command always has one, drawn when not given).
-        color_config: `kitlib.swav.color.ColorConfig` of the host colour augmentation.
-        shares: input streams of the global batch. owned: the streams this process builds (default all),
-            so rows = global_batch / shares * len(owned). cache: keep small sets' encoded records in memory
-            (False for a few steps, which would leave the cache half-filled).
-    """
-    from kitlib.compat import tf  # noqa: PLC0415
-
-    owned = list(range(shares) if owned is None else owned)
-    streams = [_stream(hosts.share_of(files, s, shares), crops, global_batch // shares, augmentation,
-                       None if seed is None else (seed + 1_000_003 * s) % 2**31, color_config, cache) for s in owned]
-    if len(streams) == 1:
-        return streams[0].map(lambda *crops: (tuple(crops),))
-    joined = tf.data.Dataset.zip(tuple(streams))  # one element: each stream's tuple of crops
-    return joined.map(lambda *parts: (tuple(tf.concat(views, 0) for views in zip(*parts)),))
-
-
-def _stream(files, crops, batch, augmentation, seed, color_config, cache):
-    """One input stream of `training_batches`: batches of `batch` images' crops from `files`."""
-    # a seed asks for a reproducible run: shards mixed in a fixed order instead of as they stream in
-    records = tfrecords.load_dataset(files, labeled=False, decode=False, reproducible=seed is not None)
-    num_images = tfrecords.count_data_items(files)
-    if cache and num_images <= _CACHE_LIMIT:
-        records = records.cache()  # encoded bytes: small, and spares re-reading the shards
-    return multicrop.multicrop_batches(records.repeat(), _crop_config(crops), batch, augment=augmentation,
-                                       shuffle_buffer=min(num_images, 1024), seed=seed, color=color_config)
+def _check_warmup(config):
+    """Refuse a warmup given by hand that fills the whole run (the schedule needs steps after it)."""
+    epochs, warmup = config.epochs, config.warmup_epochs
+    if None not in (epochs, warmup) and epochs > 0 and warmup >= epochs:
+        raise checks.SettingError(f"{command.spell(config, 'warmup_epochs')} {warmup} must be below "
+                                  f"{command.spell(config, 'epochs')} {epochs}: the cosine needs steps after the warmup")
 
 
 def random_init_backbone(name, seed):
@@ -210,10 +190,6 @@ class PretrainResult:
     ln_k: float
     collapsed: bool
     config: PretrainConfig
-
-
-def _crop_config(crops):
-    return crops if isinstance(crops, geometry.MultiCropConfig) else geometry.parse_multicrop_spec(crops)
 
 
 def _check_resumable(out_dir, record):
@@ -282,6 +258,7 @@ def plan(config, rt=None):
         settings, budget_facts = budget.size_run(settings, reasons, regime, min(image_hw),
                                                  lambda crops: _time_steps(settings, files, crops), processes)
         facts.update(budget=budget_facts)
+        _check_warmup(settings)
     return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
 
 
@@ -290,8 +267,9 @@ def _time_steps(config, files, crops):
     timed = dataclasses.replace(config, crops=crops, epochs=2, warmup_epochs=1)
     with runtime.seeded(config.seed):
         model = _build_model(timed, backbones.build(config.backbone))
-        batches = training_batches(files, crops, config.global_batch_size, config.augmentation, seed=config.seed,
-                                   color_config=color_config(config), shares=config.input_shares, cache=False)
+        batches = multicrop.training_batches(files, crops, config.global_batch_size, config.augmentation,
+                                             seed=config.seed, color_config=color_config(config),
+                                             shares=config.input_shares, cache=False)
         return budget.time_steps(model, batches, config.steps_per_execution)
 
 
@@ -325,7 +303,8 @@ def _knn_monitors(config, files, net):
 
     labelled = tfrecords.load_dataset(files, labeled=True, ordered=True,
                                       num_classes=len(tfrecords.class_names_of(config.data_dir)))
-    return [KNNMonitor(net, labelled, image_size=_crop_config(config.crops).size_crops[0], every=config.knn_every)]
+    size = multicrop.crop_config(config.crops).size_crops[0]
+    return [KNNMonitor(net, labelled, image_size=size, every=config.knn_every)]
 
 
 def _train(config, files, print_fn):
@@ -350,9 +329,9 @@ def _train(config, files, print_fn):
     if epochs_done < config.epochs:
         per_process = config.input_shares // hosts.process_count()
         owned = range(hosts.process_index() * per_process, (hosts.process_index() + 1) * per_process)
-        batches = training_batches(files, config.crops, config.global_batch_size, config.augmentation,
-                                   seed=config.seed, color_config=color_config(config),
-                                   shares=config.input_shares, owned=owned)
+        batches = multicrop.training_batches(files, config.crops, config.global_batch_size, config.augmentation,
+                                             seed=config.seed, color_config=color_config(config),
+                                             shares=config.input_shares, owned=owned)
         model.fit(batches, epochs=config.epochs, initial_epoch=epochs_done,
                   steps_per_epoch=config.max_steps_per_epoch, callbacks=callbacks, verbose=config.verbose,
                   shuffle=False)  # tf.data shuffles; Keras 3.15 warns when told to shuffle a dataset
@@ -380,7 +359,7 @@ def run_preflight(plan, print_fn=print):
         the `kitlib.preflight.Report` (``fits`` False: the CLI exits 4).
     """
     config, rt = plan.settings, plan.rt
-    crops = _crop_config(config.crops)
+    crops = multicrop.crop_config(config.crops)
     sizes = [size for size, count in zip(crops.size_crops, crops.num_crops) for _ in range(count)]  # per view
 
     def build(global_batch):

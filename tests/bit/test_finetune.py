@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from kitlib import cli, command
+from kitlib import checks, cli, command
 from kitlib.bit import export, finetune
 from kitlib.compat import keras
 from kitlib.data import tfrecords as data_tfrecords
@@ -23,10 +23,12 @@ def tiny_backbone(tmp_path_factory):
 def test_config_refuses_bad_settings_before_any_data_is_read_and_serialises(tmp_path):
     config = finetune.FinetuneConfig("nowhere", "backbone.keras", str(tmp_path), resolution=[72, 64])
     assert config.resolution == (72, 64) and json.loads(json.dumps(command.as_dict(config)))["resolution"] == [72, 64]
-    for bad, message in (({"loss": "focal"}, "unknown loss"), ({"label_smoothing": 1.0}, "label_smoothing"),
+    for bad, message in (({"loss": "focal"}, "loss='focal'.*one of: ce, bitempered"),
+                         ({"label_smoothing": 1.0}, r"label_smoothing=1.0\): must be a number in \[0, 1\)"),
                          ({"loss": "bitempered", "t1": 1.5}, "t1"), ({"val_fraction": 1.0}, "val_fraction"),
-                         ({"steps": 1}, "steps"), ({"resolution": (64,)}, "resize, crop")):
-        with pytest.raises(ValueError, match=message):
+                         ({"steps": 1}, "steps"), ({"resolution": (64,)}, "resize, crop"),
+                         ({"resolution": (64, 80)}, "crop <= resize"), ({"global_batch_size": 0}, "global_batch_size")):
+        with pytest.raises(checks.SettingError, match=message):
             finetune.FinetuneConfig("nowhere", "backbone.keras", str(tmp_path), **bad)
 
 def test_a_global_batch_that_does_not_split_over_the_devices_is_refused_naming_both(tmp_path):

@@ -50,4 +50,4 @@ def test_predict_on_eight_devices_writes_what_one_device_writes(tiny_model_dir, 
 def test_cli_reports_a_bad_option_without_a_traceback(tiny_model_dir, sample_dir, tmp_path, capsys):
     code = cli.main(["predict", "--data", sample_dir, "--model", tiny_model_dir, "--out", str(tmp_path / "s.csv"),
                      "--tta", "rotate"])
-    assert code == 2 and "kitlib predict: error: tta='rotate': unknown view" in capsys.readouterr().err
+    assert code == 2 and "kitlib predict: error: argument --tta: rotate: tta='rotate': unknown view" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def _never(spec):
 
 def test_several_processes_and_a_preflight_keep_the_image_count_epochs(tmp_path):
     for config, processes, said in ((_config(tmp_path), 2, "several processes"),
-                                    (_config(tmp_path, preflight="v5e-8"), 1, "preflight")):
+                                    (_config(tmp_path, preflight="tpu-v5e-8"), 1, "preflight")):
         reasons = {"epochs": "from the image count"}
         sized, facts = budget.size_run(config, reasons, "small", 64, _never, processes)
         assert sized == config and facts == dict(minutes=10.0, timed=False)

@@ -172,7 +172,7 @@ def test_config_resolves_from_the_data_and_the_devices():
     assert cpu.augmentation == "host"
     tpu = _resolved(config, num_images=21_397, num_devices=8, kind="TPU")
     assert tpu.augmentation == "device" and tpu.global_batch_size == 256
-    with pytest.raises(ValueError, match=r"global batch 12 .* 8 device"):
+    with pytest.raises(ValueError, match=r"global_batch_size 12 .* 8 device"):
         _resolved(pretrain.PretrainConfig(global_batch_size=12), 1000, num_devices=8)
     with pytest.raises(ValueError, match="no full batch"):
         _resolved(pretrain.PretrainConfig(data_dir="d", global_batch_size=1000), 100)
