@@ -1,5 +1,6 @@
 """kitlib.cli: every command in a clean shell, one-line user errors with exit code 2, a library's own error keeps its traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,52 @@ def test_cli_lists_commands_and_rejects_unknown_ones():
     assert help_out.returncode == 0 and "make-sample" in help_out.stdout
     bad = subprocess.run([sys.executable, "-m", "kitlib", "frobnicate"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def _steps_in_own_processes(steps, tmp_path):
+    """Run each step (a list of argv) in its own clean interpreter, as a notebook or a command per step does;
+    returns, per step, the exit codes and the stderr of each argv."""
+    results = []
+    for argvs in steps:
+        code = textwrap.dedent(f"""
+            import contextlib, io, json
+            from kitlib import cli
+            for argv in {argvs!r}:
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    code = cli.main(argv)
+                print(json.dumps([code, err.getvalue()[-2000:]]), flush=True)
+            """)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                              env=_clean_env(), timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append([json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")])
+    return results
+
+
+@pytest.mark.slow
+def test_every_backbones_artefacts_load_in_a_new_process_at_each_step(tmp_path, sample_dir):
+    """pretrain -> finetune -> cv -> predict, each step in a fresh process, for every kit backbone and BiT: a
+    classifier holding a kit layer (PyramidPool, GridPool, BiT's GroupNorm) loads where it was not built."""
+    from kitlib.models import backbones, bit_weights, resnetv2  # noqa: PLC0415
+
+    bit = bit_weights.save_npz(resnetv2.build(name_or_arch=(None, 0.25), num_units=(1, 1, 1, 1)),
+                               str(tmp_path / "BiT-M-R50x1.npz"))  # a tiny BiT in the official naming
+    small = ["--smoke", "--steps", "2", "--batch-size", "8", "--resolution", "40", "32", "--verbose", "0"]
+    pretrain = [["pretrain", "--data", sample_dir, "--out", f"pre_{name}", "--backbone", name, "--epochs", "0",
+                 "--verbose", "0", "--batch-size", "8"] for name in backbones.KIT_NAMES]
+    sources = [f"pre_{name}" for name in backbones.KIT_NAMES] + [bit]
+    finetune = [["finetune", "--data", sample_dir, "--backbone", src, "--out", f"ft_{i}", *small]
+                for i, src in enumerate(sources)]
+    cv = [["cv", "--data", sample_dir, "--backbone", "pre_small_cnn_pyramid", "--out", "cv", "--folds", "2",
+           "--labels-per-class", "3", *small]]  # the few-label regime inside each fold
+    members = [f"ft_{i}" for i in range(len(sources))] + ["cv"]
+    predict = [["predict", "--data", sample_dir, "--model", m, "--out", f"sub_{m}.csv", "--smoke", "--verbose", "0"]
+               for m in members]
+    for step, outcomes in zip(("pretrain", "finetune", "cv", "predict"),
+                              _steps_in_own_processes([pretrain, finetune, cv, predict], tmp_path)):
+        for code, err in outcomes:
+            assert code == 0, f"{step}: {err}"
+    for m in members:
+        with open(tmp_path / f"sub_{m}.csv") as f:
+            assert f.readline().strip() == "image_id,label" and len(f.readlines()) >= 1

@@ -89,8 +89,25 @@ def plan(config, rt=None):
                  class_counts_per_fold=counts.tolist(), **command.runtime_facts(rt))
     fold_configs = [finetune.FinetuneConfig(**dict(_finetune_fields(settings), out_dir=fold_dir(config.out_dir, k)))
                     for k in range(table.k)]
+    keep = _few_labels(config, table, seed)
+    if keep is not None:
+        facts["label_subset"] = {f"fold_{k}": ids for k, ids in enumerate(keep)}
     return command.Plan("cv", settings, reasons, facts, parts=dict(folds=table, fold_configs=fold_configs,
-                                                                   class_names=class_names), rt=rt)
+                                                                   class_names=class_names, keep=keep), rt=rt)
+
+
+def _few_labels(config, table, seed):
+    """None, or per fold the ids its training part trains on in the few-label regime (``labels_per_class`` or
+    ``label_fraction``: `kitlib.data.folds.label_subset` inside the fold's training part, seeded per fold)."""
+    if config.labels_per_class is None and config.label_fraction is None:
+        return None
+    keep = []
+    for k in range(table.k):
+        part = np.flatnonzero(table.folds != k)
+        chosen, _ = kfold.label_subset(table.labels[part], config.labels_per_class, config.label_fraction, 0.0,
+                                       seed + k)
+        keep.append([table.image_ids[i] for i in part[chosen]])
+    return keep
 
 
 def _finetune_fields(config):
@@ -141,8 +158,9 @@ def run(plan):
 def _fold_source(plan, k):
     config = plan.settings
     exclude = kfold.read_id_list(config.exclude) if config.exclude else None
+    keep = plan.parts.get("keep")
     return kfold.training_source(config.data_dir, plan.parts["folds"], k, exclude, config.relabel,
-                                 config.extra_data, seed=config.seed)
+                                 config.extra_data, seed=config.seed, keep=None if keep is None else keep[k])
 
 
 def _predict_fold(step, config):

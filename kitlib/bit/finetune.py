@@ -22,6 +22,8 @@ import dataclasses
 import math
 import os
 
+import numpy as np
+
 from kitlib import checks, command, hosts, preflight, runtime
 from kitlib.bit import export, hyperrule, inputs, losses, training
 from kitlib.command import setting
@@ -53,6 +55,12 @@ class FinetuneConfig(command.MultiProcess):
     t2: float = setting(losses.T2_CASSAVA, "bi-tempered t2 (> 1: a heavy-tailed softmax)", valid=checks.number(1, 10))
     val_fraction: float = setting(0.2, "share held out for validation and the best checkpoint, in [0, 1)",
                                   valid=checks.fraction())
+    labels_per_class: int = setting(None, "the few-label regime: train on N labelled images of each class (stratified, "
+                                    "seeded; the ids in config.json), validating on a few others per class",
+                                    valid=checks.positive())
+    label_fraction: float = setting(None, "the few-label regime as a share: ceil(F n_c) images of each class c train "
+                                    "(at least one), validating on a few others per class",
+                                    valid=checks.number(0, 1, lo_open=True))
     base_lr: float = setting(hyperrule.BASE_LR, "learning rate at batch 512 (BiT: 0.003)",
                              valid=checks.number(0, checks.MAX_LEARNING_RATE, lo_open=True))
     resolution: tuple[int, int] = setting(None, "(resize, crop) in place of the rule's, e.g. 160 128 on a CPU",
@@ -78,6 +86,9 @@ class FinetuneConfig(command.MultiProcess):
 
     def __post_init__(self):
         super().__post_init__()  # every field against its valid values; paths as strings, lists as tuples
+        if None not in (self.labels_per_class, self.label_fraction):
+            raise checks.SettingError(f"give one of {command.spell(self, 'labels_per_class')} and "
+                                      f"{command.spell(self, 'label_fraction')}, not both")
         if self.resolution is not None and (len(self.resolution) != 2 or self.resolution[1] > self.resolution[0]):
             raise checks.SettingError(f"{command.spell(self, 'resolution')} {self.resolution}: give (resize, crop) "
                                       "with crop <= resize, e.g. 160 128")
@@ -147,6 +158,20 @@ def _resolve(config, rt, rule):
             {k: why for k, (_, why) in chosen.items()})
 
 
+def _load_source(config, seed):
+    """(the `kitlib.data.sources.TrainingSource` the config asks for, the few-label subset's record or None):
+    ``val_fraction`` split off the data (TFRecords: whole shards), or, with ``labels_per_class`` or
+    ``label_fraction``, a stratified subset of the labelled images (`kitlib.data.folds.label_subset`)."""
+    if config.labels_per_class is None and config.label_fraction is None:
+        return sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir), None
+    ids, labels, class_names = folds.read_labels(config.data_dir)
+    train, val = folds.label_subset(labels, config.labels_per_class, config.label_fraction, config.val_fraction, seed)
+    train_ids, val_ids = [ids[i] for i in train], [ids[i] for i in val]
+    counts = {name: int(n) for name, n in zip(class_names, np.bincount(labels[train], minlength=len(class_names)))}
+    record = dict(train_per_class=counts, val_images=len(val_ids), train_ids=train_ids, val_ids=val_ids)
+    return folds.subset_source(config.data_dir, train_ids, val_ids), record
+
+
 def plan(config, rt=None, source=None):
     """The run ``run`` will do: the data read and split, the rule derived, every setting resolved.
 
@@ -173,9 +198,10 @@ def plan(config, rt=None, source=None):
                          f"number of rows; MixUp pairs neighbouring rows: use a multiple of {2 * rt.num_devices}")
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
     seed, seed_reason = command.resolve_seed(config.seed)
+    subset = None
     if source is None:
         with runtime.seeded(seed):
-            source = sources.load_source(config.data_dir, config.val_fraction, seed, config.tfds_data_dir)
+            source, subset = _load_source(config, seed)
         exclude = folds.read_id_list(config.exclude) if config.exclude else None
         source = folds.adjusted(source, exclude, config.relabel, config.extra_data, seed=seed)
     rule = hyperrule.HyperRule(source.image_hw, source.train_size, config.global_batch_size, config.base_lr,
@@ -183,11 +209,14 @@ def plan(config, rt=None, source=None):
     settings, reasons = _resolve(dataclasses.replace(config, seed=seed), rt, rule)
     if seed_reason:
         reasons["seed"] = seed_reason
+    if subset is not None and source.val is None and settings.restore_best:
+        settings = dataclasses.replace(settings, restore_best=False)
+        reasons["restore_best"] = "no validation images in the few-label regime: the last weights, not the best"
     epochs, _ = training.evaluation_rounds(rule.total_steps, config.evaluations)
     facts = dict(source=source.kind, train_size=source.train_size, val_size=source.val_size,
                  image_hw=list(source.image_hw), class_names=list(source.class_names), evaluation_rounds=epochs,
                  per_device_batch=config.global_batch_size // rt.num_devices, **command.runtime_facts(rt),
-                 rule=rule.as_dict())
+                 rule=rule.as_dict(), **({"label_subset": subset} if subset is not None else {}))
     return command.Plan("finetune", settings, reasons, facts, parts=dict(source=source, rule=rule), rt=rt)
 
 

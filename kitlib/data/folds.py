@@ -10,10 +10,15 @@ can be compared, stacked and ensembled.
 fold's images with their labels as given; training is every other image, minus the excluded ones (or with
 their labels replaced: label cleaning), plus any extra data (pseudo-labels), which never reaches a
 validation fold.
+
+`label_subset` and `subset_source` are the few-label regime (``finetune --labels-per-class N`` or
+``--label-fraction F``): a stratified, seeded subset of the labelled images trains, validation is drawn per class
+from the rest; in ``cv`` the subset is drawn inside each fold's training part (`training_source`'s ``keep``).
 """
 
 import csv
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -23,6 +28,8 @@ from kitlib.data import competition, sources, tfrecords
 from kitlib.data.competition import CSV_HEADER
 
 FOLDS_FILE = "folds.csv"
+# a labelled subset up to this many images is cached once read (encoded bytes: Cassava's ~120 kB each, ~240 MB)
+SUBSET_CACHE_LIMIT = 2_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +122,47 @@ def load(path):
     return Folds(tuple(ids), np.asarray(labels, np.int64), folds, int(folds.max()) + 1)
 
 
+def label_subset(labels, per_class=None, fraction=None, val_fraction=0.0, seed=0):
+    """The few-label regime: a stratified, seeded subset of the labelled images to train on, and validation
+    drawn per class from the rest.
+
+    Per class c with N_c images (shuffled with `seed`): the first n_c train, n_c = min(per_class, N_c), or
+    ceil(fraction N_c) (at least one); the next v_c validate, v_c = min(ceil(n_c f / (1 - f)), N_c - n_c) for
+    f = `val_fraction` (so validation is about f of train + validation; f = 0: none).
+
+    Args:
+        labels: int [N]. per_class or fraction: exactly one (the other None). val_fraction: f in [0, 1).
+    Returns:
+        (train, val): int index arrays into `labels`, each in the data's order.
+    """
+    labels = np.asarray(labels, np.int64)
+    if (per_class is None) == (fraction is None):
+        raise ValueError("give exactly one of per_class and fraction")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n = min(per_class, len(members)) if per_class is not None else max(1, math.ceil(fraction * len(members)))
+        v = min(math.ceil(n * val_fraction / (1 - val_fraction)), len(members) - n)
+        train.append(members[:n])
+        val.append(members[n:n + v])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def subset_source(data_dir, train_ids, val_ids, decode=False):
+    """The `kitlib.data.sources.TrainingSource` of the images named in `train_ids` and `val_ids` (`label_subset`'s
+    choice): both filtered from the data folder's labelled images, the training ones cached once read (a few
+    labels of a large set: one pass over the shards, not one per epoch)."""
+    dataset, class_names, _ = sources.labelled_images(data_dir, decode=decode)
+    table = _lookup(list(train_ids) + list(val_ids), [0] * len(train_ids) + [1] * len(val_ids), -1)
+    train = dataset.filter(lambda ex: tf.equal(table.lookup(ex["image_name"]), 0))
+    if len(train_ids) <= SUBSET_CACHE_LIMIT:
+        train = train.cache()
+    val = dataset.filter(lambda ex: tf.equal(table.lookup(ex["image_name"]), 1)) if len(val_ids) else None
+    return sources.TrainingSource(train, val, tuple(class_names), len(train_ids), len(val_ids),
+                                  sources.first_image_hw(train), "subset")
+
+
 def read_id_list(path):
     """{image_id: label or None} of a CSV with an ``image_id`` column (``clean-labels``' suspects.csv: the
     OOF label in ``oof_label`` when present)."""
@@ -177,7 +225,8 @@ def adjusted(source, exclude=None, relabel=False, extra_data=None, decode=False,
     return dataclasses.replace(source, train=train, train_size=size)
 
 
-def training_source(data_dir, folds, fold, exclude=None, relabel=False, extra_data=None, decode=False, seed=0):
+def training_source(data_dir, folds, fold, exclude=None, relabel=False, extra_data=None, decode=False, seed=0,
+                    keep=None):
     """The `kitlib.data.sources.TrainingSource` of one fold: validation = the fold's images, training = the
     others (`adjust_training` by `exclude` / `relabel`) plus `extra_data`'s labelled images.
 
@@ -186,16 +235,24 @@ def training_source(data_dir, folds, fold, exclude=None, relabel=False, extra_da
         exclude: {id: OOF label} (`read_id_list`) or None. relabel: relabel instead of leaving out.
         extra_data: a data folder added to training only (``pseudo-label``'s output), or None.
         decode: as in `kitlib.data.sources.load_source`. seed: the mix of the training images and the extras.
+        keep: None, or the ids of the training part to train on (the few-label regime: `label_subset` drawn
+            inside the fold's training part); validation keeps every image of the fold.
     """
     dataset, class_names, _ = sources.labelled_images(data_dir, decode=decode)
     table = _lookup(folds.image_ids, folds.folds.tolist(), -1)
     in_fold = lambda ex: tf.equal(table.lookup(ex["image_name"]), fold)  # noqa: E731
     val = dataset.filter(in_fold)
-    train = adjust_training(dataset.filter(lambda ex: tf.logical_not(in_fold(ex))), exclude, relabel)
+    train = dataset.filter(lambda ex: tf.logical_not(in_fold(ex)))
+    trained = [i for i, f in zip(folds.image_ids, folds.folds) if f != fold]
+    if keep is not None:
+        kept = _lookup(keep, [1] * len(keep), 0)
+        train = train.filter(lambda ex: tf.equal(kept.lookup(ex["image_name"]), 1))
+        train = train.cache() if len(keep) <= SUBSET_CACHE_LIMIT else train
+        trained = list(keep)
+    train = adjust_training(train, exclude, relabel)
     val_size = int(np.sum(folds.folds == fold))
-    left_out = 0 if relabel or not exclude else sum(
-        1 for i, f in zip(folds.image_ids, folds.folds) if f != fold and i in exclude)
-    train_size = len(folds.image_ids) - val_size - left_out
+    left_out = 0 if relabel or not exclude else sum(1 for i in trained if i in exclude)
+    train_size = len(trained) - left_out
     if extra_data is not None:
         train, train_size = _extended(train, train_size, class_names, extra_data, decode, seed)
     return sources.TrainingSource(train, val, tuple(class_names), train_size, val_size,

@@ -10,10 +10,16 @@ import importlib.util
 from kitlib.compat import keras
 
 
+# Every module that defines a layer a saved kit model may hold (``register_keras_serializable(package="kitlib")``):
+# BiT's GroupNorm / weight-standardised conv, and the small CNNs' pooling (GridPool, PyramidPool). A model saved
+# in one process is loaded in another (a notebook or a command per step): each must be imported before the load.
+LAYER_MODULES = ("kitlib.models.resnetv2_layers", "kitlib.models.backbones")
+
+
 def register_kit_layers():
-    """Import the modules whose custom layers a saved kit model may hold (BiT's GroupNorm / WS conv)."""
-    if importlib.util.find_spec("kitlib.models.resnetv2") is not None:
-        import kitlib.models.resnetv2  # noqa: F401,PLC0415
+    """Import the modules whose custom layers a saved kit model may hold (`LAYER_MODULES`)."""
+    for name in LAYER_MODULES:
+        importlib.import_module(name)
 
 
 def _is_policy(value):

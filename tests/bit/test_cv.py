@@ -79,3 +79,17 @@ def test_eight_devices_give_the_oof_predictions_of_one(sample_dir, tmp_path):
                                            steps=6, verbose=0)))
     assert eight["devices"] == 8
     np.testing.assert_allclose(eight["probs"], [r["probs"] for r in one.oof], atol=1e-4)
+
+
+def test_the_few_label_regime_draws_each_folds_subset_inside_its_training_part(sample_dir, tmp_path):
+    backbone = standin.make_tiny_backbone(str(tmp_path / "backbone.keras"))
+    config = cv.CVConfig(data_dir=sample_dir, backbone=backbone, out_dir=str(tmp_path / "cv"), folds=4,
+                         labels_per_class=2, global_batch_size=8, seed=1)
+    plan = cv.plan(config)
+    table, keep = plan.parts["folds"], plan.parts["keep"]
+    truth = dict(zip(table.image_ids, table.labels.tolist()))
+    for k, ids in enumerate(keep):
+        assert not set(ids) & set(table.fold_ids(k))  # never a validation image of its fold
+        assert sorted(truth[i] for i in ids) == sorted(list(range(5)) * 2)  # 2 of each class
+        assert plan.facts["label_subset"][f"fold_{k}"] == ids
+    assert keep[0] != keep[1]  # each fold draws its own

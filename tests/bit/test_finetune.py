@@ -1,6 +1,7 @@
 """kitlib.bit.finetune: the finetune command end to end: plan (rule, source, settings), run, export, 8 devices like 1."""
 
 import csv
+import dataclasses
 import json
 import types
 
@@ -142,3 +143,21 @@ def test_suggested_global_batch_fits_the_devices_and_splits_over_them():
     assert finetune.suggested_global_batch("CPU") == 16
     for kind, n in (("TPU", 8), ("GPU", 1), ("GPU", 2)):
         assert finetune.suggested_global_batch(kind, n) % n == 0
+
+
+def test_the_few_label_regime_trains_on_a_recorded_stratified_subset(sample_dir, tiny_backbone, tmp_path):
+    config = finetune.FinetuneConfig(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(tmp_path / "o"),
+                                     labels_per_class=4, global_batch_size=8, seed=3)
+    plan = finetune.plan(config)
+    subset, source = plan.facts["label_subset"], plan.parts["source"]
+    assert subset["train_per_class"] == dict.fromkeys(source.class_names, 4) and source.train_size == 20
+    assert len(subset["val_ids"]) == source.val_size == 5 and not set(subset["train_ids"]) & set(subset["val_ids"])
+    assert json.loads(json.dumps(plan.record()))["facts"]["label_subset"]["train_ids"] == subset["train_ids"]
+    assert finetune.plan(config).facts["label_subset"]["train_ids"] == subset["train_ids"]  # seeded
+    alone = finetune.plan(dataclasses.replace(config, val_fraction=0.0))
+    assert alone.parts["source"].val is None and alone.settings.restore_best is False
+    assert "few-label" in alone.reasons["restore_best"]
+    share = finetune.plan(dataclasses.replace(config, labels_per_class=None, label_fraction=0.25))
+    assert share.parts["source"].train_size == 25  # ceil(0.25 * 20) per class
+    with pytest.raises(checks.SettingError, match="not both"):
+        dataclasses.replace(config, label_fraction=0.5)

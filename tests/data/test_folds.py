@@ -99,3 +99,37 @@ def test_a_tfrecord_set_of_other_than_five_classes_reads_every_label(tmp_path):
     assert labels.tolist() == [i % 7 for i in range(14)] and len(names) == 7
     split = sources.load_source(str(tmp_path), 0.34, seed=0)
     assert sorted(int(ex["label"]) for ds in (split.train, split.val) for ex in ds) == sorted(labels.tolist())
+
+
+@pytest.mark.parametrize("counts", [(20, 20, 20, 20, 20), (13, 1, 7, 61, 2)])
+def test_a_label_subset_is_stratified_seeded_and_disjoint_from_its_validation(counts):
+    _, labels = _labels(counts)
+    train, val = folds.label_subset(labels, per_class=4, val_fraction=0.2, seed=5)
+    per_class = np.bincount(labels[train], minlength=len(counts))
+    assert per_class.tolist() == [min(4, n) for n in counts]  # N per class, all of a smaller class
+    held = np.bincount(labels[val], minlength=len(counts))
+    assert held.tolist() == [min(1, n - min(4, n)) for n in counts]  # ceil(4 * 0.2 / 0.8) = 1 where any is left
+    assert not set(train.tolist()) & set(val.tolist()) and (np.diff(train) > 0).all()  # disjoint, data order
+    again, _ = folds.label_subset(labels, per_class=4, val_fraction=0.2, seed=5)
+    other, _ = folds.label_subset(labels, per_class=4, val_fraction=0.2, seed=6)
+    assert (again == train).all() and set(other.tolist()) != set(train.tolist())
+    share, none = folds.label_subset(labels, fraction=0.1, seed=5)
+    assert np.bincount(labels[share], minlength=len(counts)).tolist() == [max(1, -(-n // 10)) for n in counts]
+    assert none.size == 0  # val_fraction 0: no validation
+    with pytest.raises(ValueError, match="exactly one"):
+        folds.label_subset(labels, per_class=4, fraction=0.1)
+
+
+@pytest.mark.slow
+def test_a_subset_source_and_a_fold_keep_only_the_named_images(sample_dir):
+    ids, labels, _ = folds.read_labels(sample_dir)
+    train, val = folds.label_subset(labels, per_class=3, val_fraction=0.5, seed=0)
+    source = folds.subset_source(sample_dir, [ids[i] for i in train], [ids[i] for i in val])
+    assert (source.train_size, source.val_size) == (15, 15)
+    assert set(_names_and_labels(source.train)) == {ids[i] for i in train}
+    assert set(_names_and_labels(source.val)) == {ids[i] for i in val}
+    table = folds.assign(ids, labels, 4, seed=0)
+    keep = [i for i in ids if i not in table.fold_ids(1)][:7]
+    fold = folds.training_source(sample_dir, table, 1, keep=keep)
+    assert set(_names_and_labels(fold.train)) == set(keep) and fold.train_size == 7
+    assert set(_names_and_labels(fold.val)) == set(table.fold_ids(1))  # validation: the whole fold

@@ -23,3 +23,19 @@ def test_with_dtype_policy_rebuilds_every_layer_and_returns_a_model_already_in_i
     for a, b in zip(mixed.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert mixed.layers[0].dtype == "float32"  # the input stays float32 images
+
+
+def test_every_module_with_a_saved_kit_layer_is_registered_before_a_load():
+    """A classifier holding PyramidPool, saved by one process, loads in another only if the module defining it
+    was imported: every class registered as a ``kitlib`` Keras object is in a module `LAYER_MODULES` names."""
+    import ast  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    root = pathlib.Path(models_precision.__file__).parents[1]
+    defining = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any("register_keras_serializable" in ast.unparse(d)
+                                                      for d in node.decorator_list):
+                defining.add(".".join(path.relative_to(root.parent).with_suffix("").parts))
+    assert defining and defining <= set(models_precision.LAYER_MODULES), defining
