@@ -141,7 +141,7 @@ def test_every_backbones_artefacts_load_in_a_new_process_at_each_step(tmp_path, 
     classifier holding a kit layer (PyramidPool, GridPool, BiT's GroupNorm) loads where it was not built."""
     from kitlib.models import backbones, bit_weights, resnetv2  # noqa: PLC0415
 
-    bit = bit_weights.save_npz(resnetv2.build(name_or_arch=(None, 0.25), num_units=(1, 1, 1, 1)),
+    bit = bit_weights.save_npz(resnetv2.build(name_or_arch=(None, 0.25), num_units=(1, 1, 1, 1), groups=4),
                                str(tmp_path / "BiT-M-R50x1.npz"))  # a tiny BiT in the official naming
     small = ["--smoke", "--steps", "2", "--batch-size", "8", "--resolution", "40", "32", "--verbose", "0"]
     pretrain = [["pretrain", "--data", sample_dir, "--out", f"pre_{name}", "--backbone", name, "--epochs", "0",
