@@ -209,7 +209,7 @@ def plot_swav_history(history, ln_k):
     """SwAV loss per epoch against the collapse floor ln K, and prototype-usage entropy.
 
     Args:
-        history: history.csv rows (``kitlib.swav.checkpoint.read_history``) or ``History.history``.
+        history: history.csv rows (``kitlib.checkpoint.read_history``) or ``History.history``.
         ln_k: ln of the number of prototypes (``SwAVModel.ln_k``).
     Returns:
         Figure with two axes: loss vs ln K; usage entropy vs its maximum ln K.

@@ -30,7 +30,7 @@ KITLIB = pathlib.Path(REPO) / "kitlib"
 RANKS = {
     "kitlib.compat": 0,
     "kitlib": 1, "kitlib.runtime": 1, "kitlib.locations": 1, "kitlib.sharding": 1, "kitlib.command": 1,
-    "kitlib.preflight": 1, "kitlib.viz": 1, "kitlib.hosts": 1, "kitlib.checks": 1,
+    "kitlib.preflight": 1, "kitlib.viz": 1, "kitlib.hosts": 1, "kitlib.checks": 1, "kitlib.checkpoint": 1,
     "kitlib.data": 2, "kitlib.models": 2,
     "kitlib.swav": 3, "kitlib.bit": 3,
     "kitlib.kaggle": 4, "kitlib.demo": 4, "kitlib.cli": 4, "kitlib.__main__": 4,

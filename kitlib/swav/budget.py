@@ -20,8 +20,8 @@ import os
 import tempfile
 import time
 
-from kitlib import command
-from kitlib.swav import checkpoint, geometry, recipe
+from kitlib import checkpoint, command
+from kitlib.swav import geometry, recipe
 
 BUDGET_USE = 0.95      # the share of the budget planned for steps: checkpoints and the export take the rest
 SKIP_STEPS = 3         # steps not timed: the compile, then the input pipeline filling its buffers
@@ -103,7 +103,7 @@ def describe(chosen, timings, budget_minutes, steps_per_epoch):
 def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIMED_STEPS,
                max_seconds=MAX_TIMED_SECONDS):
     """Fit `model` on `batches` for `skip` + `steps` compiled calls (fewer once `max_seconds` of timed calls
-    are up) and time them, then time one epoch's checkpoint of it (`kitlib.swav.checkpoint.save_state`).
+    are up) and time them, then time one epoch's checkpoint of it (`kitlib.checkpoint.save_state`).
 
     Args:
         model: a compiled Keras model, thrown away afterwards (its weights move).

@@ -1,7 +1,9 @@
-"""Is SwAV learning? Callbacks that stop on a NaN loss and warn at the collapse floor ln K."""
+"""Is SwAV learning? Callbacks that stop on a NaN loss and warn at the collapse floor ln K, and the one that
+checkpoints each epoch (never a diverged one)."""
 
 import math
 
+from kitlib import checkpoint, hosts
 from kitlib.compat import keras
 
 COLLAPSE_CAUSES = (
@@ -50,3 +52,22 @@ class CollapseMonitor(keras.callbacks.Callback):
             self.print_fn(f"kitlib: WARNING: after {epoch + 1} epochs the SwAV loss {float(loss):.4f} sits at "
                           f"ln K = {self.ln_k:.4f}: codes and predictions are uniform, the model is not "
                           f"learning (collapse). Usual causes: {COLLAPSE_CAUSES}.")
+
+
+class CheckpointAndHistory(keras.callbacks.Callback):
+    """After each epoch: append the epoch's logs to history.csv, then save the state (never a diverged
+    one: `monitor.nan_epoch` set means the last good state is kept)."""
+
+    def __init__(self, state_path, history_path, monitor, ln_k):
+        super().__init__()
+        self.state_path, self.history_path, self.monitor, self.ln_k = state_path, history_path, monitor, ln_k
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor.nan_epoch is not None:
+            return  # never overwrite the last good state with a diverged one
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
+        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
+        if hosts.is_writer():  # several processes: one writer (every variable is replicated on each)
+            checkpoint.append_history(self.history_path, row)
+            checkpoint.save_state(self.model, self.state_path, epoch + 1)

@@ -14,12 +14,12 @@ the plan is made for that TPU and ``run`` compiles its train step there instead 
 import dataclasses
 import os
 
-from kitlib import checks, command, hosts, preflight, runtime
+from kitlib import checkpoint, checks, command, hosts, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import competition, tfrecords
 from kitlib.models import backbones, precision
-from kitlib.swav import budget, checkpoint, color, geometry, multicrop, recipe, survey
+from kitlib.swav import budget, color, geometry, monitors, multicrop, recipe, survey
 from kitlib.swav.model import SwAVModel
 from kitlib.swav.monitors import CollapseMonitor
 from kitlib.swav.optim import OPTIMIZERS, WarmupCosine, build_optimizer
@@ -325,7 +325,7 @@ def _train(config, files, print_fn):
         checkpoint.truncate_history(history_path, epochs_done)
     monitor = CollapseMonitor(model.ln_k, print_fn=print_fn)
     callbacks = [monitor] + _knn_monitors(config, files, net)
-    callbacks.append(checkpoint.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
+    callbacks.append(monitors.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
     if epochs_done < config.epochs:
         per_process = config.input_shares // hosts.process_count()
         owned = range(hosts.process_index() * per_process, (hosts.process_index() + 1) * per_process)

@@ -2,6 +2,9 @@
 
 import math
 
+import numpy as np
+
+from kitlib.compat import keras
 from kitlib.swav import monitors as swav_monitors
 
 
@@ -21,3 +24,23 @@ def test_collapse_monitor_warns_at_ln_k_and_stops_on_nan():
     monitor.on_epoch_begin(3)
     monitor.on_train_batch_end(0, {"loss": float("nan")})
     assert monitor.model.stop_training and monitor.nan_epoch == 3 and "nan" in messages[-1]
+
+
+def test_the_checkpoint_callback_writes_each_epoch_and_never_a_diverged_one(tmp_path):
+    import types  # noqa: PLC0415
+
+    from kitlib import checkpoint  # noqa: PLC0415
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    watch = types.SimpleNamespace(nan_epoch=None)
+    state, history = str(tmp_path / "state.npz"), str(tmp_path / "history.csv")
+    callback = swav_monitors.CheckpointAndHistory(state, history, watch, ln_k=1.5)
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=2, verbose=0, callbacks=[callback])
+    rows = checkpoint.read_history(history)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["ln_k"] == 1.5 and "lr" in rows[0]
+    assert checkpoint.restore_state(model, state) == 2
+    watch.nan_epoch = 3
+    callback.on_epoch_end(2, {"loss": float("nan")})
+    assert checkpoint.restore_state(model, state) == 2 and len(checkpoint.read_history(history)) == 2

@@ -17,7 +17,8 @@ from kitlib import command, runtime
 from kitlib.compat import keras
 from kitlib.data import tfrecords
 from kitlib.models import backbones
-from kitlib.swav import checkpoint, evaluate, pretrain
+from kitlib import checkpoint
+from kitlib.swav import evaluate, pretrain
 from tests.conftest import REPO  # noqa: E402
 
 

@@ -1,26 +1,27 @@
-"""SwAV run state on disk: every model and optimizer variable in one atomic ``state.npz``, and
-``history.csv`` with one row per finished epoch. A kill -9 never leaves half a file: both are written
-to a temporary name and renamed."""
+"""A training run's state on disk, for every command that resumes (``pretrain``, ``finetune``): every model and
+optimizer variable in one atomic ``state.npz`` (with the rounds done and whatever else the run must carry across
+a restart), and ``history.csv`` with one row per finished epoch or round. A kill -9 never leaves half a file:
+both are written to a temporary name and renamed."""
 
 import csv
 import os
 
 import numpy as np
 
-from kitlib import hosts
 from kitlib.compat import keras
-
 
 def _state_variables(model):
     return list(model.variables) + list(model.optimizer.variables)
 
 
-def save_state(model, path, epochs_done):
-    """Every model and optimizer variable (step, momentum, queue included) to one .npz, atomically."""
+def save_state(model, path, epochs_done, extra=None):
+    """Every model and optimizer variable (step, momentum, queue included) to one .npz, atomically, with
+    `extra` ({name: array}: e.g. the best validation score and its weights), read back by `saved_extra`."""
     variables = _state_variables(model)
     arrays = {f"v{i:05d}": np.asarray(keras.ops.convert_to_numpy(v.value)) for i, v in enumerate(variables)}
     arrays["paths"] = np.array([v.path for v in variables])
     arrays["epochs_done"] = np.array(epochs_done)
+    arrays.update({f"x_{name}": np.asarray(value) for name, value in (extra or {}).items()})
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)  # atomic: a kill -9 never leaves half a checkpoint
@@ -46,23 +47,10 @@ def restore_state(model, path):
         return int(saved["epochs_done"])
 
 
-class CheckpointAndHistory(keras.callbacks.Callback):
-    """After each epoch: append the epoch's logs to history.csv, then save the state (never a diverged
-    one: `monitor.nan_epoch` set means the last good state is kept)."""
-
-    def __init__(self, state_path, history_path, monitor, ln_k):
-        super().__init__()
-        self.state_path, self.history_path, self.monitor, self.ln_k = state_path, history_path, monitor, ln_k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor.nan_epoch is not None:
-            return  # never overwrite the last good state with a diverged one
-        row = {k: float(v) for k, v in (logs or {}).items()}
-        # Keras 3 evaluates the schedule at the optimizer's step when its learning_rate is read
-        row.update(epoch=epoch + 1, ln_k=self.ln_k, lr=float(self.model.optimizer.learning_rate))
-        if hosts.is_writer():  # several processes: one writer (every variable is replicated on each)
-            append_history(self.history_path, row)
-            save_state(self.model, self.state_path, epoch + 1)
+def saved_extra(path):
+    """The ``extra`` arrays `save_state` wrote with the state ({} for none)."""
+    with np.load(path) as saved:
+        return {key[2:]: saved[key] for key in saved.files if key.startswith("x_")}
 
 
 def read_history(path):

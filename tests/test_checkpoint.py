@@ -1,10 +1,10 @@
-"""kitlib.swav.checkpoint: every model and optimizer variable saved and restored, history.csv kept in step."""
+"""kitlib.checkpoint: every model and optimizer variable saved and restored, history.csv kept in step."""
 
 import numpy as np
 import pytest
 
 from kitlib.compat import keras
-from kitlib.swav import checkpoint
+from kitlib import checkpoint
 
 
 def _model(units=4):
@@ -41,3 +41,14 @@ def test_history_grows_by_epoch_and_is_truncated_to_a_resumed_checkpoint(tmp_pat
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["knn_acc"] == 0.5 and "knn_acc" not in rows[0]
     assert [r["epoch"] for r in checkpoint.truncate_history(path, 2)] == [1, 2]
     assert [r["epoch"] for r in checkpoint.read_history(path)] == [1, 2]
+
+
+def test_extra_arrays_travel_with_the_state(tmp_path):
+    model = _model()
+    path = str(tmp_path / "state.npz")
+    checkpoint.save_state(model, path, 3, extra={"best": 0.75, "best_w00000": np.ones((3, 4))})
+    extra = checkpoint.saved_extra(path)
+    assert float(extra["best"]) == 0.75 and extra["best_w00000"].shape == (3, 4)
+    assert checkpoint.restore_state(_model(), path) == 3  # the extras are not variables
+    checkpoint.save_state(model, path, 4)
+    assert checkpoint.saved_extra(path) == {}
