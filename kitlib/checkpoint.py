@@ -5,6 +5,7 @@ both are written to a temporary name and renamed."""
 
 import csv
 import os
+import time
 
 import numpy as np
 
@@ -47,6 +48,12 @@ def restore_state(model, path):
         return int(saved["epochs_done"])
 
 
+def saved_rounds(path):
+    """The epochs (rounds) done that `save_state` recorded in `path`."""
+    with np.load(path) as saved:
+        return int(saved["epochs_done"])
+
+
 def saved_extra(path):
     """The ``extra`` arrays `save_state` wrote with the state ({} for none)."""
     with np.load(path) as saved:
@@ -64,7 +71,20 @@ def read_history(path):
 
 def append_history(path, row):
     """Append one epoch's row to history.csv (columns grow when a new metric appears)."""
-    rows = read_history(path) + [row]
+    _write_rows(path, read_history(path) + [row])
+
+
+def truncate_history(path, epochs_done):
+    """Keep the rows of the epochs a resumed checkpoint has done (none: no file); returns them."""
+    rows = [r for r in read_history(path) if r["epoch"] <= epochs_done]
+    if rows:
+        _write_rows(path, rows)
+    elif os.path.exists(path):
+        os.remove(path)
+    return rows
+
+
+def _write_rows(path, rows):
     columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -74,11 +94,60 @@ def append_history(path, row):
     os.replace(tmp, path)  # atomic: a kill never leaves half a file
 
 
-def truncate_history(path, epochs_done):
-    """Keep the rows of the epochs a resumed checkpoint has done; returns them."""
-    rows = [r for r in read_history(path) if r["epoch"] <= epochs_done]
-    if os.path.exists(path):
-        os.remove(path)
-    for row in rows:
-        append_history(path, row)
-    return rows
+# ============ stopping cleanly before a limit ============
+
+# Kaggle's session limits: a TPU session ends after 9 hours, a GPU or CPU one after 12. A run stops this margin
+# before, at an epoch or round boundary, leaving time to write its checkpoint and the notebook's last cells.
+KAGGLE_SESSION_HOURS = {"TPU": 9, "GPU": 12, "CPU": 12}
+STOP_MARGIN_MINUTES = 20
+
+
+def process_age_seconds():
+    """Seconds since this process started (Linux: from /proc; elsewhere: since this module was imported). A
+    notebook's kernel starts with its Kaggle session, so this is the session's age there."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return max(0.0, float(f.read().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
+def default_stop_minutes(kind, on_kaggle):
+    """(minutes, reason) for a run's ``stop_after_minutes`` when none is given: on Kaggle the session's limit for
+    a `kind` device less `STOP_MARGIN_MINUTES`; elsewhere (None, None): no limit."""
+    if not on_kaggle:
+        return None, None
+    hours = KAGGLE_SESSION_HOURS.get(kind, 12)
+    return (hours * 60 - STOP_MARGIN_MINUTES,
+            f"a Kaggle {kind} session ends after {hours} hours: stop {STOP_MARGIN_MINUTES} minutes before, on a "
+            "checkpoint, and continue in the next session")
+
+
+class StopInTime(keras.callbacks.Callback):
+    """Ends ``fit()`` at an epoch boundary when the next epoch would end past ``minutes`` after this process
+    started (its estimate: the longest epoch so far). ``stopped_after`` is then the epochs done, else None.
+
+    Args:
+        minutes: the limit, counted from the process's start (`process_age_seconds`).
+        clock: seconds since the process started (tests pass a fake one).
+    """
+
+    def __init__(self, minutes, clock=process_age_seconds):
+        super().__init__()
+        self.limit, self.clock, self.stopped_after = minutes * 60.0, clock, None
+        self.last = self.longest = None
+
+    def on_train_begin(self, logs=None):
+        self.last, self.longest = self.clock(), 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.clock()
+        self.longest, self.last = max(self.longest, now - self.last), now
+        if epoch + 1 < self.params.get("epochs", epoch + 2) and now + self.longest > self.limit:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1

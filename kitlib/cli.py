@@ -86,7 +86,7 @@ def _main(argv):
     args = sub.parse_args(argv[1:])
     try:
         try:
-            code = command.execute(module, args) if hasattr(module, "CONFIG") else module.run_args(args)
+            code = command.execute(module, args, argv=argv) if hasattr(module, "CONFIG") else module.run_args(args)
         except AcceleratorNotVisible as err:  # a hardware problem, not a bug: the message, not a traceback
             print(err, file=sys.stderr)
             code = 3

@@ -108,19 +108,34 @@ def spell(config, name):
     return _flag(field) if field is not None and field.metadata.get("cli", True) else name
 
 
+_ARGV = contextvars.ContextVar("kitlib_argv", default=None)
+
+
+def rerun_hint(plan):
+    """How to run `plan` again (it resumes): the command line as the user typed it, or the Python calls."""
+    argv = _ARGV.get()
+    if argv:
+        import shlex  # noqa: PLC0415
+
+        return "python -m kitlib " + shlex.join(argv)
+    return f"the same {plan.command}.run({plan.command}.plan(config)) with the same out_dir"
+
+
 def on_command_line():
     """True while ``python -m kitlib`` runs a command (messages then name flags, not fields)."""
     return _ON_COMMAND_LINE.get()
 
 
 @contextlib.contextmanager
-def command_line():
-    """Inside the block, `spell` and the field checks name flags: the messages a command-line user reads."""
-    token = _ON_COMMAND_LINE.set(True)
+def command_line(argv=None):
+    """Inside the block, `spell` and the field checks name flags: the messages a command-line user reads;
+    `argv` (``python -m kitlib ARGV``) is what `rerun_hint` repeats."""
+    tokens = _ON_COMMAND_LINE.set(True), _ARGV.set(list(argv) if argv else None)
     try:
         yield
     finally:
-        _ON_COMMAND_LINE.reset(token)
+        _ON_COMMAND_LINE.reset(tokens[0])
+        _ARGV.reset(tokens[1])
 
 
 def require(config, *names):
@@ -361,11 +376,11 @@ def config_from_args(config_cls, args):
     return config_cls(**given)
 
 
-def execute(module, args, print_fn=print):
+def execute(module, args, print_fn=print, argv=None):
     """``python -m kitlib <command>``: flags -> config -> plan (printed once) -> run; returns the exit code
     (0 done; `kitlib.preflight.EXIT_DOES_NOT_FIT` for a preflight that does not fit). Messages name flags,
     not fields (`command_line`)."""
-    with command_line():
+    with command_line(argv):
         config = config_from_args(module.CONFIG, args)
         plan = module.plan(config)
         return _execute_plan(module, plan, print_fn)

@@ -52,3 +52,36 @@ def test_extra_arrays_travel_with_the_state(tmp_path):
     assert checkpoint.restore_state(_model(), path) == 3  # the extras are not variables
     checkpoint.save_state(model, path, 4)
     assert checkpoint.saved_extra(path) == {}
+
+
+def test_stop_in_time_ends_on_the_boundary_before_the_limit_with_a_fake_clock():
+    ticks = iter([100.0, 110.0, 130.0, 150.0, 165.0, 180.0])  # train begins at 100 s; epochs of 10, 20, 20, 15 s
+
+    class Model:
+        stop_training = False
+
+    stop = checkpoint.StopInTime(170 / 60, clock=lambda: next(ticks))
+    stop.set_model(Model())
+    stop.set_params({"epochs": 10})
+    stop.on_train_begin()
+    for epoch in range(10):
+        stop.on_epoch_end(epoch)
+        if stop.model.stop_training:
+            break
+    # after epoch 3 (at 150 s) the longest epoch (20 s) would end at 170 s, not past the limit; after epoch 4
+    # (165 s) it would end at 185 s: stop there, 4 epochs done
+    assert stop.stopped_after == 4
+    last = checkpoint.StopInTime(0.001, clock=lambda: 1e6)
+    last.set_model(Model())
+    last.set_params({"epochs": 1})
+    last.on_train_begin()
+    last.on_epoch_end(0)  # the last epoch: nothing to stop
+    assert last.stopped_after is None and not last.model.stop_training
+
+
+def test_the_default_limit_is_kaggles_session_less_the_margin_and_none_elsewhere():
+    assert checkpoint.default_stop_minutes("TPU", on_kaggle=True)[0] == 9 * 60 - checkpoint.STOP_MARGIN_MINUTES
+    assert checkpoint.default_stop_minutes("GPU", on_kaggle=True)[0] == 12 * 60 - checkpoint.STOP_MARGIN_MINUTES
+    assert "9 hours" in checkpoint.default_stop_minutes("TPU", on_kaggle=True)[1]
+    assert checkpoint.default_stop_minutes("GPU", on_kaggle=False) == (None, None)
+    assert 0 < checkpoint.process_age_seconds() < 24 * 3600  # this test process started a while ago

@@ -142,7 +142,7 @@ def _run_cli(argv, monkeypatch, capsys):
     with the command's plan and run replaced by a recorder."""
     seen = []
 
-    def recorder(module, args, print_fn=print):
+    def recorder(module, args, print_fn=print, argv=None):
         seen.append(command.config_from_args(module.CONFIG, args))
         return 0
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from kitlib import command, hosts, runtime
-from kitlib.swav import checkpoint, pretrain
+from kitlib import checkpoint, command, hosts, runtime
+from kitlib.swav import pretrain
 from tests.conftest import REPO, finish_processes, start_processes, xla_flags
 
 # ============ one process: what the environment and the flags ask for ============

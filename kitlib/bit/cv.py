@@ -143,7 +143,9 @@ def run(plan):
         step = finetune.plan(plan.parts["fold_configs"][k], plan.rt, source)
         if config.verbose:
             print(step.describe())
-        finetune.run(step)
+        if finetune.run(step).stopped_after is not None:  # the time limit: this fold resumes when rerun
+            print(f"kitlib cv: stopped in fold {k + 1}/{table.k}; continue with: {command.rerun_hint(plan)}")
+            return CVResult([], dict(stopped_in_fold=k), config.out_dir)
         _write_oof(done, _predict_fold(step, config), plan.parts["class_names"])
     rows = read_oof(config.out_dir, table)
     summary = summarize(rows, table.k, len(plan.parts["class_names"]))

@@ -11,7 +11,13 @@ pipeline, the best validation accuracy checkpointed and restored, CSV log, progr
     out/classifier.keras, classifier.json   the classifier (float32) + class names and image size
     out/config.json                         the plan's record (`kitlib.command.Plan.record`)
     out/finetune.json                       that record, the history, validation accuracy, report, confusion matrix
-    out/history.csv, checkpoints/best.weights.h5, tensorboard/ (when tensorboard is installed)
+    out/history.csv, checkpoints/state.npz, tensorboard/ (when tensorboard is installed)
+
+Resuming: every validation round ends with the whole run state in ``checkpoints/state.npz`` (model, optimizer
+and its step, rounds done, the best weights so far; `kitlib.bit.training.RoundCheckpoint`), written atomically.
+Rerunning the same command continues from it (a kill -9 loses at most one round): the same seed (taken from the
+record when none is given), the input stream from the first batch not yet trained on. A folder holding another
+run's checkpoint is refused.
 
 Distribution: the plan sets the runtime up (`kitlib.runtime.setup`). With several devices its
 ``keras.distribution.DataParallel`` replicates the model (built after it) and ``fit`` splits every batch over the
@@ -24,7 +30,7 @@ import os
 
 import numpy as np
 
-from kitlib import checks, command, hosts, preflight, runtime
+from kitlib import checkpoint, checks, command, hosts, locations, preflight, runtime
 from kitlib.bit import export, hyperrule, inputs, losses, training
 from kitlib.command import setting
 from kitlib.compat import tf
@@ -65,6 +71,11 @@ class FinetuneConfig(command.MultiProcess):
                              valid=checks.number(0, checks.MAX_LEARNING_RATE, lo_open=True))
     resolution: tuple[int, int] = setting(None, "(resize, crop) in place of the rule's, e.g. 160 128 on a CPU",
                                           nargs=2, metavar=("RESIZE", "CROP"), valid=checks.integer(8, 4096))
+    stop_after_minutes: float = setting(None, "end cleanly, on a whole checkpoint and before exporting, at the first "
+                                        "round from which the next would end past this many minutes of the process "
+                                        "(rerun to continue); default: on Kaggle the session's limit less 20 "
+                                        "minutes, elsewhere none", valid=checks.number(0, checks.MAX_MINUTES,
+                                                                                      lo_open=True))
     evaluations: int = setting(10, "about how many validation rounds the run has", valid=checks.integer(1, 10_000))
     seed: int = setting(None, "seed of the split (TFRecords), shuffle, crops, flips and MixUp (drawn and recorded "
                         "when not given)", valid=checks.integer(0))
@@ -136,6 +147,7 @@ class FinetuneResult:
     evaluation: dict  # None without a validation split
     out_dir: str
     config: FinetuneConfig  # the plan's settings
+    stopped_after: int = None  # the rounds done when stop_after_minutes ended the run early (no classifier then)
 
 
 def _check_backbone_source(source):
@@ -153,9 +165,32 @@ def _resolve(config, rt, rule):
         resolution=((rule.resize, rule.crop), f"the BiT-HyperRule for {rule.image_hw[0]}x{rule.image_hw[1]} images"),
         steps_per_execution=(training.steps_per_execution_for(rt.kind, steps_per_epoch),
                              f"on a {rt.kind}: up to 32 on a TPU (fewer host round trips), 1 elsewhere"))
+    minutes, why = checkpoint.default_stop_minutes(rt.kind, locations.on_kaggle())
+    if minutes is not None:
+        chosen["stop_after_minutes"] = (minutes, why)
     chosen = {k: v for k, v in chosen.items() if getattr(config, k) is None}
     return (dataclasses.replace(config, **{k: value for k, (value, _) in chosen.items()}),
             {k: why for k, (_, why) in chosen.items()})
+
+
+# settings that may differ between a run and its resumption: where it runs and what it prints
+_RESUME_FREE = ("out_dir", "verbose", "allow_cpu", "coordinator", "num_processes", "process_id", "stop_after_minutes")
+
+
+def _check_resumable(settings, saved, rounds):
+    """{} for a new run; {"resume": {"rounds_done", "rounds"}} when ``out_dir`` holds a checkpoint of this same
+    run (the same resolved settings but `_RESUME_FREE`); a ValueError naming the differences otherwise."""
+    if saved is None:
+        return {}
+    ours = command.json_ready(command.as_dict(settings))
+    theirs = saved.get("settings", {})
+    changed = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+               if k not in _RESUME_FREE and theirs.get(k) != v]
+    if changed:
+        raise ValueError(f"{settings.out_dir} holds the checkpoint of another fine-tuning run ({'; '.join(changed[:3])}"
+                         "): it cannot be resumed; use a new --out, or delete that folder to start over")
+    done = checkpoint.saved_rounds(training.state_path(settings.out_dir))
+    return {"resume": dict(rounds_done=done, rounds=rounds)}
 
 
 def _load_source(config, seed):
@@ -194,10 +229,15 @@ def plan(config, rt=None, source=None):
     runtime.check_global_batch(config.global_batch_size, rt.num_devices, command.spell(config, "global_batch_size"))
     processes = getattr(rt, "process_count", 1)
     if processes > 1 and (config.global_batch_size // processes) % 2:
-        raise ValueError(f"{command.spell(config, 'global_batch_size')} {config.global_batch_size} gives each of {processes} processes an odd "
-                         f"number of rows; MixUp pairs neighbouring rows: use a multiple of {2 * rt.num_devices}")
+        raise ValueError(f"{command.spell(config, 'global_batch_size')} {config.global_batch_size} gives each of "
+                         f"{processes} processes an odd number of rows; MixUp pairs neighbouring rows: use a multiple "
+                         f"of {2 * rt.num_devices}")
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
-    seed, seed_reason = command.resolve_seed(config.seed)
+    saved = command.read_record(config.out_dir) if os.path.isfile(training.state_path(config.out_dir)) else None
+    if saved is not None and config.seed is None:  # a resumed run draws no new seed: it goes on with its own
+        seed, seed_reason = int(saved["settings"]["seed"]), f"the seed of the run being resumed in {config.out_dir}"
+    else:
+        seed, seed_reason = command.resolve_seed(config.seed)
     subset = None
     if source is None:
         with runtime.seeded(seed):
@@ -213,10 +253,11 @@ def plan(config, rt=None, source=None):
         settings = dataclasses.replace(settings, restore_best=False)
         reasons["restore_best"] = "no validation images in the few-label regime: the last weights, not the best"
     epochs, _ = training.evaluation_rounds(rule.total_steps, config.evaluations)
+    resume = _check_resumable(settings, saved, epochs)
     facts = dict(source=source.kind, train_size=source.train_size, val_size=source.val_size,
                  image_hw=list(source.image_hw), class_names=list(source.class_names), evaluation_rounds=epochs,
                  per_device_batch=config.global_batch_size // rt.num_devices, **command.runtime_facts(rt),
-                 rule=rule.as_dict(), **({"label_subset": subset} if subset is not None else {}))
+                 rule=rule.as_dict(), **({"label_subset": subset} if subset is not None else {}), **resume)
     return command.Plan("finetune", settings, reasons, facts, parts=dict(source=source, rule=rule), rt=rt)
 
 
@@ -233,10 +274,16 @@ def run(plan):
     if hosts.is_writer():  # several processes: process 0 writes, the others wait where they read
         plan.save(config.out_dir)
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
-        model, history, evaluation = _fit_and_evaluate(config, source, rule)
+        model, history, evaluation, stopped = _fit_and_evaluate(config, source, rule)
+    if stopped is not None:  # a whole checkpoint, and no classifier: nothing may submit a half-trained model
+        print(f"kitlib finetune: stopped after round {stopped} of {plan.facts['evaluation_rounds']} "
+              f"(stop_after_minutes {config.stop_after_minutes:g}), on a whole checkpoint in {config.out_dir}; "
+              f"continue with: {command.rerun_hint(plan)}")
+        return FinetuneResult(model, rule, source, history, None, config.out_dir, config, stopped_after=stopped)
     with hosts.writer_folder(config.out_dir) as out_dir:  # each process exports (a collective), one keeps it
         export.save_classifier(model, out_dir, source.class_names, rule.crop)
-        command.write_json(os.path.join(out_dir, "finetune.json"), _add_results(plan.record(), history, evaluation))
+        command.write_json(os.path.join(out_dir, "finetune.json"), _add_results(plan.record(), history, evaluation,
+                                                                                           config.out_dir))
     hosts.barrier("finetune: exported")
     if config.verbose:
         if evaluation is not None:
@@ -258,24 +305,33 @@ def _fit_and_evaluate(config, source, rule):
     num_classes = len(source.class_names)
     model = training.build_classifier(backbones.load(config.backbone), num_classes, rule.crop)
     training.compile_classifier(model, rule, config.loss_fn(), config.steps_per_execution)
+    resumed = training.resume(model, config.out_dir)  # (rounds done, best score, best weights); a new run: 0, ...
+    _, steps_per_round = training.evaluation_rounds(rule.total_steps, config.evaluations)
     rows = rule.batch_size // hosts.process_count()  # this process's rows of every global batch (one: all)
     mine = (hosts.process_index() * rows, (hosts.process_index() + 1) * rows)
-    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed, rows=mine)
+    train_batches = inputs.train_dataset(source.train, rule, num_classes, seed=config.seed, rows=mine,
+                                         skip_batches=resumed[0] * steps_per_round)
     val_batches = (inputs.eval_dataset(source.val, rule.crop, rule.batch_size, num_classes, pad=True)
                    if source.val is not None and source.val_size > 0 else None)  # 0: too few images to hold any out
     val_rows = val_batches if val_batches is None or hosts.process_count() == 1 else val_batches.map(
         lambda *batch: tuple(part[mine[0]:mine[1]] for part in batch))  # fit's validation: its rows too
-    history = training.train(model, rule, train_batches, val_rows, config.out_dir, config.evaluations,
-                             config.verbose, config.restore_best,
-                             validation_steps=math.ceil(source.val_size / rule.batch_size) or None)
+    history, stopped = training.train(model, rule, train_batches, val_rows, config.out_dir, config.evaluations,
+                                      config.verbose, config.restore_best,
+                                      validation_steps=math.ceil(source.val_size / rule.batch_size) or None,
+                                      resumed=resumed, stop_after_minutes=config.stop_after_minutes)
+    if stopped is not None:
+        return model, history, None, stopped
     evaluation = training.report(model, val_batches, source.class_names) if val_batches is not None else None
-    return model, history, evaluation
+    return model, history, evaluation, None
 
 
-def _add_results(record, history, evaluation):
-    """``record`` with the history and, when there was a validation split, accuracy, per-class report and
-    confusion matrix (what ``finetune.json`` holds beyond ``config.json``)."""
-    record["history"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+def _add_results(record, history, evaluation, out_dir):
+    """``record`` with the history (every round: ``history.csv``, which a resumed run continued; else this call's
+    Keras History) and, when there was a validation split, accuracy, per-class report and confusion matrix (what
+    ``finetune.json`` holds beyond ``config.json``)."""
+    rows = checkpoint.read_history(os.path.join(out_dir, "history.csv"))
+    every = {k: [r[k] for r in rows] for k in rows[0] if k != "epoch"} if rows else history.history
+    record["history"] = {k: [float(v) for v in vs] for k, vs in every.items()}
     if evaluation is not None:
         record["val_accuracy"] = evaluation["accuracy"]
         record["confusion_matrix"] = evaluation["confusion_matrix"]

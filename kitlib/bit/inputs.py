@@ -116,7 +116,7 @@ def preprocess_eval(image, crop):
     return tf.clip_by_value(tf.image.resize(_to_unit_float(image), [crop, crop]), 0.0, 1.0)
 
 
-def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0, rows=None):
+def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0, rows=None, skip_batches=0):
     """Endless training batches: shuffle, augment, batch (static shapes), MixUp when the rule says so.
 
     Deterministic given ``seed``: the shuffle is seeded, and each example's crop/flip and each batch's
@@ -132,6 +132,9 @@ def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0, rows
         num_classes: C, for one-hot labels.
         seed: int.
         rows: (start, stop), even, of the global batch's rows (None: all: one process).
+        skip_batches: global batches to leave out at the start (a resumed run: those it trained on before). The
+            stream is the same one, so a resumed run sees exactly the batches an uninterrupted one sees; the
+            skipped examples are dropped as records, before anything is decoded.
     Returns:
         Dataset of (images [b, crop, crop, 3] float32 in [0, 1], labels [b, C] float32), b = stop - start
         (B without ``rows``).
@@ -151,13 +154,20 @@ def train_dataset(dataset, rule, num_classes, shuffle_buffer=2_048, seed=0, rows
         images, labels = batch
         return mixup(images, labels, rule.mixup_alpha, seed=tf.stack([tf.constant(seed + 1, tf.int64), index]))
 
-    batches = dataset.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
+    # The shuffle is made per iterator (inside flat_map), not once here: Keras's fit() reads a first batch from
+    # one iterator to build the model, then trains on a second one, and a shuffle made here would give both
+    # iterators one seed generator for its reshuffles. The training order would then depend on how far the
+    # first iterator's background prefetch had read (past the first epoch it draws the next seeds first): thread
+    # timing, which once made an 8-device run train on other batches than the 1-device one. Per iterator, every
+    # iterator gives the same stream: a function of the seed only.
+    batches = tf.data.Dataset.range(1).flat_map(lambda _: dataset.shuffle(shuffle_buffer, seed=seed).repeat())
+    batches = batches.enumerate().skip(skip_batches * rule.batch_size)
     if stop - start != rule.batch_size:  # this process's rows only, before any decoding
         batches = batches.filter(lambda index, _: (index % rule.batch_size >= start) & (index % rule.batch_size < stop))
     batches = (batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(stop - start, drop_remainder=True))  # static shapes: one compiled step
     if rule.mixup_alpha > 0:
-        batches = batches.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.enumerate(start=skip_batches).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 

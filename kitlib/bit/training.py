@@ -7,11 +7,12 @@ evaluation batches weights [b]); under ``keras.distribution.DataParallel`` every
 """
 
 import importlib.util
+import math
 import os
 
 import numpy as np
 
-from kitlib import hosts, sharding
+from kitlib import checkpoint, hosts, sharding
 from kitlib.bit import losses
 from kitlib.compat import keras
 from kitlib.data import tfrecords
@@ -50,20 +51,60 @@ def steps_per_execution_for(kind, steps_per_epoch, wanted=None):
     return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
 
 
-def best_checkpoint_path(out_dir):
-    return os.path.join(out_dir, "checkpoints", "best.weights.h5")
+def state_path(out_dir):
+    """Where a fine-tuning run keeps its whole state (`RoundCheckpoint`): ``checkpoints/state.npz``."""
+    return os.path.join(out_dir, "checkpoints", "state.npz")
 
 
-def training_callbacks(out_dir, monitor="val_accuracy"):
-    """ModelCheckpoint (best ``monitor``: weights to ``checkpoints/best.weights.h5``), CSVLogger
-    (``history.csv``) and TensorBoard (``tensorboard/``; only when the tensorboard package is installed,
-    as on Kaggle/Colab: TensorFlow >= 2.20 no longer pulls it in)."""
+class RoundCheckpoint(keras.callbacks.Callback):
+    """After each validation round: the round's row in ``history.csv``, the best weights so far by ``monitor``,
+    then the whole state in one atomic ``checkpoints/state.npz`` (`kitlib.checkpoint.save_state`): model and
+    optimizer variables (the optimizer's step is the schedule's position), rounds done, the best score and its
+    weights. A kill -9 at any moment loses at most the round in progress; `resume` reads it back.
+
+    Args:
+        out_dir: the folder to write into (``kitlib.hosts.writer_folder``'s: every process saves, one keeps it).
+        monitor: the log to maximise ("val_accuracy", or "accuracy" without validation).
+        best, best_weights: what a resumed run had (-inf and None for a new one).
+    """
+
+    def __init__(self, out_dir, monitor, best=-math.inf, best_weights=None):
+        super().__init__()
+        self.out_dir, self.monitor, self.best, self.best_weights = out_dir, monitor, best, best_weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        score = logs.get(self.monitor)
+        if score is not None and float(score) > self.best:
+            self.best, self.best_weights = float(score), [np.asarray(w) for w in self.model.get_weights()]
+        checkpoint.append_history(os.path.join(self.out_dir, "history.csv"),
+                                  dict({k: float(v) for k, v in logs.items()}, epoch=epoch + 1))
+        extra = {"best": self.best, **{f"best_w{i:05d}": w for i, w in enumerate(self.best_weights or [])}}
+        checkpoint.save_state(self.model, state_path(self.out_dir), epoch + 1, extra)
+
+
+def resume(model, out_dir):
+    """Load a run's `RoundCheckpoint` state into `model` (compiled as the run compiled it; its optimizer is built
+    here) and cut ``history.csv`` back to it. Returns (rounds done, best score, best weights or None); (0, -inf,
+    None) when `out_dir` holds no state."""
+    path = state_path(out_dir)
+    done, extra = 0, {}
+    if os.path.isfile(path):
+        model.optimizer.build(model.trainable_variables)
+        done = checkpoint.restore_state(model, path)
+        extra = checkpoint.saved_extra(path)
+    if hosts.is_writer():  # rows past the state (a kill between the two writes, or before the first state) go
+        checkpoint.truncate_history(os.path.join(out_dir, "history.csv"), done)
+    weights = [extra[k] for k in sorted(k for k in extra if k.startswith("best_w"))] or None
+    return done, float(extra.get("best", -math.inf)), weights
+
+
+def training_callbacks(out_dir, monitor="val_accuracy", best=-math.inf, best_weights=None):
+    """`RoundCheckpoint` (history.csv, the best weights and the whole state every round) and TensorBoard
+    (``tensorboard/``; only when the tensorboard package is installed, as on Kaggle/Colab: TensorFlow >= 2.20 no
+    longer pulls it in)."""
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(best_checkpoint_path(out_dir), monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv")),
-    ]
+    callbacks = [RoundCheckpoint(out_dir, monitor, best, best_weights)]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False))
     else:
@@ -72,33 +113,41 @@ def training_callbacks(out_dir, monitor="val_accuracy"):
 
 
 def train(model, rule, train_batches, val_batches, out_dir, evaluations=10, verbose=1, restore_best=True,
-          validation_steps=None):
-    """``fit()`` for exactly ``rule.total_steps`` steps with checkpoint / CSV / TensorBoard callbacks.
+          validation_steps=None, resumed=(0, -math.inf, None), stop_after_minutes=None):
+    """``fit()`` for exactly ``rule.total_steps`` steps (those after a resumed round), checkpointing every round.
 
     Args:
         model: compiled classifier (``compile_classifier``).
         train_batches: endless (images, one-hot labels) batches of the global batch
             (``kitlib.bit.inputs.train_dataset``).
         val_batches: padded evaluation batches (``kitlib.bit.inputs.eval_dataset(..., pad=True)``) or None.
-        out_dir: gets ``checkpoints/best.weights.h5``, ``history.csv`` and ``tensorboard/``.
+        out_dir: gets ``checkpoints/state.npz``, ``history.csv`` and ``tensorboard/``.
         evaluations: about how many times to validate during the run.
-        restore_best: load the best-validation weights at the end (else keep the last).
+        restore_best: end with the best-validation weights (else keep the last).
         validation_steps: batches in ``val_batches`` when known (Keras then needs not run into its end).
+        resumed: `resume`'s (rounds done, best score, best weights): `train_batches` must then start at the
+            first batch after those rounds (``kitlib.bit.inputs.train_dataset(..., skip_batches=...)``).
+        stop_after_minutes: end at the first round boundary from which the next round would end past this many
+            minutes of the process (`kitlib.checkpoint.StopInTime`); None: no limit.
     Returns:
-        the Keras ``History``.
+        (the Keras ``History`` of the rounds this call ran, the rounds done when it stopped early or None).
     """
     epochs, steps_per_epoch = evaluation_rounds(rule.total_steps, evaluations)
+    done, best, best_weights = resumed
     # several processes: each checkpoints (saving is a collective), process 0 into out_dir (made by the callbacks)
     with hosts.writer_folder(out_dir) as own_dir:
-        callbacks = training_callbacks(own_dir, "val_accuracy" if val_batches is not None else "accuracy")
+        callbacks = training_callbacks(own_dir, "val_accuracy" if val_batches is not None else "accuracy", best,
+                                       best_weights)
+        stop = None if stop_after_minutes is None else checkpoint.StopInTime(stop_after_minutes)
+        callbacks += [stop] if stop is not None else []
         with tfrecords.explain_errors():
-            history = model.fit(train_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            history = model.fit(train_batches, epochs=epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
                                 validation_data=val_batches, validation_steps=validation_steps, callbacks=callbacks,
                                 verbose=verbose, shuffle=False)  # tf.data shuffles; Keras 3.15 warns otherwise
-        best = best_checkpoint_path(own_dir)
-        if restore_best and os.path.isfile(best):
-            model.load_weights(best)
-    return history
+        stopped = None if stop is None else stop.stopped_after
+        if restore_best and callbacks[0].best_weights is not None and stopped is None:
+            model.set_weights(callbacks[0].best_weights)
+    return history, stopped
 
 
 def predict_batches(model, batches):

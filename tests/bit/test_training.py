@@ -2,6 +2,7 @@
 
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -83,18 +84,31 @@ def test_evaluation_rounds_cover_exactly_the_rule_steps(total, wanted, rounds):
     assert training.evaluation_rounds(total, wanted) == rounds  # (epochs, steps per epoch): the divisor nearest
 
 
-def test_callbacks_keep_the_best_validation_weights_and_log_every_round(tmp_path):
+def _tiny_model():
     inputs = keras.Input([2])
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.SGD(0.5, momentum=0.9), "categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_callbacks_keep_the_best_validation_weights_and_log_every_round(tmp_path):
+    model = _tiny_model()
     x, y = np.array([[1, 0], [0, 1]] * 4, np.float32), np.eye(2, dtype=np.float32)[[0, 1] * 4]
-    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=4, verbose=0,
-              callbacks=training.training_callbacks(str(tmp_path)))
+    callbacks = training.training_callbacks(str(tmp_path))
+    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=4, verbose=0, callbacks=callbacks)
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "val_accuracy" in rows[0]
-    assert training.best_checkpoint_path(str(tmp_path)) == str(tmp_path / "checkpoints" / "best.weights.h5")
-    model.load_weights(training.best_checkpoint_path(str(tmp_path)))  # a weights file of this model
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and "val_accuracy" in rows[0]
+    best = max(float(r["val_accuracy"]) for r in rows)
+    assert callbacks[0].best == best and len(callbacks[0].best_weights) == len(model.get_weights())
+    fresh = _tiny_model()
+    done, saved_best, weights = training.resume(fresh, str(tmp_path))  # the whole state, read back
+    assert (done, saved_best) == (3, best) and int(fresh.optimizer.iterations) == int(model.optimizer.iterations)
+    for a, b in zip(model.get_weights() + [weights[0]], fresh.get_weights() + [callbacks[0].best_weights[0]]):
+        np.testing.assert_array_equal(a, b)
+    assert training.resume(_tiny_model(), str(tmp_path / "nothing")) == (0, -np.inf, None)
+    os.remove(training.state_path(str(tmp_path)))  # killed after the first round's row, before its state
+    assert training.resume(_tiny_model(), str(tmp_path))[0] == 0 and not (tmp_path / "history.csv").exists()
 
 
 @pytest.mark.parametrize("kind, steps_per_epoch, wanted, expected", [
