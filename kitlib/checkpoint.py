@@ -5,6 +5,7 @@ both are written to a temporary name and renamed."""
 
 import csv
 import os
+import shutil
 import time
 
 import numpy as np
@@ -151,3 +152,56 @@ class StopInTime(keras.callbacks.Callback):
         if epoch + 1 < self.params.get("epochs", epoch + 2) and now + self.longest > self.limit:
             self.model.stop_training = True
             self.stopped_after = epoch + 1
+
+
+# ============ continuing from a read-only copy ============
+
+# settings a run may change when it is continued: where things are, how it reports, when it stops
+CONTINUE_FREE = ("data_dir", "out_dir", "backbone", "tfds_data_dir", "exclude", "extra_data", "resume_from",
+                 "stop_after_minutes", "verbose", "allow_cpu", "coordinator", "num_processes", "process_id")
+
+
+def resume_dir(out_dir, resume_from=None):
+    """The folder a run continues from: ``out_dir`` when it holds a checkpoint (its own is the newest), else
+    `resume_from` (a read-only copy of an earlier run's output) when given, else None (a new run)."""
+    if os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        return out_dir
+    if resume_from is not None:
+        if not os.path.isfile(os.path.join(resume_from, "config.json")):
+            raise ValueError(f"{resume_from} holds no run to resume (no config.json): pass the --out folder of an "
+                             "earlier run (on Kaggle, its notebook output under /kaggle/input/...)")
+        return resume_from
+    return None
+
+
+def differences(ours, theirs, data_keys=(), keys=None):
+    """What makes record `theirs` (an earlier run's ``config.json``) another plan than `ours`: its settings (only
+    `keys` when given, else all but `CONTINUE_FREE`), and its facts under `data_keys` (the data's size and shape);
+    [] when it is the same plan."""
+    compared = [k for k in ours["settings"] if (k in keys if keys is not None else k not in CONTINUE_FREE)]
+    changed = [f"{k}: {theirs['settings'].get(k)!r} there, {ours['settings'][k]!r} here" for k in compared
+               if theirs["settings"].get(k) != ours["settings"][k]]
+    return changed + [f"{k}: {theirs.get('facts', {}).get(k)!r} there, {ours['facts'].get(k)!r} here"
+                      for k in data_keys if theirs.get("facts", {}).get(k) != ours["facts"].get(k)]
+
+
+def refuse_other_plan(ours, theirs, where, what, data_keys=(), keys=None):
+    """A one-line ValueError when record `theirs`, the run in `where`, is another plan than `ours`
+    (`differences`); `what` names the run ("fine-tuning run")."""
+    changed = differences(ours, theirs, data_keys, keys)
+    if changed:
+        raise ValueError(f"{where} holds another {what} ({'; '.join(changed[:3])}): its checkpoint cannot be "
+                         "continued; use a new --out (and no --resume-from), or delete that folder to start over")
+
+
+def copy_run(source, out_dir):
+    """Copy an earlier run's files from `source` (read-only, e.g. under /kaggle/input) into `out_dir`, where the run
+    continues: plain copies, writable, whatever the source's permissions; nothing when they are the same folder."""
+    if os.path.abspath(source) == os.path.abspath(out_dir):
+        return
+    for folder, _, files in os.walk(source):
+        target = os.path.join(out_dir, os.path.relpath(folder, source))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            if ".tmp" not in name:  # a half-written file of a killed run is never copied
+                shutil.copyfile(os.path.join(folder, name), os.path.join(target, name))

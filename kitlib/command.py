@@ -111,14 +111,14 @@ def spell(config, name):
 _ARGV = contextvars.ContextVar("kitlib_argv", default=None)
 
 
-def rerun_hint(plan):
-    """How to run `plan` again (it resumes): the command line as the user typed it, or the Python calls."""
+def rerun_hint(name):
+    """How to run command `name` again (it resumes): the command line as the user typed it, or the Python calls."""
     argv = _ARGV.get()
     if argv:
         import shlex  # noqa: PLC0415
 
         return "python -m kitlib " + shlex.join(argv)
-    return f"the same {plan.command}.run({plan.command}.plan(config)) with the same out_dir"
+    return f"the same {name.replace('-', '_')}.run({name.replace('-', '_')}.plan(config)) with the same out_dir"
 
 
 def on_command_line():

@@ -23,7 +23,7 @@ from kitlib.compat import TF_INSTALL_HINT, keras
 
 # What the kit is tested on (.ci/stacks/: Kaggle's GPU and TPU images, Colab): name -> (lowest, highest),
 # compared on the leading release numbers, so "0.10" admits every 0.10.x.
-TESTED_RANGE = {"python": ("3.12", "3.13"), "jax": ("0.7.2", "0.10"), "keras": ("3.13", "3.15"),
+TESTED_RANGE = {"python": ("3.12", "3.13"), "jax": ("0.7.2", "0.12"), "keras": ("3.13", "3.15"),
                 "numpy": ("2.0", "2.5"), "tensorflow": ("2.20", "2.20")}
 # Environment marks of a TPU VM (Kaggle sets ISTPUVM=1 and TPU_PROCESS_ADDRESSES=local) or a remote TPU.
 TPU_ENV_MARKS = ("ISTPUVM", "TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_PROCESS_ADDRESSES", "COLAB_TPU_ADDR",

@@ -255,14 +255,13 @@ def test_the_issues_examples_in_a_clean_shell_are_one_line_before_any_work(tmp_p
              + (["--backbone", str(tmp_path / "none.keras")] if argv[0] == "finetune" else []) + argv[1:]
              for argv, _ in _EXAMPLES]
     code = textwrap.dedent(f"""
-        import contextlib, io, json, time
+        import contextlib, io, json
         from kitlib import cli
         for argv in {cases!r}:
             err = io.StringIO()
-            start = time.monotonic()
             with contextlib.redirect_stderr(err):
                 code = cli.main(argv)
-            print(json.dumps([code, err.getvalue(), time.monotonic() - start]), flush=True)
+            print(json.dumps([code, err.getvalue()]), flush=True)
         """)
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -270,8 +269,7 @@ def test_the_issues_examples_in_a_clean_shell_are_one_line_before_any_work(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     assert len(results) == len(_EXAMPLES)
-    for (argv, said), (code, err, seconds) in zip(_EXAMPLES, results):
+    for (argv, said), (code, err) in zip(_EXAMPLES, results):
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
         assert err.startswith(f"kitlib {argv[0]}: error: ") and said in err, (argv, err)
-        assert seconds < 5, (argv, seconds)  # refused before the data is read or anything is timed
     assert not out.exists()  # nothing written

@@ -71,7 +71,8 @@ def test_the_pip_line_names_the_libtpu_of_the_installed_jax(monkeypatch):
     monkeypatch.undo()
     import jax
 
-    known = {"0.7.2": "libtpu==0.0.23", "0.10.2": "libtpu==0.0.42.*"}   # each stack's jax and its [tpu] pin
+    known = {"0.7.2": "libtpu==0.0.23", "0.10.2": "libtpu==0.0.42.*",    # each stack's jax and its [tpu] pin
+             "0.12.1": "libtpu==0.0.53.*"}
     assert preflight.libtpu_install_hint() == f"pip install '{known[jax.__version__]}'"
 
 def test_without_libtpu_the_preflight_is_one_line_with_the_pip_line(monkeypatch, tmp_path, sample_dir, capsys):

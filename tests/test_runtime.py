@@ -124,6 +124,16 @@ def test_check_environment_names_versions_and_the_pip_line_where_tensorflow_is_m
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode != 0 and "pip install tensorflow-cpu==2.20.0" in done.stderr
 
+def test_every_stack_lies_inside_the_tested_range_and_a_newer_jax_does_not():
+    import importlib.metadata
+    import platform
+
+    versions = {name: importlib.metadata.version(name) for name in ("jax", "keras", "numpy", "tensorflow")}
+    assert runtime.outside_tested_range({"python": platform.python_version(), **versions}) == []
+    assert runtime.outside_tested_range({"jax": "0.12.1", "keras": "3.15.1", "numpy": "2.5.5"}) == []
+    assert runtime.outside_tested_range({"jax": "0.13.0", "keras": "3.12.4"}) == [
+        "jax 0.13.0 (tested: 0.7.2 to 0.12)", "keras 3.12.4 (tested: 3.13 to 3.15)"]
+
 @pytest.mark.slow
 def test_importing_kitlib_changes_no_global_state():
     probe = r'''

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from kitlib import checks, command
+from kitlib import checkpoint, checks, command
 from kitlib.bit import export, finetune, submission, tta
 from kitlib.command import setting
 from kitlib.data import folds as kfold
@@ -71,9 +71,17 @@ def plan(config, rt=None):
     if getattr(rt, "process_count", 1) > 1:
         raise ValueError("kitlib cv runs in one process (its folds are short runs one host trains well): launch "
                          "it on one host, or run `finetune` with --coordinator ... for one long multi-host run")
-    seed, seed_reason = command.resolve_seed(config.seed)
+    where = config.out_dir if is_cv_dir(config.out_dir) else config.resume_from  # a run to continue, or None
+    if where is not None and not is_cv_dir(where):
+        raise ValueError(f"{where} holds no cv run to resume (no {kfold.FOLDS_FILE}): pass the --out folder of an "
+                         "earlier cv run (on Kaggle, its notebook output under /kaggle/input/...)")
+    record = command.read_record(where) if where else None
+    if record is not None and config.seed is None:  # folds and fold runs resume only with the seed they had
+        seed, seed_reason = int(record["settings"]["seed"]), f"the seed of the cv run being resumed in {where}"
+    else:
+        seed, seed_reason = command.resolve_seed(config.seed)
     reasons = {"seed": seed_reason} if seed_reason else {}
-    saved = os.path.join(config.out_dir, kfold.FOLDS_FILE)
+    saved = os.path.join(where or config.out_dir, kfold.FOLDS_FILE)
     ids, labels, class_names = kfold.read_labels(config.data_dir)
     if os.path.isfile(saved):
         table = kfold.load(saved)
@@ -84,10 +92,14 @@ def plan(config, rt=None):
     else:
         table = kfold.assign(ids, labels, config.folds, seed)
     settings = dataclasses.replace(config, seed=seed, val_fraction=0.0)
+    if record is not None:
+        checkpoint.refuse_other_plan(dict(settings=command.json_ready(command.as_dict(settings))), record, where,
+                                     "cv run")
     counts = table.counts(len(class_names))
     facts = dict(images=len(ids), classes=list(class_names), fold_sizes=counts.sum(1).tolist(),
                  class_counts_per_fold=counts.tolist(), **command.runtime_facts(rt))
-    fold_configs = [finetune.FinetuneConfig(**dict(_finetune_fields(settings), out_dir=fold_dir(config.out_dir, k)))
+    fold_configs = [finetune.FinetuneConfig(**dict(_finetune_fields(settings), out_dir=fold_dir(config.out_dir, k),
+                                                   resume_from=None))  # the whole cv folder is copied: run
                     for k in range(table.k)]
     keep = _few_labels(config, table, seed)
     if keep is not None:
@@ -128,6 +140,8 @@ def run(plan):
     if config.preflight:  # every fold compiles the same step: the first one stands for all
         return finetune.run(finetune.plan(plan.parts["fold_configs"][0], plan.rt, _fold_source(plan, 0)))
     os.makedirs(config.out_dir, exist_ok=True)
+    if config.resume_from is not None and not is_cv_dir(config.out_dir):
+        checkpoint.copy_run(config.resume_from, config.out_dir)  # the folds, the finished folds, the one in progress
     if not os.path.isfile(os.path.join(config.out_dir, kfold.FOLDS_FILE)):
         kfold.save(table, os.path.join(config.out_dir, kfold.FOLDS_FILE))
     plan.save(config.out_dir)
@@ -144,7 +158,7 @@ def run(plan):
         if config.verbose:
             print(step.describe())
         if finetune.run(step).stopped_after is not None:  # the time limit: this fold resumes when rerun
-            print(f"kitlib cv: stopped in fold {k + 1}/{table.k}; continue with: {command.rerun_hint(plan)}")
+            print(f"kitlib cv: stopped in fold {k + 1}/{table.k}; continue with: {command.rerun_hint("cv")}")
             return CVResult([], dict(stopped_in_fold=k), config.out_dir)
         _write_oof(done, _predict_fold(step, config), plan.parts["class_names"])
     rows = read_oof(config.out_dir, table)

@@ -93,6 +93,9 @@ class FinetuneConfig(command.MultiProcess):
     preflight: str = setting(None, "train nothing: compile this run's step for this TPU and report memory per chip, "
                              "FLOPs and a speed bound (OUT/preflight.json; exit 4 when it does not fit)",
                              choices=tuple(preflight.TARGETS), metavar="TARGET")
+    resume_from: str = setting(None, "continue the run whose output is in this folder when --out holds none (a "
+                               "read-only copy, e.g. a previous notebook version's output under /kaggle/input): "
+                               "copied into --out first; refused when it is another plan's")
     verbose: int = setting(1, "0 silent, 1 progress bar, 2 one line per round", choices=(0, 1, 2))
 
     def __post_init__(self):
@@ -173,24 +176,17 @@ def _resolve(config, rt, rule):
             {k: why for k, (_, why) in chosen.items()})
 
 
-# settings that may differ between a run and its resumption: where it runs and what it prints
-_RESUME_FREE = ("out_dir", "verbose", "allow_cpu", "coordinator", "num_processes", "process_id", "stop_after_minutes")
-
-
-def _check_resumable(settings, saved, rounds):
-    """{} for a new run; {"resume": {"rounds_done", "rounds"}} when ``out_dir`` holds a checkpoint of this same
-    run (the same resolved settings but `_RESUME_FREE`); a ValueError naming the differences otherwise."""
+def _check_resumable(settings, saved, source, rounds, where):
+    """{} for a new run; {"resume": {...}} when `where` (``out_dir``, or ``resume_from``'s read-only copy) holds a
+    checkpoint of this same plan (`kitlib.checkpoint.differences`: the settings but paths, reporting and the time
+    limit, and the data's size and classes); a ValueError naming the differences otherwise."""
     if saved is None:
         return {}
-    ours = command.json_ready(command.as_dict(settings))
-    theirs = saved.get("settings", {})
-    changed = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
-               if k not in _RESUME_FREE and theirs.get(k) != v]
-    if changed:
-        raise ValueError(f"{settings.out_dir} holds the checkpoint of another fine-tuning run ({'; '.join(changed[:3])}"
-                         "): it cannot be resumed; use a new --out, or delete that folder to start over")
-    done = checkpoint.saved_rounds(training.state_path(settings.out_dir))
-    return {"resume": dict(rounds_done=done, rounds=rounds)}
+    ours = dict(settings=command.json_ready(command.as_dict(settings)),
+                facts=dict(train_size=source.train_size, class_names=list(source.class_names)))
+    checkpoint.refuse_other_plan(ours, saved, where, "fine-tuning run", ("train_size", "class_names"))
+    done = checkpoint.saved_rounds(training.state_path(where))
+    return {"resume": dict(rounds_done=done, rounds=rounds, resumed_from=where)}
 
 
 def _load_source(config, seed):
@@ -233,9 +229,10 @@ def plan(config, rt=None, source=None):
                          f"{processes} processes an odd number of rows; MixUp pairs neighbouring rows: use a multiple "
                          f"of {2 * rt.num_devices}")
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
-    saved = command.read_record(config.out_dir) if os.path.isfile(training.state_path(config.out_dir)) else None
+    where = checkpoint.resume_dir(config.out_dir, config.resume_from)  # None, out_dir or the read-only copy
+    saved = command.read_record(where) if where and os.path.isfile(training.state_path(where)) else None
     if saved is not None and config.seed is None:  # a resumed run draws no new seed: it goes on with its own
-        seed, seed_reason = int(saved["settings"]["seed"]), f"the seed of the run being resumed in {config.out_dir}"
+        seed, seed_reason = int(saved["settings"]["seed"]), f"the seed of the run being resumed in {where}"
     else:
         seed, seed_reason = command.resolve_seed(config.seed)
     subset = None
@@ -253,7 +250,7 @@ def plan(config, rt=None, source=None):
         settings = dataclasses.replace(settings, restore_best=False)
         reasons["restore_best"] = "no validation images in the few-label regime: the last weights, not the best"
     epochs, _ = training.evaluation_rounds(rule.total_steps, config.evaluations)
-    resume = _check_resumable(settings, saved, epochs)
+    resume = _check_resumable(settings, saved, source, epochs, where)
     facts = dict(source=source.kind, train_size=source.train_size, val_size=source.val_size,
                  image_hw=list(source.image_hw), class_names=list(source.class_names), evaluation_rounds=epochs,
                  per_device_batch=config.global_batch_size // rt.num_devices, **command.runtime_facts(rt),
@@ -272,13 +269,15 @@ def run(plan):
     if config.preflight:
         return run_preflight(plan)
     if hosts.is_writer():  # several processes: process 0 writes, the others wait where they read
+        checkpoint.copy_run(plan.facts.get("resume", {}).get("resumed_from", config.out_dir), config.out_dir)
         plan.save(config.out_dir)
+    hosts.barrier("finetune: resumable")
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         model, history, evaluation, stopped = _fit_and_evaluate(config, source, rule)
     if stopped is not None:  # a whole checkpoint, and no classifier: nothing may submit a half-trained model
         print(f"kitlib finetune: stopped after round {stopped} of {plan.facts['evaluation_rounds']} "
               f"(stop_after_minutes {config.stop_after_minutes:g}), on a whole checkpoint in {config.out_dir}; "
-              f"continue with: {command.rerun_hint(plan)}")
+              f"continue with: {command.rerun_hint("finetune")}")
         return FinetuneResult(model, rule, source, history, None, config.out_dir, config, stopped_after=stopped)
     with hosts.writer_folder(config.out_dir) as out_dir:  # each process exports (a collective), one keeps it
         export.save_classifier(model, out_dir, source.class_names, rule.crop)

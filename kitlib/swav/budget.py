@@ -155,8 +155,9 @@ def size_run(config, reasons, regime, side, time_crops, processes=1, print_fn=pr
     Returns:
         (config, the budget's facts for the record: minutes, timed, timings).
     """
-    saved = command.read_record(config.out_dir) or {}
-    if saved.get("facts", {}).get("budget") and os.path.isdir(os.path.join(config.out_dir, "checkpoints")):
+    where = checkpoint.resume_dir(config.out_dir, config.resume_from)  # the run continued, if any
+    saved = (command.read_record(where) if where else None) or {}
+    if saved.get("facts", {}).get("budget") and os.path.isdir(os.path.join(where, "checkpoints")):
         keep = {k: saved["settings"][k] for k in ("epochs", "crops", "warmup_epochs") if k in reasons}
         reasons.update({k: RESUMED for k in keep})  # a resumed run keeps its schedule
         return dataclasses.replace(config, **keep), saved["facts"]["budget"]

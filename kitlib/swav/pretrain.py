@@ -14,7 +14,7 @@ the plan is made for that TPU and ``run`` compiles its train step there instead 
 import dataclasses
 import os
 
-from kitlib import checkpoint, checks, command, hosts, preflight, runtime
+from kitlib import checkpoint, checks, command, hosts, locations, preflight, runtime
 from kitlib.command import setting
 from kitlib.compat import keras
 from kitlib.data import competition, tfrecords
@@ -45,6 +45,11 @@ class PretrainConfig(command.MultiProcess):
     budget_minutes: float = setting(None, "size the run to about this many minutes of this machine: the plan times "
                                     "a few steps, then fixes the epochs (and the small recipe's crop size); 0: "
                                     "epochs from the image count", valid=checks.number(0, checks.MAX_MINUTES))
+    stop_after_minutes: float = setting(None, "end cleanly, on a whole checkpoint and before exporting, at the first "
+                                        "epoch from which the next would end past this many minutes of the process "
+                                        "(rerun to continue); default: on Kaggle the session's limit less 20 "
+                                        "minutes, elsewhere none",
+                                        valid=checks.number(0, checks.MAX_MINUTES, lo_open=True))
     global_batch_size: int = setting(None, "global batch: images per step over all devices (a multiple of "
                                      "the device count)", flag="--batch-size", valid=checks.positive())
     backbone: str = setting(None, "the backbone to train", choices=backbones.KIT_NAMES)
@@ -94,6 +99,9 @@ class PretrainConfig(command.MultiProcess):
                              "compile-only client and report memory per chip, FLOPs and a speed bound "
                              "(OUT/preflight.json; exit 4 when it does not fit)", choices=tuple(preflight.TARGETS),
                              metavar="TARGET")
+    resume_from: str = setting(None, "continue the run whose output is in this folder when --out holds none (a "
+                               "read-only copy: a previous notebook version's output under /kaggle/input): copied "
+                               "into --out first; refused when it is another plan's")
     verbose: int = setting(1, "0 silent, 1 progress bar, 2 a line per epoch", choices=(0, 1, 2))
 
     def __post_init__(self):
@@ -160,6 +168,8 @@ def resolve(config, num_images, num_devices=1, kind="CPU", image_hw=(224, 224), 
         is not None else (steps, "one epoch of steps"),
         augmentation=(("device" if kind in ("TPU", "GPU") else "host"), f"auto on a {kind}")
         if config.augmentation == "auto" else (config.augmentation, None),
+        stop_after_minutes=checkpoint.default_stop_minutes(kind, locations.on_kaggle())
+        if config.stop_after_minutes is None else (config.stop_after_minutes, None),
         seed=(seed, seed_reason))
     reasons.update({k: why for k, (_, why) in derived.items() if why})
     return dataclasses.replace(merged, **{k: v for k, (v, _) in derived.items()}), reasons, chosen.regime
@@ -190,17 +200,7 @@ class PretrainResult:
     ln_k: float
     collapsed: bool
     config: PretrainConfig
-
-
-def _check_resumable(out_dir, record):
-    """Refuse to resume checkpoints made with other variable shapes (the saved plan's settings say which)."""
-    saved = (command.read_record(out_dir) or {}).get("settings", {})
-    changed = [k for k in _SHAPE_KEYS if saved and saved.get(k) != record["settings"].get(k)]
-    if changed and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-        raise ValueError(
-            f"{out_dir} holds a run with other {', '.join(changed)} "
-            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); its checkpoints cannot be resumed "
-            "with these settings. Use a new --out, or delete that folder to start over.")
+    stopped_after: int = None  # the epochs done when stop_after_minutes ended the run early (no backbone then)
 
 
 def export_backbone(backbone, path):
@@ -250,6 +250,9 @@ def plan(config, rt=None):
     num_classes = len(tfrecords.read_label_map(label_map)) if os.path.isfile(label_map) else None
     rt = rt or command.runtime_for(config)
     processes = getattr(rt, "process_count", 1)
+    where = checkpoint.resume_dir(config.out_dir, config.resume_from)
+    if where is not None and config.seed is None and command.read_record(where):  # it goes on with its own seed
+        config = dataclasses.replace(config, seed=command.read_record(where)["settings"]["seed"])
     settings, reasons, regime = resolve(config, num_images, rt.num_devices, rt.kind, image_hw, num_classes,
                                         processes)
     facts = dict(recipe=regime, num_images=num_images, image_hw=list(image_hw), num_classes=num_classes,
@@ -283,9 +286,15 @@ def run(plan, print_fn=print):
     config = plan.settings
     if config.preflight:
         return run_preflight(plan, print_fn)
-    _check_resumable(config.out_dir, plan.record())
+    where = checkpoint.resume_dir(config.out_dir, config.resume_from)
+    if where is not None:  # its own folder: the same variable shapes; a read-only copy: the same plan
+        checkpoint.refuse_other_plan(plan.record(), command.read_record(where) or plan.record(), where,
+                                     "pretraining run", ("num_images", "image_hw") if where != config.out_dir else (),
+                                     _SHAPE_KEYS if where == config.out_dir else None)
     if hosts.is_writer():  # several processes: process 0 writes every file, the others wait where they read
+        checkpoint.copy_run(where or config.out_dir, config.out_dir)
         plan.save(config.out_dir)
+    hosts.barrier("pretrain: resumable")
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         result = _train(config, plan.parts["files"], print_fn)
     if config.verbose:
@@ -326,6 +335,8 @@ def _train(config, files, print_fn):
     monitor = CollapseMonitor(model.ln_k, print_fn=print_fn)
     callbacks = [monitor] + _knn_monitors(config, files, net)
     callbacks.append(monitors.CheckpointAndHistory(state_path, history_path, monitor, model.ln_k))
+    stop = checkpoint.StopInTime(config.stop_after_minutes) if config.stop_after_minutes else None
+    callbacks += [stop] if stop else []
     if epochs_done < config.epochs:
         per_process = config.input_shares // hosts.process_count()
         owned = range(hosts.process_index() * per_process, (hosts.process_index() + 1) * per_process)
@@ -341,6 +352,10 @@ def _train(config, files, print_fn):
     backbone_path = os.path.join(config.out_dir, "backbone.keras")
     hosts.barrier("pretrain: trained")  # the last epoch's history row and checkpoint are on disk
     history = checkpoint.read_history(history_path)
+    if stop and stop.stopped_after:  # a whole checkpoint and no backbone yet: a half-trained one exports nothing
+        print_fn(f"kitlib pretrain: stopped after epoch {stop.stopped_after} of {config.epochs} (stop_after_minutes "
+                 f"{config.stop_after_minutes:g}); continue with: {command.rerun_hint('pretrain')}")
+        return PretrainResult(model, net, history, None, model.ln_k, False, config, stop.stopped_after)
     if hosts.is_writer():
         export_backbone(net, backbone_path)
         if not history:  # no epoch trained (epochs=0): the columns alone

@@ -222,13 +222,19 @@ def test_a_run_killed_at_random_moments_and_rerun_ends_where_an_uninterrupted_on
     assert not os.path.isfile(os.path.join(stopped, "classifier.json"))
     with open(os.path.join(stopped, "history.csv")) as f:
         assert len(f.readlines()) == 2
-    rerun = _finetune_process([*args, "--out", stopped], env)  # the printed command less the limit: it goes on
+    for folder, _, files in os.walk(stopped):  # the next session sees it read-only, under /kaggle/input
+        for name in [*files, "."]:
+            os.chmod(os.path.join(folder, name), 0o555 if name == "." else 0o444)
+    continued = str(tmp_path / "continued")
+    rerun = _finetune_process([*args, "--out", continued, "--resume-from", stopped], env)  # a new process, no limit
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-3000:]
-    assert _rounds_logged(stopped) == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(weights(stopped), weights(whole)):
+    assert _rounds_logged(continued) == [1, 2, 3, 4, 5, 6] and _rounds_logged(stopped) == [1]
+    for a, b in zip(weights(continued), weights(whole)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     other = finetune.FinetuneConfig(data_dir=sample_dir, backbone=tiny_backbone, out_dir=whole, global_batch_size=8,
                                     steps=36, evaluations=6, resolution=(40, 32), base_lr=3.0, seed=4)
     with pytest.raises(ValueError, match="another fine-tuning run.*base_lr"):
         finetune.plan(other)
+    with pytest.raises(ValueError, match="another fine-tuning run.*base_lr"):  # from a read-only copy too
+        finetune.plan(dataclasses.replace(other, out_dir=str(tmp_path / "elsewhere"), resume_from=stopped))

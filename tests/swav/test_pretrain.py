@@ -113,6 +113,27 @@ def test_rerun_after_kill_9_resumes_step_count_queue_and_history(sample_dir, tmp
     with pytest.raises(ValueError, match="prototypes"):
         _pretrain(pretrain.dataclasses.replace(config, prototypes=20))
 
+
+@pytest.mark.slow
+def test_a_time_limit_stops_on_an_epoch_boundary_without_exporting_and_the_rerun_finishes(sample_dir, tmp_path,
+                                                                                         capsys):
+    out = str(tmp_path / "run")
+    config = _parse(["--data", sample_dir, "--out", out] + TINY_RUN)
+    stopped = _pretrain(pretrain.dataclasses.replace(config, stop_after_minutes=1e-4))  # past it at once
+    assert stopped.stopped_after == 1 and [r["epoch"] for r in stopped.history] == [1]
+    assert stopped.backbone_path is None and not os.path.exists(os.path.join(out, "backbone.keras"))
+    assert "stopped after epoch 1 of 8" in capsys.readouterr().out
+    for folder, _, files in os.walk(out):  # the next session sees it read-only, under /kaggle/input
+        for name in [*files, "."]:
+            os.chmod(os.path.join(folder, name), 0o555 if name == "." else 0o444)
+    again = pretrain.dataclasses.replace(config, out_dir=str(tmp_path / "next"), resume_from=out)
+    with pytest.raises(ValueError, match="another pretraining run.*prototypes"):
+        _pretrain(pretrain.dataclasses.replace(again, prototypes=12))
+    result = _pretrain(again)  # a new folder, continued from the read-only one, without the limit
+    assert result.stopped_after is None and [r["epoch"] for r in result.history] == list(range(1, 9))
+    assert int(result.model.optimizer.iterations) == 8 * 2 and os.path.isfile(result.backbone_path)
+    assert [r["epoch"] for r in checkpoint.read_history(os.path.join(out, "history.csv"))] == [1]
+
 @pytest.mark.slow
 def test_cli_contract_epochs_0_exports_the_random_init_backbone(sample_dir, tmp_path):
     out = tmp_path / "zero"
