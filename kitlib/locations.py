@@ -1,5 +1,6 @@
 """Where things are: the Kaggle input folder, the competition's slug, the kit's checkout, the data to use."""
 
+import glob
 import os
 
 KAGGLE_INPUT = "/kaggle/input"
@@ -36,3 +37,19 @@ def find_data_dir(local=None, competition=COMPETITION):
             f"{competition}`, or make the sample with `python -m kitlib make-sample --out {local}`."
         )
     return local
+
+
+def previous_output(out_dir, root=KAGGLE_INPUT, missing_ok=False):
+    """The earlier run to continue in a new Kaggle session: the folder named like `out_dir` (its last part) in an
+    attached notebook output under `root` (``/kaggle/input/<notebook>/<name>``, or one level deeper) that holds a
+    run's ``config.json``; when there is none, None with `missing_ok` (a run the last session never began), else a
+    ValueError naming what to attach."""
+    name = os.path.basename(os.path.normpath(out_dir))
+    for pattern in (os.path.join(root, "*", name), os.path.join(root, "*", "*", name)):
+        found = sorted(p for p in glob.glob(pattern) if os.path.isfile(os.path.join(p, "config.json")))
+        if found:
+            return found[0]
+    if missing_ok:
+        return None
+    raise ValueError(f"no earlier run named {name!r} under {root}: attach the previous version's output (python -m "
+                     "kitlib kaggle push NOTEBOOK --resume does), or set RESUME = False to start over")

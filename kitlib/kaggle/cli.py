@@ -39,7 +39,7 @@ from kitlib.kaggle.api import (KAGGLE_URL, KaggleCommandError,
                                authenticated_api, call_api, explain_api_error,
                                find_credentials, http_status, redact,
                                response_error)
-from kitlib.kaggle.kernels import (DATASET_METADATA, KERNEL_METADATA,
+from kitlib.kaggle.kernels import (DATASET_METADATA, KERNEL_METADATA, RESUME_KNOB,
                                    KIT_DATASET_SLUG, check_ref,
                                    dataset_metadata, defaults_for,
                                    kernel_metadata, kernel_slug, machine_shape,
@@ -221,12 +221,14 @@ def cmd_push(args, get_api):
     api = None if args.dry_run else get_api()
     owner = _owner(args, api, placeholder=OWNER_PLACEHOLDER if args.dry_run else None)
     kernels = [f"{owner}/{kernel_slug(resolve_notebook(n))}" for n in defaults.kernels] + list(args.kernel_source)
+    if args.resume:  # the previous version's output, attached under /kaggle/input, and the notebook's RESUME on
+        kernels.append(f"{owner}/{kernel_slug(notebook)}")
     competition = COMPETITION if args.competition is None else args.competition
     meta = kernel_metadata(notebook, owner, accelerator, internet, competition, args.kit_dataset,
                            args.dataset, list(defaults.models) + list(args.model), kernels, not args.public)
     folder = args.out or tempfile.mkdtemp(prefix="kitlib-kernel-")
     try:
-        write_kernel_folder(notebook, meta, folder)
+        write_kernel_folder(notebook, meta, folder, [(RESUME_KNOB, "True")] if args.resume else [])
         sources = ", ".join(meta["competition_sources"] + meta["dataset_sources"] + meta["model_sources"]
                             + meta["kernel_sources"])
         print(f"{meta['id']}: {meta['code_file']} on {meta.get('machine_shape', 'CPU')}, internet "
@@ -349,6 +351,8 @@ def add_arguments(parser):
     p.add_argument("--kit-dataset", default=None, help=f"the kit's dataset (default you/{KIT_DATASET_SLUG})")
     p.add_argument("--owner", default=None, help="your Kaggle user name (default: from the credentials)")
     p.add_argument("--public", action="store_true", help="a public kernel (default private)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run the previous version left: attach its output and set RESUME = True")
     p.add_argument("--dry-run", action="store_true", help="only write the folder (needs --out; no credentials)")
     p.add_argument("--out", default=None, help="where to write the kernel folder (default: a temporary one)")
     p.add_argument("--preflight", action="store_true",

@@ -64,7 +64,7 @@ def notebooks_dir():
 
 
 def notebook_config_fields(path, config_class="PretrainConfig"):
-    """The literal settings a notebook's ``CONFIG = ....PretrainConfig(...)`` cell gives (data and output
+    """The literal settings a notebook's ``CONFIG = ....PretrainConfig(...)`` cell gives (data, output and resume
     folders left out: they are the platform's), e.g. ``{"steps_per_execution": 32, "seed": 0}`` for 01.
 
     Returns None when no code cell builds `config_class` (the ``.smoke(...)`` preset does not count).
@@ -84,7 +84,7 @@ def notebook_config_fields(path, config_class="PretrainConfig"):
                 continue
             fields = {}
             for keyword in node.keywords:
-                if keyword.arg in ("data_dir", "out_dir"):
+                if keyword.arg in ("data_dir", "out_dir", "resume_from"):  # the platform's folders
                     continue
                 try:
                     fields[keyword.arg] = ast.literal_eval(keyword.value)
@@ -300,14 +300,33 @@ def move_into_place(staged, out):
     return out
 
 
-def write_kernel_folder(notebook, metadata, out):
-    """Write ``out/kernel-metadata.json`` and the cleaned notebook (`clean_notebook`), all or nothing.
+RESUME_KNOB = "RESUME = False"  # the line of a notebook's config cell that `set_knob` turns on
+
+
+def set_knob(nb, line=RESUME_KNOB, value="True"):
+    """A copy of notebook `nb` whose config line `line` (``NAME = VALUE``, first code cell holding it) takes
+    `value`; a `KaggleCommandError` when no cell has it."""
+    nb = json.loads(json.dumps(nb))
+    name = line.split("=")[0].strip()
+    for cell in nb.get("cells", []):
+        source = "".join(cell.get("source", []))
+        if cell.get("cell_type") == "code" and line in source:
+            cell["source"] = source.replace(line, f"{name} = {value}", 1).splitlines(keepends=True)
+            return nb
+    raise KaggleCommandError(f"the notebook has no line {line!r} to set")
+
+
+def write_kernel_folder(notebook, metadata, out, knobs=()):
+    """Write ``out/kernel-metadata.json`` and the cleaned notebook (`clean_notebook`), all or nothing; `knobs`:
+    (line, value) pairs of its config cell to set (`set_knob`).
 
     ``out`` may be absent, empty, or a kernel folder written before (replaced). Returns ``out``.
     """
     require_free(out, replaceable=_is_kernel_folder)
     with open(notebook, encoding="utf-8") as f:
         nb = clean_notebook(json.load(f))
+    for line, value in knobs:
+        nb = set_knob(nb, line, value)
     staged = temp_beside(out, "kernel")
     try:
         with open(os.path.join(staged, metadata["code_file"]), "w", encoding="utf-8") as f:

@@ -32,7 +32,7 @@ NOTEBOOKS = {"01": "01_pretrain_swav_tpu.ipynb", "02": "02_finetune_bit.ipynb", 
 
 # What push should write, stated independently of the module's table.
 SLUGS = {"01": "kitlib-01-pretrain-swav-tpu", "02": "kitlib-02-finetune-bit", "03": "kitlib-03-visualize-crops",
-         "04": "kitlib-04-submit"}
+         "04": "kitlib-04-submit", "05": "kitlib-05-cv-ensemble"}
 
 DEFAULT_INTERNET = {"01": True, "02": False, "03": False, "04": False}
 
@@ -473,3 +473,18 @@ def test_push_preflight_of_notebook_01_compiles_and_then_writes_the_kernel(tmp_p
                 "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FITS" in done.stdout and (out / "kernel-metadata.json").exists()
+
+
+@pytest.mark.parametrize("number", ["01", "02", "05"])
+def test_push_resume_attaches_the_previous_versions_output_and_turns_resume_on(fake_env, capsys, number):
+    out = fake_env / "kernel"
+    code, _, err = run_kaggle(capsys, "push", number, "--resume", "--dry-run", "--owner", USER, "--out", out)
+    assert code == 0, err
+    meta, nb, _ = read_folder(out)
+    assert f"{USER}/{SLUGS[number]}" in meta["kernel_sources"]  # itself: the version before this one
+    config_cells = ["".join(c["source"]) for c in nb["cells"]
+                    if c["cell_type"] == "code" and "RESUME = " in "".join(c["source"])]
+    assert len(config_cells) == 1 and "RESUME = True" in config_cells[0] and "RESUME = False" not in config_cells[0]
+    code, _, _ = run_kaggle(capsys, "push", number, "--dry-run", "--owner", USER, "--out", fake_env / "plain")
+    assert f"{USER}/{SLUGS[number]}" not in read_folder(fake_env / "plain")[0]["kernel_sources"]
+    assert "RESUME = False" in "".join("".join(c["source"]) for c in read_folder(fake_env / "plain")[1]["cells"])
