@@ -277,8 +277,13 @@ def main(argv=None):
                              "host, whose CPUs only feed the accelerator; 0 is TensorFlow's default (one per "
                              "core); both (default): one run with each, in two processes, then the kit at 1 "
                              "against the zipped baseline at its faster setting")
+    parser.add_argument("--pool-threads", default=None, metavar="N,N,...",
+                        help="instead: the kit's device-mode pipeline (its host part) at each private pool size, "
+                             "images/s against threads (what kitlib.runtime.input_threads chooses from)")
     parser.add_argument("--json", help=argparse.SUPPRESS)  # where a child run leaves its passes
     args = parser.parse_args(argv)
+    if args.pool_threads:
+        return sweep_pool_threads([int(n) for n in args.pool_threads.split(",")], args)
     if args.intra_op_threads == "both":
         return compare_thread_settings(argv or sys.argv[1:])
     threads = runtime.configure_host_threads(int(args.intra_op_threads), verbose=False)
@@ -303,6 +308,32 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"rows": [name for name, _, _ in rows], "passes": passes}, out)
+
+
+def sweep_pool_threads(sizes, args):
+    """Images/s (CPU ms per image) of the device-mode FIVE_CROPS pipeline's host part at each pool size, in
+    rounds of one pass per size (drifts hit all alike), at 1 thread per CPU op as on an accelerator host."""
+    runtime.configure_host_threads(1, verbose=False)
+    cores, nodes = runtime.usable_cores(), runtime.numa_nodes()
+    print(f"machine: {cores} usable cores in {nodes} NUMA node(s); the kit would choose "
+          f"{runtime.input_threads(cores, 0, nodes)[0]} threads with no chip, "
+          f"{runtime.input_threads(cores, 8, nodes)[0]} for 8 chips")
+    written = args.images - args.images % BATCH
+    with tempfile.TemporaryDirectory() as tmp:
+        records = tfrecords.load_dataset(write_shards(tmp, written), decode=False).repeat()
+        runs = {n: [] for n in sizes}
+        for round_ in range(args.passes):
+            for n in sizes:
+                options = tf.data.Options()
+                options.threading.private_threadpool_size = n
+                device = multicrop.batch_crops(multicrop.multicrop(records, geometry.FIVE_CROPS, augment="device"),
+                                               BATCH).prefetch(AUTO).with_options(options)
+                runs[n].append(one_pass(device, seconds=args.seconds))
+            print(f"round {round_ + 1}/{args.passes}: " + ", ".join(f"{n}: {runs[n][-1][0]:.0f}" for n in sizes),
+                  flush=True)
+    print(f"\n{'pool threads':>12s} {'images/s (best, median)':>24s} {'CPU ms/image':>13s}")
+    for n in sizes:
+        print(f"{n:12d} {max(runs[n])[0]:12.0f} ({np.median([r[0] for r in runs[n]]):6.0f}) {max(runs[n])[1]:13.2f}")
 
 
 def within_rounds(runs, reference):

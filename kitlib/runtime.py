@@ -56,6 +56,45 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
+# Host threads for the input pipeline (bench/README.md, "Host threads"): measured up to 16 cores, where a pool
+# of one thread per core was best; the device-mode pipeline needs about 10 busy cores per chip at the step's
+# peak; past one NUMA node's cores (a TPU v5e-8 VM: 224 vCPUs in 2 nodes) threads only oversubscribe.
+MEASURED_THREADS = 16
+CORES_PER_CHIP = 10
+MIN_POOL_THREADS = 4  # a 2-core machine: 4-6 threads keep ~1.85 of 2 cores busy against ~1.7 (bench/pipeline.py)
+
+
+def numa_nodes(root="/sys/devices/system/node"):
+    """NUMA nodes of this machine (1 where the OS does not say)."""
+    try:
+        return max(1, sum(1 for name in os.listdir(root) if re.fullmatch(r"node\d+", name)))
+    except OSError:
+        return 1
+
+
+def input_threads(cores, chips=0, nodes=1):
+    """(threads, why): the input pipeline's private pool for a host of `cores` usable CPUs in `nodes` NUMA
+    nodes feeding `chips` accelerators: one per core up to what is measured (`MEASURED_THREADS`) or what the
+    chips need at peak (`CORES_PER_CHIP` each), never more than one node's cores, never fewer than
+    `MIN_POOL_THREADS`. A 2-core CPU: 4; 16 cores: 16; a TPU v5e-8 VM (224 vCPUs, 2 nodes, 8 chips): 80."""
+    per_node = max(1, cores // max(1, nodes))
+    wanted = max(MEASURED_THREADS, CORES_PER_CHIP * chips)
+    threads = max(MIN_POOL_THREADS, min(cores, per_node, wanted))
+    why = (f"{cores} cores in {nodes} NUMA node(s), {chips} accelerator chip(s): min(cores, one node's "
+           f"{per_node}, max({MEASURED_THREADS} measured, {CORES_PER_CHIP} per chip)), at least {MIN_POOL_THREADS}")
+    return threads, why
+
+
+def local_chips():
+    """Accelerator chips this process drives (0 on a CPU-only machine, or before JAX can say)."""
+    try:
+        import jax  # noqa: PLC0415
+
+        return sum(1 for d in jax.local_devices() if d.platform != "cpu")
+    except Exception:  # noqa: BLE001 - no JAX backend yet: size for the CPU
+        return 0
+
+
 def accelerator_marks(environ=None, find=glob.glob):
     """The signs of an accelerator on this machine, read without starting JAX or TensorFlow.
 
@@ -210,7 +249,9 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
                     if len(devices) > 1 else None)
     keras.distribution.set_distribution(distribution)
     if kind != "CPU" or host_threads is not None:
-        configure_host_threads(1 if host_threads is None else host_threads, verbose=False)
+        chips = sum(1 for d in devices if d.platform != "cpu" and getattr(d, "process_index", 0) == jax.process_index())
+        inter_op = input_threads(usable_cores(), chips, numa_nodes())[0] if chips else None
+        configure_host_threads(1 if host_threads is None else host_threads, verbose=False, inter_op=inter_op)
     local = tuple(d for d in devices if getattr(d, "process_index", 0) == jax.process_index())
     result = Runtime(kind, devices, distribution, name, jax.process_index(), jax.process_count(), local)
     if verbose and result.process_index == 0:
@@ -253,8 +294,9 @@ def seeded(seed):
         np.random.set_state(saved[2])
 
 
-def configure_host_threads(intra_op, verbose=True):
-    """Threads per TensorFlow CPU op for the input pipeline; call before TensorFlow's first op.
+def configure_host_threads(intra_op, verbose=True, inter_op=None):
+    """Threads per TensorFlow CPU op for the input pipeline (and, with `inter_op`, TensorFlow's pool of ops run
+    side by side: `input_threads` on an accelerator host, not one per core); call before TensorFlow's first op.
 
     A GPU/TPU host's CPUs only feed the accelerator: ``tf.data`` already runs many map calls in parallel,
     and splitting each op over an intra-op pool on top of that costs more CPU than it saves (measured:
@@ -271,6 +313,8 @@ def configure_host_threads(intra_op, verbose=True):
         return current
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError:  # the runtime has started: the pool exists and cannot be resized
         if verbose:
             print(f"kitlib: TensorFlow already started; threads per CPU op stay at {current or 'the default'}")

@@ -188,3 +188,22 @@ def test_seeded_repeats_draws_inside_and_leaves_the_callers_state_alone():
     assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
     with runtime.seeded(None):  # no seed: nothing is touched
         assert random.getstate() == before[0]
+
+
+@pytest.mark.parametrize("cores, chips, nodes, threads", [
+    (2, 0, 1, 4),      # a free Colab / the CI box: 4 threads keep 2 cores busier than 2
+    (4, 1, 1, 4),      # a Kaggle T4 host
+    (16, 0, 1, 16),    # the largest host measured: one per core
+    (96, 0, 2, 16),    # a big CPU-only host: no more than measured
+    (224, 8, 2, 80),   # a TPU v5e-8 VM: 10 per chip, within one of its 112-vCPU nodes
+    (224, 16, 2, 112),  # more chips than one node feeds: the node's cores
+])
+def test_input_threads_fit_the_host_not_its_core_count(cores, chips, nodes, threads):
+    chosen, why = runtime.input_threads(cores, chips, nodes)
+    assert chosen == threads and f"{cores} cores" in why
+
+
+def test_numa_nodes_are_counted_from_the_os(tmp_path):
+    for name in ("node0", "node1", "possible", "online"):
+        (tmp_path / name).mkdir()
+    assert runtime.numa_nodes(str(tmp_path)) == 2 and runtime.numa_nodes(str(tmp_path / "none")) == 1

@@ -18,6 +18,7 @@ from kitlib import hosts
 from kitlib.compat import tf
 from kitlib.data import tfrecords
 from kitlib.data.tfrecords import AUTOTUNE
+from kitlib import runtime
 from kitlib.runtime import usable_cores
 from kitlib.swav.color import SWAV_COLOR
 from kitlib.swav.color_host import augment_crops, split_seed
@@ -188,20 +189,22 @@ def multicrop(dataset, config=SWAV_PAPER, augment="host", seed=None, ratio=CROP_
     return dataset.with_options(pipeline_options())
 
 
-def pipeline_options(cores=None):
-    """tf.data options for the multi-crop pipeline: a private pool of max(4, cores) threads.
+def pipeline_options(cores=None, chips=None, nodes=None):
+    """tf.data options for the multi-crop pipeline: a private pool sized by `kitlib.runtime.input_threads`.
 
     By default tf.data shares a pool of one thread per core with the rest of the process; on a
     2-core machine the multi-crop map then keeps ~1.7 of the 2 cores busy, with a pool of 4-6
-    threads ~1.85 (bench/pipeline.py: about +10 % images/s). With many cores the pool has one
-    thread per core, like the default one.
+    threads ~1.85 (bench/pipeline.py: about +10 % images/s). Up to 16 cores one thread per core was best;
+    a large host gets what its chips need, within one NUMA node, not one thread per core (224 on a v5e-8 VM).
 
     Args:
-        cores: CPU count to size the pool for (default: `kitlib.runtime.usable_cores`, the CPUs
-            this process may run on).
+        cores, chips, nodes: the host to size the pool for (defaults: `kitlib.runtime.usable_cores`, the CPUs
+            this process may run on; `kitlib.runtime.local_chips`; `kitlib.runtime.numa_nodes`).
     """
     options = tf.data.Options()
-    options.threading.private_threadpool_size = max(4, cores or usable_cores())
+    options.threading.private_threadpool_size = runtime.input_threads(
+        cores or usable_cores(), runtime.local_chips() if chips is None else chips,
+        runtime.numa_nodes() if nodes is None else nodes)[0]
     return options
 
 

@@ -145,11 +145,13 @@ def test_host_multicrop_grays_about_a_fifth_of_the_crops():
     gray = [tf.reduce_max(tf.abs(c - tf.reduce_mean(c, -1, keepdims=True)), axis=[1, 2, 3]) < 1e-5 for c in crops]
     assert abs(_rate(tf.concat(gray, 0)) - 0.2) < 0.05   # 1000 crops: standard error 0.013
 
-def test_multicrop_runs_on_a_private_pool_of_at_least_four_threads():
+def test_multicrop_runs_on_a_private_pool_sized_for_the_host():
     images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i) for i in range(4)]))
     crops = multicrop.batch_crops(multicrop.multicrop(images, SMALL, augment="none", seed=0), 2)
-    assert crops.options().threading.private_threadpool_size == max(4, runtime.usable_cores())
-    assert multicrop.pipeline_options(cores=96).threading.private_threadpool_size == 96
+    here = runtime.input_threads(runtime.usable_cores(), runtime.local_chips(), runtime.numa_nodes())[0]
+    assert crops.options().threading.private_threadpool_size == here >= 4
+    pool = lambda **host: multicrop.pipeline_options(**host).threading.private_threadpool_size  # noqa: E731
+    assert pool(cores=96, chips=0, nodes=1) == 16 and pool(cores=224, chips=8, nodes=2) == 80
     assert len(list(crops)) == 2                                   # and it runs
 
 @pytest.mark.slow
