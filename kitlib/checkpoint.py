@@ -132,24 +132,40 @@ def default_stop_minutes(kind, on_kaggle):
 class StopInTime(keras.callbacks.Callback):
     """Ends ``fit()`` at an epoch boundary when the next epoch would end past ``minutes`` after this process
     started (its estimate: the longest epoch so far). ``stopped_after`` is then the epochs done, else None.
+    After the first epoch it says when the run will not fit: the time the rest needs and the sessions it takes.
 
     Args:
         minutes: the limit, counted from the process's start (`process_age_seconds`).
-        clock: seconds since the process started (tests pass a fake one).
+        clock: seconds since the process started (tests pass a fake one). print_fn: where the warning goes.
     """
 
-    def __init__(self, minutes, clock=process_age_seconds):
+    def __init__(self, minutes, clock=process_age_seconds, print_fn=print):
         super().__init__()
-        self.limit, self.clock, self.stopped_after = minutes * 60.0, clock, None
-        self.last = self.longest = None
+        self.limit, self.clock, self.print_fn, self.stopped_after = minutes * 60.0, clock, print_fn, None
+        self.last = self.longest = self.begun = None
+        self.warned = False
+
+    def sessions(self, left, now):
+        """Sessions for `left` more epochs from `now`: this one's rest, then each a fresh session's worth (its
+        start-up as long as this one's)."""
+        here = max(0, int((self.limit - now) // self.longest))
+        fresh = max(1, int((self.limit - self.begun) // self.longest))
+        return 1 + -(-max(0, left - here) // fresh)
 
     def on_train_begin(self, logs=None):
-        self.last, self.longest = self.clock(), 0.0
+        self.last = self.begun = self.clock()
+        self.longest = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
         self.longest, self.last = max(self.longest, now - self.last), now
-        if epoch + 1 < self.params.get("epochs", epoch + 2) and now + self.longest > self.limit:
+        left = self.params.get("epochs", epoch + 1) - epoch - 1
+        first, self.warned = not self.warned, True
+        if first and left and now + self.longest * left > self.limit:
+            self.print_fn(f"kitlib: the remaining {left} epoch(s) need about {self.longest * left / 60:.0f} more "
+                          f"minutes, past the {self.limit / 60:.0f}-minute limit: about "
+                          f"{self.sessions(left, now)} sessions in all; it stops on a checkpoint and says how to go on")
+        if left and now + self.longest > self.limit:
             self.model.stop_training = True
             self.stopped_after = epoch + 1
 

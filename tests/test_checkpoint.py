@@ -60,7 +60,8 @@ def test_stop_in_time_ends_on_the_boundary_before_the_limit_with_a_fake_clock():
     class Model:
         stop_training = False
 
-    stop = checkpoint.StopInTime(170 / 60, clock=lambda: next(ticks))
+    said = []
+    stop = checkpoint.StopInTime(170 / 60, clock=lambda: next(ticks), print_fn=said.append)
     stop.set_model(Model())
     stop.set_params({"epochs": 10})
     stop.on_train_begin()
@@ -71,6 +72,9 @@ def test_stop_in_time_ends_on_the_boundary_before_the_limit_with_a_fake_clock():
     # after epoch 3 (at 150 s) the longest epoch (20 s) would end at 170 s, not past the limit; after epoch 4
     # (165 s) it would end at 185 s: stop there, 4 epochs done
     assert stop.stopped_after == 4
+    # after the first epoch (10 s, at 110 s) the other 9 need 90 s more, past 170 s: this session holds 6 of
+    # them, a fresh one (its start-up as long as this one's, 100 s) 7: 2 sessions
+    assert len(said) == 1 and "remaining 9 epoch(s)" in said[0] and "about 2 sessions" in said[0]
     last = checkpoint.StopInTime(0.001, clock=lambda: 1e6)
     last.set_model(Model())
     last.set_params({"epochs": 1})
