@@ -236,7 +236,7 @@ def test_every_numeric_kaggle_flag_is_checked_and_refuses_bad_values_in_one_line
 _EXAMPLES = [
     (["pretrain", "--batch-size", "0"], "--batch-size: 0: must be an integer >= 1"),
     (["pretrain", "--budget-minutes", "-3"], "--budget-minutes: -3: must be a number in [0, 10080]"),
-    (["pretrain", "--base-lr", "-1"], "--base-lr: -1: must be a number in (0, 100]"),
+    (["pretrain", "--base-lr", "-1"], "--base-lr: -1: must be a number in (0, 10000]"),
     (["pretrain", "--epochs", "-1"], "--epochs: -1: must be an integer >= 0"),
     (["pretrain", "--batch-size", "-8"], "--batch-size: -8: must be an integer >= 1"),
     (["pretrain", "--prototypes", "-5"], "--prototypes: -5: must be an integer >= 1"),
