@@ -6,6 +6,7 @@ both are written to a temporary name and renamed."""
 import csv
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -96,6 +97,59 @@ def _write_rows(path, rows):
 
 
 # ============ stopping cleanly before a limit ============
+
+SKIP_STEPS = 3         # steps not timed: the compile, then the input pipeline filling its buffers
+TIMED_STEPS = 10       # steps timed ...
+MAX_TIMED_SECONDS = 20.0  # ... or fewer when these seconds are up (a large model on a CPU)
+
+
+def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIMED_STEPS,
+               max_seconds=MAX_TIMED_SECONDS):
+    """Fit `model` on `batches` for `skip` + `steps` compiled calls (fewer once `max_seconds` of timed calls
+    are up) and time them, then time one epoch's checkpoint of it (`save_state`).
+
+    Args:
+        model: a compiled Keras model, thrown away afterwards (its weights move).
+        batches: the run's input (a tf.data.Dataset of its batches, endless).
+        steps_per_execution: the model's steps per compiled call (a callback sees one call, and the index of
+            its last step).
+    Returns:
+        (compile_seconds: the first call, step_seconds: mean seconds per step after `skip` calls,
+         probe_seconds: wall time of it all, epoch_seconds: the checkpoint).
+    """
+    stamps = []  # (time, steps done) after each call
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None:
+                float(loss)  # waits for the step: JAX dispatches asynchronously
+            stamps.append((time.perf_counter(), batch + 1))
+            if len(stamps) > skip and stamps[-1][0] - stamps[skip - 1][0] >= max_seconds:
+                self.model.stop_training = True
+
+    start = time.perf_counter()
+    model.fit(batches, epochs=1, steps_per_epoch=(skip + steps) * steps_per_execution, callbacks=[Clock()],
+              verbose=0, shuffle=False)
+    if len(stamps) <= skip:
+        raise RuntimeError(f"timing the train step: {len(stamps)} calls ran, {skip + 1} needed")
+    (t0, n0), (t1, n1) = stamps[skip - 1], stamps[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = time.perf_counter()
+        save_state(model, os.path.join(tmp, "state.npz"), 1)
+        epoch = time.perf_counter() - saved
+    return stamps[0][0] - start, (t1 - t0) / (n1 - n0), time.perf_counter() - start, epoch
+
+
+def sessions_needed(minutes, limit_minutes, startup_minutes=0.0):
+    """Sessions a run of `minutes` takes under a limit of `limit_minutes` each, every session spending
+    `startup_minutes` before its first step (1 when it fits, or when there is no limit)."""
+    if not limit_minutes or minutes <= limit_minutes:
+        return 1
+    per_session = max(limit_minutes - startup_minutes, 1e-9)
+    return max(1, int(-(-(minutes - startup_minutes) // per_session)))
+
+
 
 # Kaggle's session limits: a TPU session ends after 9 hours, a GPU or CPU one after 12. A run stops this margin
 # before, at an epoch or round boundary, leaving time to write its checkpoint and the notebook's last cells.

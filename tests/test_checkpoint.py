@@ -89,3 +89,10 @@ def test_the_default_limit_is_kaggles_session_less_the_margin_and_none_elsewhere
     assert "9 hours" in checkpoint.default_stop_minutes("TPU", on_kaggle=True)[1]
     assert checkpoint.default_stop_minutes("GPU", on_kaggle=False) == (None, None)
     assert 0 < checkpoint.process_age_seconds() < 24 * 3600  # this test process started a while ago
+
+
+def test_sessions_needed_counts_each_sessions_start_up():
+    assert checkpoint.sessions_needed(400, 520) == 1 and checkpoint.sessions_needed(900, None) == 1
+    assert checkpoint.sessions_needed(900, 520) == 2          # 520 + 380
+    assert checkpoint.sessions_needed(1100, 520, 20) == 3     # 20 + 500, then 500, then 80 more of work
+    assert isinstance(checkpoint.sessions_needed(1100, 520, 20), int)

@@ -176,6 +176,23 @@ def _resolve(config, rt, rule):
             {k: why for k, (_, why) in chosen.items()})
 
 
+def _estimate(config, source, rule, rounds):
+    """The run's length, said before it starts: a throwaway copy's compile and timed steps
+    (`kitlib.checkpoint.time_steps`), then the rule's steps and each round's validation (a third of a train
+    step per image) at that speed; and the sessions it takes under ``stop_after_minutes``. Returns a short text
+    ("about 431 minutes, 1 session(s) of 520")."""
+    from kitlib.models import backbones  # noqa: PLC0415
+
+    model = training.build_classifier(backbones.load(config.backbone), len(source.class_names), rule.crop)
+    training.compile_classifier(model, rule, config.loss_fn(), config.steps_per_execution)
+    batches = inputs.train_dataset(source.train, rule, len(source.class_names), seed=config.seed)
+    compile_s, step_s, _, _ = checkpoint.time_steps(model, batches, config.steps_per_execution)
+    val_steps = math.ceil(source.val_size / rule.batch_size) if source.val is not None else 0
+    minutes = (compile_s + (rule.total_steps + rounds * val_steps / 3) * step_s) / 60
+    sessions = checkpoint.sessions_needed(minutes, config.stop_after_minutes, compile_s / 60)
+    return f"about {minutes:.0f} minutes, {sessions} session(s) of {config.stop_after_minutes:g}"
+
+
 def _check_resumable(settings, saved, source, rounds, where):
     """{} for a new run; {"resume": {...}} when `where` (``out_dir``, or ``resume_from``'s read-only copy) holds a
     checkpoint of this same plan (`kitlib.checkpoint.differences`: the settings but paths, reporting and the time
@@ -231,6 +248,7 @@ def plan(config, rt=None, source=None):
     _check_backbone_source(config.backbone)  # an unreachable handle fails here, in seconds
     where = checkpoint.resume_dir(config.out_dir, config.resume_from)  # None, out_dir or the read-only copy
     saved = command.read_record(where) if where and os.path.isfile(training.state_path(where)) else None
+    a_fold = source is not None  # cv's: its folds are not timed one by one
     if saved is not None and config.seed is None:  # a resumed run draws no new seed: it goes on with its own
         seed, seed_reason = int(saved["settings"]["seed"]), f"the seed of the run being resumed in {where}"
     else:
@@ -255,6 +273,9 @@ def plan(config, rt=None, source=None):
                  image_hw=list(source.image_hw), class_names=list(source.class_names), evaluation_rounds=epochs,
                  per_device_batch=config.global_batch_size // rt.num_devices, **command.runtime_facts(rt),
                  rule=rule.as_dict(), **({"label_subset": subset} if subset is not None else {}), **resume)
+    if settings.stop_after_minutes is not None and not settings.preflight and processes == 1 and not a_fold:
+        with runtime.seeded(seed):
+            facts["estimate"] = _estimate(settings, source, rule, epochs)
     return command.Plan("finetune", settings, reasons, facts, parts=dict(source=source, rule=rule), rt=rt)
 
 
@@ -272,6 +293,9 @@ def run(plan):
         checkpoint.copy_run(plan.facts.get("resume", {}).get("resumed_from", config.out_dir), config.out_dir)
         plan.save(config.out_dir)
     hosts.barrier("finetune: resumable")
+    if not plan.facts.get("estimate", "1 session(s)").split(", ")[-1].startswith("1 session"):
+        print(f"kitlib finetune: this run needs {plan.facts['estimate']} minutes: it stops on a checkpoint before "
+              "each session's limit and prints how to continue (--resume-from in the next session)")
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         model, history, evaluation, stopped = _fit_and_evaluate(config, source, rule)
     if stopped is not None:  # a whole checkpoint, and no classifier: nothing may submit a half-trained model

@@ -24,9 +24,6 @@ from kitlib import checkpoint, command
 from kitlib.swav import geometry, recipe
 
 BUDGET_USE = 0.95      # the share of the budget planned for steps: checkpoints and the export take the rest
-SKIP_STEPS = 3         # steps not timed: the compile, then the input pipeline filling its buffers
-TIMED_STEPS = 10       # steps timed ...
-MAX_TIMED_SECONDS = 20.0  # ... or fewer when these seconds are up (a large model on a CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,44 +97,19 @@ def describe(chosen, timings, budget_minutes, steps_per_epoch):
             f"epoch): about {minutes:.1f} minutes in all")
 
 
-def time_steps(model, batches, steps_per_execution=1, skip=SKIP_STEPS, steps=TIMED_STEPS,
-               max_seconds=MAX_TIMED_SECONDS):
-    """Fit `model` on `batches` for `skip` + `steps` compiled calls (fewer once `max_seconds` of timed calls
-    are up) and time them, then time one epoch's checkpoint of it (`kitlib.checkpoint.save_state`).
+time_steps = checkpoint.time_steps  # the run's train step timed: shared with finetune's estimate
 
-    Args:
-        model: a compiled Keras model, thrown away afterwards (its weights move).
-        batches: the run's input (a tf.data.Dataset of its batches, endless).
-        steps_per_execution: the model's steps per compiled call (a callback sees one call, and the index of
-            its last step).
-    Returns:
-        (compile_seconds: the first call, step_seconds: mean seconds per step after `skip` calls,
-         probe_seconds: wall time of it all, epoch_seconds: the checkpoint).
-    """
-    from kitlib.compat import keras  # noqa: PLC0415
 
-    stamps = []  # (time, steps done) after each call
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None:
-                float(loss)  # waits for the step: JAX dispatches asynchronously
-            stamps.append((time.perf_counter(), batch + 1))
-            if len(stamps) > skip and stamps[-1][0] - stamps[skip - 1][0] >= max_seconds:
-                self.model.stop_training = True
-
-    start = time.perf_counter()
-    model.fit(batches, epochs=1, steps_per_epoch=(skip + steps) * steps_per_execution, callbacks=[Clock()],
-              verbose=0, shuffle=False)
-    if len(stamps) <= skip:
-        raise RuntimeError(f"timing the train step: {len(stamps)} calls ran, {skip + 1} needed")
-    (t0, n0), (t1, n1) = stamps[skip - 1], stamps[-1]
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = time.perf_counter()
-        checkpoint.save_state(model, os.path.join(tmp, "state.npz"), 1)
-        epoch = time.perf_counter() - saved
-    return stamps[0][0] - start, (t1 - t0) / (n1 - n0), time.perf_counter() - start, epoch
+def length(config, time_crops, sized=None):
+    """The run's length said before it starts, under its ``stop_after_minutes``: the budget's timing of the
+    chosen crops when it made one (`size_run`'s facts `sized`), else a few steps timed now (`time_crops`); then
+    the epochs' steps and checkpoints at that speed. Returns "about N minutes, S session(s) of L"."""
+    timed = next((t for t in (sized or {}).get("timings", []) if t["crops"] == config.crops), None)
+    compile_s, step_s, _, epoch_s = ((timed["compile_seconds"], timed["step_seconds"], 0, timed["epoch_seconds"])
+                                     if timed else time_crops(config.crops))
+    minutes = (compile_s + config.epochs * (config.max_steps_per_epoch * step_s + epoch_s)) / 60
+    sessions = checkpoint.sessions_needed(minutes, config.stop_after_minutes, compile_s / 60)
+    return f"about {minutes:.0f} minutes, {sessions} session(s) of {config.stop_after_minutes:g}"
 
 
 RESUMED = "resumed: as the budget set it when this run started (config.json)"

@@ -262,6 +262,9 @@ def plan(config, rt=None):
                                                  lambda crops: _time_steps(settings, files, crops), processes)
         facts.update(budget=budget_facts)
         _check_warmup(settings)
+    if settings.stop_after_minutes and not settings.preflight and processes == 1 and settings.epochs:
+        facts["estimate"] = budget.length(settings, lambda crops: _time_steps(settings, files, crops),
+                                          facts.get("budget"))
     return command.Plan("pretrain", settings, reasons, facts, parts=dict(files=files), rt=rt)
 
 
@@ -295,6 +298,9 @@ def run(plan, print_fn=print):
         checkpoint.copy_run(where or config.out_dir, config.out_dir)
         plan.save(config.out_dir)
     hosts.barrier("pretrain: resumable")
+    if not plan.facts.get("estimate", "1 session(s)").split(", ")[-1].startswith("1 session"):
+        print_fn(f"kitlib pretrain: this run needs {plan.facts['estimate']} minutes: it stops on a checkpoint "
+                 "before each session's limit and says how to continue (--resume-from in the next session)")
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         result = _train(config, plan.parts["files"], print_fn)
     if config.verbose:

@@ -238,3 +238,16 @@ def test_a_run_killed_at_random_moments_and_rerun_ends_where_an_uninterrupted_on
         finetune.plan(other)
     with pytest.raises(ValueError, match="another fine-tuning run.*base_lr"):  # from a read-only copy too
         finetune.plan(dataclasses.replace(other, out_dir=str(tmp_path / "elsewhere"), resume_from=stopped))
+
+
+def test_a_run_under_a_time_limit_is_timed_up_front_and_says_the_sessions_it_takes(sample_dir, tiny_backbone,
+                                                                                 tmp_path):
+    config = finetune.FinetuneConfig(data_dir=sample_dir, backbone=tiny_backbone, out_dir=str(tmp_path / "o"),
+                                     global_batch_size=8, steps=400, resolution=(40, 32), seed=1)
+    assert "estimate" not in finetune.plan(config).facts  # no limit here (off Kaggle): nothing is timed
+    np.random.seed(5)
+    limited = finetune.plan(dataclasses.replace(config, stop_after_minutes=0.01))  # 0.6 s: the compile alone is more
+    assert np.random.random() == np.random.RandomState(5).random_sample()  # the timing left numpy's state alone
+    minutes, sessions = limited.facts["estimate"].split(", ")
+    assert minutes.startswith("about ") and not sessions.startswith("1 session") and sessions.endswith("of 0.01")
+    assert not (tmp_path / "o").exists()  # planning wrote nothing

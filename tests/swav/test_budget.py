@@ -131,3 +131,14 @@ def test_the_plan_times_the_sample_and_keeps_within_the_budget(sample_dir, tmp_p
     assert plan.record()["facts"]["budget"] == command.json_ready(facts)  # config.json keeps the timings
     given = pretrain.plan(dataclasses.replace(config, epochs=3))
     assert given.settings.epochs == 3 and "budget" not in given.facts and "epochs" not in given.reasons
+
+
+def test_the_length_said_up_front_uses_the_budgets_timing_or_times_the_run_itself(tmp_path):
+    config = dataclasses.replace(_config(tmp_path), crops="2x32@0.3-1", epochs=100, max_steps_per_epoch=50,
+                                 stop_after_minutes=60.0)
+    timed = dict(timings=[dict(crops="2x32@0.3-1", compile_seconds=30.0, step_seconds=1.0, epoch_seconds=6.0)])
+    # 30 s + 100 x (50 x 1 s + 6 s) = 5630 s = 93.8 minutes: 2 sessions of 60 (each starting with its compile)
+    assert budget.length(config, _never, timed) == "about 94 minutes, 2 session(s) of 60"
+    asked = []
+    said = budget.length(config, lambda crops: asked.append(crops) or (6.0, 0.1, 8.0, 0.0))
+    assert asked == ["2x32@0.3-1"] and said == "about 8 minutes, 1 session(s) of 60"  # 6 s + 100 x 5 s
