@@ -316,8 +316,8 @@ def sweep_pool_threads(sizes, args):
     runtime.configure_host_threads(1, verbose=False)
     cores, nodes = runtime.usable_cores(), runtime.numa_nodes()
     print(f"machine: {cores} usable cores in {nodes} NUMA node(s); the kit would choose "
-          f"{runtime.input_threads(cores, 0, nodes)[0]} threads with no chip, "
-          f"{runtime.input_threads(cores, 8, nodes)[0]} for 8 chips")
+          f"{runtime.input_threads(cores, 0, nodes)} threads with no chip, "
+          f"{runtime.input_threads(cores, 8, nodes)} for 8 chips")
     written = args.images - args.images % BATCH
     with tempfile.TemporaryDirectory() as tmp:
         records = tfrecords.load_dataset(write_shards(tmp, written), decode=False).repeat()

@@ -13,6 +13,7 @@ import numpy as np
 
 from kitlib.compat import keras
 
+
 def _state_variables(model):
     return list(model.variables) + list(model.optimizer.variables)
 
@@ -150,6 +151,22 @@ def sessions_needed(minutes, limit_minutes, startup_minutes=0.0):
     return max(1, int(-(-(minutes - startup_minutes) // per_session)))
 
 
+def estimate(minutes, limit_minutes, startup_minutes=0.0):
+    """A run's length said up front, for the plan's facts: {"minutes", "sessions", "limit_minutes"}."""
+    return dict(minutes=round(minutes, 1), sessions=sessions_needed(minutes, limit_minutes, startup_minutes),
+                limit_minutes=limit_minutes)
+
+
+def estimate_warning(name, facts):
+    """The line command `name` prints before training when its plan's ``facts["estimate"]`` needs more than one
+    session, else None."""
+    said = facts.get("estimate")
+    if not said or said["sessions"] <= 1:
+        return None
+    return (f"kitlib {name}: this run needs about {said['minutes']:.0f} minutes, {said['sessions']} sessions of "
+            f"{said['limit_minutes']:g}: it stops on a checkpoint before each limit and says how to continue "
+            "(--resume-from in the next session)")
+
 
 # Kaggle's session limits: a TPU session ends after 9 hours, a GPU or CPU one after 12. A run stops this margin
 # before, at an epoch or round boundary, leaving time to write its checkpoint and the notebook's last cells.
@@ -199,13 +216,6 @@ class StopInTime(keras.callbacks.Callback):
         self.last = self.longest = self.begun = None
         self.warned = False
 
-    def sessions(self, left, now):
-        """Sessions for `left` more epochs from `now`: this one's rest, then each a fresh session's worth (its
-        start-up as long as this one's)."""
-        here = max(0, int((self.limit - now) // self.longest))
-        fresh = max(1, int((self.limit - self.begun) // self.longest))
-        return 1 + -(-max(0, left - here) // fresh)
-
     def on_train_begin(self, logs=None):
         self.last = self.begun = self.clock()
         self.longest = 0.0
@@ -218,7 +228,8 @@ class StopInTime(keras.callbacks.Callback):
         if first and left and now + self.longest * left > self.limit:
             self.print_fn(f"kitlib: the remaining {left} epoch(s) need about {self.longest * left / 60:.0f} more "
                           f"minutes, past the {self.limit / 60:.0f}-minute limit: about "
-                          f"{self.sessions(left, now)} sessions in all; it stops on a checkpoint and says how to go on")
+                          f"{sessions_needed((now + self.longest * left) / 60, self.limit / 60, self.begun / 60)} "
+                          "sessions in all; it stops on a checkpoint and says how to go on")
         if left and now + self.longest > self.limit:
             self.model.stop_training = True
             self.stopped_after = epoch + 1

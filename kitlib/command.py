@@ -71,20 +71,20 @@ def check_fields(config):
     hints = _hints(type(config))
     for field in dataclasses.fields(config):
         value, kind = getattr(config, field.name), _type_of(field, hints)
-        if isinstance(value, list):
-            value = tuple(value)
-        if kind is str:
-            value = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value) \
-                if isinstance(value, tuple) else (os.fspath(value) if isinstance(value, os.PathLike) else value)
-        if value is not getattr(config, field.name):
-            object.__setattr__(config, field.name, value)
+        value = tuple(map(_plain, value)) if isinstance(value, (list, tuple)) else _plain(value)
+        object.__setattr__(config, field.name, value)  # frozen: the normalised value in place
         why = checks.problem(value, kind, field.metadata.get("valid"))
         if why:
             shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
             where = (f"{spell(config, field.name)} {shown}" if _ON_COMMAND_LINE.get()
                      else f"{type(config).__name__}({field.name}={value!r})")
-            about = field.metadata.get("help", "")
-            raise checks.SettingError(f"{where}: {why}" + (f" ({about})" if about else ""))
+            about = f" ({field.metadata['help']})" if field.metadata.get("help") else ""
+            raise checks.SettingError(f"{where}: {why}{about}")
+
+
+def _plain(value):
+    """A path as its string; anything else as it is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 @functools.cache

@@ -73,16 +73,13 @@ def numa_nodes(root="/sys/devices/system/node"):
 
 
 def input_threads(cores, chips=0, nodes=1):
-    """(threads, why): the input pipeline's private pool for a host of `cores` usable CPUs in `nodes` NUMA
+    """Threads of the input pipeline's private pool for a host of `cores` usable CPUs in `nodes` NUMA
     nodes feeding `chips` accelerators: one per core up to what is measured (`MEASURED_THREADS`) or what the
     chips need at peak (`CORES_PER_CHIP` each), never more than one node's cores, never fewer than
     `MIN_POOL_THREADS`. A 2-core CPU: 4; 16 cores: 16; a TPU v5e-8 VM (224 vCPUs, 2 nodes, 8 chips): 80."""
     per_node = max(1, cores // max(1, nodes))
     wanted = max(MEASURED_THREADS, CORES_PER_CHIP * chips)
-    threads = max(MIN_POOL_THREADS, min(cores, per_node, wanted))
-    why = (f"{cores} cores in {nodes} NUMA node(s), {chips} accelerator chip(s): min(cores, one node's "
-           f"{per_node}, max({MEASURED_THREADS} measured, {CORES_PER_CHIP} per chip)), at least {MIN_POOL_THREADS}")
-    return threads, why
+    return max(MIN_POOL_THREADS, min(cores, per_node, wanted))
 
 
 def local_chips():
@@ -248,11 +245,11 @@ def setup(allow_cpu=False, gpu_float16=False, policy="auto", verbose=True, devic
     distribution = (keras.distribution.DataParallel(devices=list(devices), auto_shard_dataset=False)
                     if len(devices) > 1 else None)
     keras.distribution.set_distribution(distribution)
-    if kind != "CPU" or host_threads is not None:
-        chips = sum(1 for d in devices if d.platform != "cpu" and getattr(d, "process_index", 0) == jax.process_index())
-        inter_op = input_threads(usable_cores(), chips, numa_nodes())[0] if chips else None
-        configure_host_threads(1 if host_threads is None else host_threads, verbose=False, inter_op=inter_op)
     local = tuple(d for d in devices if getattr(d, "process_index", 0) == jax.process_index())
+    if kind != "CPU" or host_threads is not None:
+        chips = sum(1 for d in local if d.platform != "cpu")
+        inter_op = input_threads(usable_cores(), chips, numa_nodes()) if chips else None
+        configure_host_threads(1 if host_threads is None else host_threads, verbose=False, inter_op=inter_op)
     result = Runtime(kind, devices, distribution, name, jax.process_index(), jax.process_count(), local)
     if verbose and result.process_index == 0:
         if warning:

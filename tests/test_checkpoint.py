@@ -96,3 +96,5 @@ def test_sessions_needed_counts_each_sessions_start_up():
     assert checkpoint.sessions_needed(900, 520) == 2          # 520 + 380
     assert checkpoint.sessions_needed(1100, 520, 20) == 3     # 20 + 500, then 500, then 80 more of work
     assert isinstance(checkpoint.sessions_needed(1100, 520, 20), int)
+    assert checkpoint.estimate_warning("x", {"estimate": checkpoint.estimate(400, 520)}) is None
+    assert "900 minutes, 2 sessions of 520" in checkpoint.estimate_warning("x", {"estimate": checkpoint.estimate(900, 520)})

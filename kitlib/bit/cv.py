@@ -158,7 +158,7 @@ def run(plan):
         if config.verbose:
             print(step.describe())
         if finetune.run(step).stopped_after is not None:  # the time limit: this fold resumes when rerun
-            print(f"kitlib cv: stopped in fold {k + 1}/{table.k}; continue with: {command.rerun_hint("cv")}")
+            print(f"kitlib cv: stopped in fold {k + 1}/{table.k}; continue with: {command.rerun_hint('cv')}")
             return CVResult([], dict(stopped_in_fold=k), config.out_dir)
         _write_oof(done, _predict_fold(step, config), plan.parts["class_names"])
     rows = read_oof(config.out_dir, table)

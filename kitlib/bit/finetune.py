@@ -179,8 +179,8 @@ def _resolve(config, rt, rule):
 def _estimate(config, source, rule, rounds):
     """The run's length, said before it starts: a throwaway copy's compile and timed steps
     (`kitlib.checkpoint.time_steps`), then the rule's steps and each round's validation (a third of a train
-    step per image) at that speed; and the sessions it takes under ``stop_after_minutes``. Returns a short text
-    ("about 431 minutes, 1 session(s) of 520")."""
+    step per image) at that speed; and the sessions it takes under ``stop_after_minutes``
+    (`kitlib.checkpoint.estimate`)."""
     from kitlib.models import backbones  # noqa: PLC0415
 
     model = training.build_classifier(backbones.load(config.backbone), len(source.class_names), rule.crop)
@@ -189,8 +189,7 @@ def _estimate(config, source, rule, rounds):
     compile_s, step_s, _, _ = checkpoint.time_steps(model, batches, config.steps_per_execution)
     val_steps = math.ceil(source.val_size / rule.batch_size) if source.val is not None else 0
     minutes = (compile_s + (rule.total_steps + rounds * val_steps / 3) * step_s) / 60
-    sessions = checkpoint.sessions_needed(minutes, config.stop_after_minutes, compile_s / 60)
-    return f"about {minutes:.0f} minutes, {sessions} session(s) of {config.stop_after_minutes:g}"
+    return checkpoint.estimate(minutes, config.stop_after_minutes, compile_s / 60)
 
 
 def _check_resumable(settings, saved, source, rounds, where):
@@ -293,15 +292,15 @@ def run(plan):
         checkpoint.copy_run(plan.facts.get("resume", {}).get("resumed_from", config.out_dir), config.out_dir)
         plan.save(config.out_dir)
     hosts.barrier("finetune: resumable")
-    if not plan.facts.get("estimate", "1 session(s)").split(", ")[-1].startswith("1 session"):
-        print(f"kitlib finetune: this run needs {plan.facts['estimate']} minutes: it stops on a checkpoint before "
-              "each session's limit and prints how to continue (--resume-from in the next session)")
+    warning = checkpoint.estimate_warning("finetune", plan.facts)
+    if warning:
+        print(warning)
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         model, history, evaluation, stopped = _fit_and_evaluate(config, source, rule)
     if stopped is not None:  # a whole checkpoint, and no classifier: nothing may submit a half-trained model
         print(f"kitlib finetune: stopped after round {stopped} of {plan.facts['evaluation_rounds']} "
               f"(stop_after_minutes {config.stop_after_minutes:g}), on a whole checkpoint in {config.out_dir}; "
-              f"continue with: {command.rerun_hint("finetune")}")
+              f"continue with: {command.rerun_hint('finetune')}")
         return FinetuneResult(model, rule, source, history, None, config.out_dir, config, stopped_after=stopped)
     with hosts.writer_folder(config.out_dir) as out_dir:  # each process exports (a collective), one keeps it
         export.save_classifier(model, out_dir, source.class_names, rule.crop)

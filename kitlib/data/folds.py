@@ -154,13 +154,18 @@ def subset_source(data_dir, train_ids, val_ids, decode=False):
     choice): both filtered from the data folder's labelled images, the training ones cached once read (a few
     labels of a large set: one pass over the shards, not one per epoch)."""
     dataset, class_names, _ = sources.labelled_images(data_dir, decode=decode)
-    table = _lookup(list(train_ids) + list(val_ids), [0] * len(train_ids) + [1] * len(val_ids), -1)
-    train = dataset.filter(lambda ex: tf.equal(table.lookup(ex["image_name"]), 0))
-    if len(train_ids) <= SUBSET_CACHE_LIMIT:
-        train = train.cache()
-    val = dataset.filter(lambda ex: tf.equal(table.lookup(ex["image_name"]), 1)) if len(val_ids) else None
+    train = _only(dataset, train_ids, cache=True)
+    val = _only(dataset, val_ids) if len(val_ids) else None
     return sources.TrainingSource(train, val, tuple(class_names), len(train_ids), len(val_ids),
                                   sources.first_image_hw(train), "subset")
+
+
+def _only(dataset, ids, cache=False):
+    """The examples of `dataset` named in `ids`; with `cache`, kept in memory once read when they are few
+    (`SUBSET_CACHE_LIMIT`)."""
+    table = _lookup(ids, [1] * len(ids), 0)
+    kept = dataset.filter(lambda ex: tf.equal(table.lookup(ex["image_name"]), 1))
+    return kept.cache() if cache and len(ids) <= SUBSET_CACHE_LIMIT else kept
 
 
 def read_id_list(path):
@@ -245,10 +250,7 @@ def training_source(data_dir, folds, fold, exclude=None, relabel=False, extra_da
     train = dataset.filter(lambda ex: tf.logical_not(in_fold(ex)))
     trained = [i for i, f in zip(folds.image_ids, folds.folds) if f != fold]
     if keep is not None:
-        kept = _lookup(keep, [1] * len(keep), 0)
-        train = train.filter(lambda ex: tf.equal(kept.lookup(ex["image_name"]), 1))
-        train = train.cache() if len(keep) <= SUBSET_CACHE_LIMIT else train
-        trained = list(keep)
+        train, trained = _only(train, keep, cache=True), list(keep)
     train = adjust_training(train, exclude, relabel)
     val_size = int(np.sum(folds.folds == fold))
     left_out = 0 if relabel or not exclude else sum(1 for i in trained if i in exclude)

@@ -2,8 +2,8 @@
 
 A 64 px image costs a small CNN about four times a 32 px one, and one CPU core is not another, so a fixed
 number of images seen is minutes on one machine and half an hour on the next. `kitlib.swav.pretrain.plan`
-therefore times the run's own train step (`time_steps`: a throwaway copy of the model, a few steps of the
-real input pipeline) and `fit` fixes the epochs from what it measured:
+therefore times the run's own train step (`kitlib.checkpoint.time_steps`: a throwaway copy of the model, a
+few steps of the real input pipeline) and `fit` fixes the epochs from what it measured:
 
     epochs = floor((0.95 B - t_probe - t_compile) / (S * t_step + t_epoch))       within [1, max_epochs]
 
@@ -97,19 +97,15 @@ def describe(chosen, timings, budget_minutes, steps_per_epoch):
             f"epoch): about {minutes:.1f} minutes in all")
 
 
-time_steps = checkpoint.time_steps  # the run's train step timed: shared with finetune's estimate
-
-
 def length(config, time_crops, sized=None):
     """The run's length said before it starts, under its ``stop_after_minutes``: the budget's timing of the
     chosen crops when it made one (`size_run`'s facts `sized`), else a few steps timed now (`time_crops`); then
-    the epochs' steps and checkpoints at that speed. Returns "about N minutes, S session(s) of L"."""
+    the epochs' steps and checkpoints at that speed (`kitlib.checkpoint.estimate`)."""
     timed = next((t for t in (sized or {}).get("timings", []) if t["crops"] == config.crops), None)
     compile_s, step_s, _, epoch_s = ((timed["compile_seconds"], timed["step_seconds"], 0, timed["epoch_seconds"])
                                      if timed else time_crops(config.crops))
     minutes = (compile_s + config.epochs * (config.max_steps_per_epoch * step_s + epoch_s)) / 60
-    sessions = checkpoint.sessions_needed(minutes, config.stop_after_minutes, compile_s / 60)
-    return f"about {minutes:.0f} minutes, {sessions} session(s) of {config.stop_after_minutes:g}"
+    return checkpoint.estimate(minutes, config.stop_after_minutes, compile_s / 60)
 
 
 RESUMED = "resumed: as the budget set it when this run started (config.json)"

@@ -19,7 +19,6 @@ from kitlib.compat import tf
 from kitlib.data import tfrecords
 from kitlib.data.tfrecords import AUTOTUNE
 from kitlib import runtime
-from kitlib.runtime import usable_cores
 from kitlib.swav.color import SWAV_COLOR
 from kitlib.swav.color_host import augment_crops, split_seed
 from kitlib.swav.geometry import (CROP_RATIO, SWAV_PAPER, MultiCropConfig, _resized_window,
@@ -203,8 +202,8 @@ def pipeline_options(cores=None, chips=None, nodes=None):
     """
     options = tf.data.Options()
     options.threading.private_threadpool_size = runtime.input_threads(
-        cores or usable_cores(), runtime.local_chips() if chips is None else chips,
-        runtime.numa_nodes() if nodes is None else nodes)[0]
+        cores or runtime.usable_cores(), runtime.local_chips() if chips is None else chips,
+        runtime.numa_nodes() if nodes is None else nodes)
     return options
 
 

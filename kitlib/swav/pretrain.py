@@ -269,14 +269,14 @@ def plan(config, rt=None):
 
 
 def _time_steps(config, files, crops):
-    """`kitlib.swav.budget.time_steps` of the run's model and input at multi-crop `crops` (a throwaway copy)."""
+    """`kitlib.checkpoint.time_steps` of the run's model and input at multi-crop `crops` (a throwaway copy)."""
     timed = dataclasses.replace(config, crops=crops, epochs=2, warmup_epochs=1)
     with runtime.seeded(config.seed):
         model = _build_model(timed, backbones.build(config.backbone))
         batches = multicrop.training_batches(files, crops, config.global_batch_size, config.augmentation,
                                              seed=config.seed, color_config=color_config(config),
                                              shares=config.input_shares, cache=False)
-        return budget.time_steps(model, batches, config.steps_per_execution)
+        return checkpoint.time_steps(model, batches, config.steps_per_execution)
 
 
 def run(plan, print_fn=print):
@@ -298,9 +298,8 @@ def run(plan, print_fn=print):
         checkpoint.copy_run(where or config.out_dir, config.out_dir)
         plan.save(config.out_dir)
     hosts.barrier("pretrain: resumable")
-    if not plan.facts.get("estimate", "1 session(s)").split(", ")[-1].startswith("1 session"):
-        print_fn(f"kitlib pretrain: this run needs {plan.facts['estimate']} minutes: it stops on a checkpoint "
-                 "before each session's limit and says how to continue (--resume-from in the next session)")
+    if checkpoint.estimate_warning("pretrain", plan.facts):
+        print_fn(checkpoint.estimate_warning("pretrain", plan.facts))
     with command.seeded_run(plan):  # a seeded run is repeatable; the caller's random state is kept
         result = _train(config, plan.parts["files"], print_fn)
     if config.verbose:

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from kitlib import checks, cli, command
+from kitlib import checkpoint, checks, cli, command
 from kitlib.bit import export, finetune
 from kitlib.compat import keras
 from kitlib.data import tfrecords as data_tfrecords
@@ -248,6 +248,7 @@ def test_a_run_under_a_time_limit_is_timed_up_front_and_says_the_sessions_it_tak
     np.random.seed(5)
     limited = finetune.plan(dataclasses.replace(config, stop_after_minutes=0.01))  # 0.6 s: the compile alone is more
     assert np.random.random() == np.random.RandomState(5).random_sample()  # the timing left numpy's state alone
-    minutes, sessions = limited.facts["estimate"].split(", ")
-    assert minutes.startswith("about ") and not sessions.startswith("1 session") and sessions.endswith("of 0.01")
+    said = limited.facts["estimate"]
+    assert said["minutes"] > 0 and said["sessions"] > 1 and said["limit_minutes"] == 0.01
+    assert "sessions of 0.01" in checkpoint.estimate_warning("finetune", limited.facts)
     assert not (tmp_path / "o").exists()  # planning wrote nothing

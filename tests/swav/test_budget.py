@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from kitlib import command
+from kitlib import checkpoint, command
 from kitlib.compat import keras, tf
 from kitlib.swav import budget, pretrain
 
@@ -63,13 +63,13 @@ def test_time_steps_times_a_real_fit_and_stops_when_the_seconds_are_up():
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     model.compile(optimizer="sgd", loss="mse")
     data = tf.data.Dataset.from_tensors((np.ones((8, 4), np.float32), np.ones((8, 1), np.float32))).repeat()
-    compile_s, step_s, probe_s, epoch_s = budget.time_steps(model, data, skip=2, steps=5)
+    compile_s, step_s, probe_s, epoch_s = checkpoint.time_steps(model, data, skip=2, steps=5)
     assert 0 < step_s < compile_s <= probe_s and 0 < epoch_s < probe_s
     assert int(model.optimizer.iterations.numpy()) == 7
-    budget.time_steps(model, data, skip=2, steps=50, max_seconds=0.0)  # the first timed step is past 0 s
+    checkpoint.time_steps(model, data, skip=2, steps=50, max_seconds=0.0)  # the first timed step is past 0 s
     assert int(model.optimizer.iterations.numpy()) == 7 + 3
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)  # one callback per 4 steps
-    compile_s, step_s, _, _ = budget.time_steps(model, data, steps_per_execution=4, skip=2, steps=3)
+    compile_s, step_s, _, _ = checkpoint.time_steps(model, data, steps_per_execution=4, skip=2, steps=3)
     assert int(model.optimizer.iterations.numpy()) == 4 * 5 and 0 < step_s < compile_s
 
 
@@ -138,7 +138,7 @@ def test_the_length_said_up_front_uses_the_budgets_timing_or_times_the_run_itsel
                                  stop_after_minutes=60.0)
     timed = dict(timings=[dict(crops="2x32@0.3-1", compile_seconds=30.0, step_seconds=1.0, epoch_seconds=6.0)])
     # 30 s + 100 x (50 x 1 s + 6 s) = 5630 s = 93.8 minutes: 2 sessions of 60 (each starting with its compile)
-    assert budget.length(config, _never, timed) == "about 94 minutes, 2 session(s) of 60"
+    assert budget.length(config, _never, timed) == dict(minutes=93.8, sessions=2, limit_minutes=60.0)
     asked = []
     said = budget.length(config, lambda crops: asked.append(crops) or (6.0, 0.1, 8.0, 0.0))
-    assert asked == ["2x32@0.3-1"] and said == "about 8 minutes, 1 session(s) of 60"  # 6 s + 100 x 5 s
+    assert asked == ["2x32@0.3-1"] and said == dict(minutes=8.4, sessions=1, limit_minutes=60.0)  # 6 s + 100 x 5 s

@@ -148,7 +148,7 @@ def test_host_multicrop_grays_about_a_fifth_of_the_crops():
 def test_multicrop_runs_on_a_private_pool_sized_for_the_host():
     images = tf.data.Dataset.from_tensor_slices(np.stack([_solid(i) for i in range(4)]))
     crops = multicrop.batch_crops(multicrop.multicrop(images, SMALL, augment="none", seed=0), 2)
-    here = runtime.input_threads(runtime.usable_cores(), runtime.local_chips(), runtime.numa_nodes())[0]
+    here = runtime.input_threads(runtime.usable_cores(), runtime.local_chips(), runtime.numa_nodes())
     assert crops.options().threading.private_threadpool_size == here >= 4
     pool = lambda **host: multicrop.pipeline_options(**host).threading.private_threadpool_size  # noqa: E731
     assert pool(cores=96, chips=0, nodes=1) == 16 and pool(cores=224, chips=8, nodes=2) == 80
